@@ -1,0 +1,60 @@
+"""Default experiment: offline synthetic moving-shapes videos, small frame CNN.
+
+Hardware: any machine; sized for a 2-core CPU (a few minutes). Devices: every
+stage on the default device (set `config.devices` to one device per module,
+e.g. ["/GPU:0", "/GPU:1", "/GPU:2", "/GPU:3"], to run the modules in parallel).
+
+Run:  bin/train                      (Sideways)
+      bin/train --config.algorithm=bp
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.experiment = "default"
+  config.seed = 0
+  config.algorithm = "sideways"  # or "bp"
+
+  # Data: see sideways_tf/data. Elements are {"video": [B,T,H,W,C] float32 in
+  # [0, 1], "label": [B] int32}.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "synthetic"
+  config.data.label_key = "appearance"  # synthetic only: or "motion"
+  config.data.num_frames = 16
+  config.data.image_size = 32
+  config.data.num_classes = 4
+  config.data.speed = 1.0  # pixels per frame: how smooth the video is
+  config.data.noise = 0.05
+  config.data.num_distractors = 0
+  config.data.num_train = 1024
+  config.data.num_test = 256
+  config.data.temporal_stride = 1
+  config.data.data_dir = ""  # "" = <project>/data_cache
+
+  # Model: a frame CNN cut into Sideways modules.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "frame_cnn"
+  config.model.num_modules = 4
+  config.model.widths = (16, 32, 64)
+  config.devices = ()  # () = default placement; else one device per module
+
+  # Optimisation: one optimizer step per clip unless update_every_ticks > 0.
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 8
+  config.train.num_steps = 600
+  config.train.optimizer = "adam"
+  config.train.learning_rate = 1e-3
+  config.train.update_every_ticks = 0
+  config.train.log_every = 50
+  config.train.eval_every = 300
+  config.train.checkpoint_every = 100
+  config.train.keep_checkpoints = 3
+  config.train.fidelity_every = 100  # Sideways-vs-BP gradient cosine; 0 = off
+  config.train.stage_time_every = 100  # per-module tick time; 0 = off
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 16
+  config.eval.num_batches = 0  # 0 = the whole eval split
+  return config

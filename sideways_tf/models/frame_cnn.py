@@ -1,0 +1,42 @@
+"""A small per-frame CNN, cut into Sideways modules.
+
+conv blocks (3x3 conv, ReLU, 2x2 max-pool; the last block global-pools) and a
+dense head. With `num_modules` = number of blocks + 1 each block is one module
+and the head is the top module; fewer modules group consecutive blocks.
+"""
+
+from typing import Sequence
+
+import keras
+
+
+def frame_cnn_stages(num_classes: int, num_modules: int = 4,
+                     widths: Sequence[int] = (16, 32, 64)):
+  """Returns `num_modules` Keras stages; the last emits `num_classes` logits."""
+  widths = [int(w) for w in widths]
+  layers = []
+  for i, width in enumerate(widths):
+    block = [keras.layers.Conv2D(width, 3, padding="same", activation="relu")]
+    if i + 1 < len(widths):
+      block.append(keras.layers.MaxPooling2D(2))
+    else:
+      block.append(keras.layers.GlobalAveragePooling2D())
+    layers.append(block)
+  layers.append([keras.layers.Dense(num_classes)])
+  if not 1 <= num_modules <= len(layers):
+    raise ValueError(
+        f"num_modules must be between 1 and {len(layers)} for widths "
+        f"{widths}, got {num_modules}")
+  return [keras.Sequential(sum(group, []), name=f"stage_{k}")
+          for k, group in enumerate(_split_evenly(layers, num_modules))]
+
+
+def _split_evenly(items, parts):
+  """Consecutive groups whose sizes differ by at most one, larger ones last."""
+  base, extra = divmod(len(items), parts)
+  sizes = [base + (1 if k >= parts - extra else 0) for k in range(parts)]
+  groups, start = [], 0
+  for size in sizes:
+    groups.append(items[start:start + size])
+    start += size
+  return groups

@@ -1,0 +1,163 @@
+"""SidewaysModule: one stage of a Sideways pipeline and the two buffers it keeps.
+
+A module wraps any Keras layer (or stack of layers) `f_k` and owns, as
+non-trainable weights, the state SIDEWAYS.md calls `a_k` and `d_k`:
+
+* ``input_buffer`` (`a_k`): what the module below emitted at the previous tick,
+  i.e. the input this module consumes at the next tick. The first module reads
+  the current frame instead, so it has no input buffer.
+* ``gradient_buffer`` (`d_k`): the gradient with respect to this module's
+  output that the module above emitted at the previous tick. The top module
+  computes its own from the loss, so it has none.
+
+Keeping them as weights (``add_weight(trainable=False)``) means
+``tf.train.Checkpoint`` and ``.weights.h5`` save them, so a stream trained chunk
+by chunk survives a restart. The buffers hold one frame's worth of activations
+and gradients: memory does not depend on the clip length.
+
+The tick itself is :meth:`SidewaysModule.tick`: a forward step on the given
+input and a backward step with the given output gradient, the Jacobian taken at
+that same input (the Sideways approximation). The buffers are read and written
+by :class:`sideways_tf.Pipeline`, which runs every module's tick at once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+
+class TickResult(NamedTuple):
+  """What one module produces in one tick."""
+  outputs: tf.Tensor            # y_k = f_k(a_k); becomes a_{k+1} next tick.
+  emitted_gradient: Optional[tf.Tensor]  # e_k; becomes d_{k-1} next tick.
+  parameter_gradients: list     # g_k(t), aligned with trainable_variables.
+  loss: Optional[tf.Tensor]     # top module only: the (masked) summed loss.
+
+
+class SidewaysModule(keras.layers.Layer):
+  """A stage of a Sideways pipeline with its input and gradient buffers.
+
+  Args:
+    stage: the Keras layer computing `f_k`.
+    index: position in the pipeline, 0-based (module k of SIDEWAYS.md is
+      index k-1).
+    num_modules: L, the number of modules in the pipeline.
+  """
+
+  def __init__(self, stage: keras.layers.Layer, index: int, num_modules: int,
+               **kwargs):
+    kwargs.setdefault("name", f"sideways_module_{index}")
+    super().__init__(**kwargs)
+    if not 0 <= index < num_modules:
+      raise ValueError(
+          f"index must be in [0, {num_modules}), got {index}")
+    self.stage = stage
+    self.index = index
+    self.num_modules = num_modules
+    self.input_buffer = None
+    self.gradient_buffer = None
+    self._has_state = False
+
+  @property
+  def is_first(self) -> bool:
+    return self.index == 0
+
+  @property
+  def is_top(self) -> bool:
+    return self.index == self.num_modules - 1
+
+  @property
+  def has_state(self) -> bool:
+    return self._has_state
+
+  @property
+  def state_variables(self) -> list:
+    """The buffers this module owns (zero, one or two variables)."""
+    return [v for v in (self.input_buffer, self.gradient_buffer)
+            if v is not None]
+
+  def allocate_state(self, input_shape: Sequence[int], input_dtype,
+                     output_shape: Sequence[int], output_dtype) -> None:
+    """Creates the zero-initialised buffers for a fixed batch and frame shape."""
+    if self._has_state:
+      raise RuntimeError(
+          f"{self.name} already has state; create a new module to change its "
+          "shape")
+    if not self.is_first:
+      self.input_buffer = self.add_weight(
+          shape=tuple(input_shape), dtype=input_dtype, initializer="zeros",
+          trainable=False, name="input_buffer")
+    if not self.is_top:
+      self.gradient_buffer = self.add_weight(
+          shape=tuple(output_shape), dtype=output_dtype, initializer="zeros",
+          trainable=False, name="gradient_buffer")
+    self._has_state = True
+    self.built = True
+
+  def reset_state(self) -> None:
+    """Zeroes both buffers: the state at the start of a clip."""
+    for buffer in self.state_variables:
+      buffer.assign(tf.zeros(buffer.shape, buffer.dtype))
+
+  def call(self, inputs, training=None):
+    """Plain forward pass of the stage (the clip and BP paths use this)."""
+    return self.stage(inputs, training=training)
+
+  def tick(self,
+           inputs: tf.Tensor,
+           output_gradient: Optional[tf.Tensor] = None,
+           loss_of_outputs: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
+           training=True) -> TickResult:
+    """One Sideways tick of this module: forward, then backward at `inputs`.
+
+    Exactly one of `output_gradient` (modules below the top: `d_k`, the
+    gradient the module above emitted at the previous tick) and
+    `loss_of_outputs` (the top module: maps its outputs to a scalar loss whose
+    exact gradient is `delta_L`) must be given.
+
+    `training` may be a Python bool or a scalar bool tensor. A tensor selects
+    between the stage in training and in inference mode at run time; the
+    pipeline passes `False` during warm-up ticks, when the module holds zeros
+    rather than a frame, so that normalisation layers don't fold those zeros
+    into their moving statistics.
+    """
+    if (output_gradient is None) == (loss_of_outputs is None):
+      raise ValueError(
+          "tick needs exactly one of output_gradient and loss_of_outputs")
+    variables = self.stage.trainable_variables
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      outputs = self._forward(inputs, training)
+      loss = loss_of_outputs(outputs) if loss_of_outputs is not None else None
+    # The first module's input is a frame: nobody needs its gradient, so we
+    # don't pay for the backward-data pass.
+    sources = variables if self.is_first else [inputs] + list(variables)
+    if loss is not None:
+      grads = tape.gradient(
+          loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    else:
+      grads = tape.gradient(
+          outputs, sources, output_gradients=output_gradient,
+          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if self.is_first:
+      emitted, parameter_grads = None, grads
+    else:
+      emitted, parameter_grads = grads[0], grads[1:]
+    return TickResult(outputs, emitted, list(parameter_grads), loss)
+
+  def _forward(self, inputs, training):
+    if isinstance(training, bool) or not _has_moving_statistics(self.stage):
+      # Only layers with non-trainable state (batch norm) care about the
+      # warm-up mask; everything else takes the cheap path.
+      return self.stage(inputs, training=bool(training) if isinstance(
+          training, bool) else True)
+    return tf.cond(training,
+                   lambda: self.stage(inputs, training=True),
+                   lambda: self.stage(inputs, training=False))
+
+
+def _has_moving_statistics(layer: keras.layers.Layer) -> bool:
+  return bool(layer.non_trainable_variables)

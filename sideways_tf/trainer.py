@@ -1,0 +1,120 @@
+"""Trainer: one train step for Sideways and BP, and clip/frame evaluation.
+
+The two algorithms share everything (modules, loss, optimizer, data); they
+differ only in the gradient, which comes from :class:`sideways_tf.Pipeline`.
+By default the optimizer steps once per clip with the clip gradient. With
+``update_every_ticks = N`` the clip is fed as a stream of N-tick chunks and the
+optimizer steps after each chunk with that chunk's gradient (online learning);
+the Sideways buffers carry over between chunks, so gradients still in flight
+cross the update, as they would on a real stream.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sideways_tf.pipeline import ALGORITHMS, Pipeline
+
+
+class Trainer:
+  """Trains a pipeline's stages with Sideways or BP and any Keras optimizer."""
+
+  def __init__(self, pipeline: Pipeline, optimizer: keras.optimizers.Optimizer,
+               algorithm: str = "sideways", update_every_ticks: int = 0):
+    if algorithm not in ALGORITHMS:
+      raise ValueError(
+          f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
+    if update_every_ticks < 0:
+      raise ValueError(
+          f"update_every_ticks must be >= 0 (0 = once per clip), got "
+          f"{update_every_ticks}")
+    self.pipeline = pipeline
+    self.optimizer = optimizer
+    self.algorithm = algorithm
+    self.update_every_ticks = int(update_every_ticks)
+    self._step_fns = {}
+    self._optimizer_built = False
+
+  def train_step(self, frames, labels) -> Dict[str, float]:
+    """Trains on one clip batch; returns its loss and accuracy as floats.
+
+    Sideways loss/accuracy are over the valid ticks (the top module's frames
+    t-L+1 for t >= L); BP's over all frames.
+    """
+    frames, labels = self.pipeline.prepare_inputs(
+        frames, labels, self.algorithm, reset=True)
+    self._build_optimizer()
+    if not self.update_every_ticks:
+      loss, accuracy, _ = self._step_fn(reset=True)(frames, labels)
+      return {"loss": float(loss), "accuracy": float(accuracy)}
+
+    # Online learning: N-tick chunks of one stream, an update after each.
+    self.pipeline.reset_state()
+    totals = np.zeros(3)
+    num_frames = frames.shape[1]
+    for start in range(0, num_frames, self.update_every_ticks):
+      chunk = frames[:, start:start + self.update_every_ticks]
+      loss, accuracy, terms = self._step_fn(reset=False)(chunk, labels)
+      totals += np.array([float(loss), float(accuracy), 1.0]) * float(terms)
+    num_terms = max(float(totals[2]), 1.0)
+    return {"loss": float(totals[0]) / num_terms,
+            "accuracy": float(totals[1]) / num_terms}
+
+  def _step_fn(self, reset: bool):
+    if reset not in self._step_fns:
+      def step(frames, labels):
+        result = self.pipeline.clip_gradients(
+            frames, labels, self.algorithm, reset=reset)
+        def apply():
+          self.optimizer.apply_gradients(
+              zip(result.gradients, self.pipeline.trainable_variables))
+          return tf.constant(True)
+        # A chunk with no valid loss term (a stream's warm-up) has a zero
+        # gradient: skip the step, which would still move momentum-based
+        # optimizers.
+        tf.cond(result.num_loss_terms > 0, apply, lambda: tf.constant(False))
+        return result.loss, result.accuracy, result.num_loss_terms
+      self._step_fns[reset] = tf.function(step, autograph=False)
+    return self._step_fns[reset]
+
+  def _build_optimizer(self):
+    if not self._optimizer_built:
+      # Build the slots eagerly so no variable is created inside tf.function.
+      self.optimizer.build(self.pipeline.trainable_variables)
+      self._optimizer_built = True
+
+  def evaluate(self, batches: Iterable) -> Dict[str, float]:
+    """Clip and per-frame accuracy, every frame through all modules.
+
+    `batches` yields {"video": [B,T,...], "label": [B]}. Clip logits are the
+    mean of the per-frame logits.
+    """
+    clip_correct = frame_correct = loss_sum = 0.0
+    num_clips = num_frames = 0
+    for batch in batches:
+      frames, labels = batch["video"], tf.cast(batch["label"], tf.int32)
+      logits = self.pipeline.predict_frames(frames)  # [B, T, C]
+      t = int(logits.shape[1])
+      clip_pred = tf.argmax(tf.reduce_mean(logits, axis=1), -1,
+                            output_type=tf.int32)
+      frame_pred = tf.argmax(logits, -1, output_type=tf.int32)
+      frame_labels = tf.repeat(labels[:, None], t, axis=1)
+      clip_correct += float(tf.reduce_sum(tf.cast(clip_pred == labels,
+                                                  tf.float32)))
+      frame_correct += float(tf.reduce_sum(tf.cast(frame_pred == frame_labels,
+                                                   tf.float32)))
+      per_frame_loss = self.pipeline.loss_fn(
+          tf.reshape(frame_labels, [-1]),
+          tf.reshape(logits, [-1, logits.shape[-1]]))
+      loss_sum += float(tf.reduce_sum(per_frame_loss))
+      num_clips += int(labels.shape[0])
+      num_frames += int(labels.shape[0]) * t
+    if not num_clips:
+      raise ValueError("evaluate got an empty dataset (no clips)")
+    return {"clip_accuracy": clip_correct / num_clips,
+            "frame_accuracy": frame_correct / num_frames,
+            "loss": loss_sum / num_frames}

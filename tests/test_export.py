@@ -1,0 +1,71 @@
+"""SavedModel export: loads without sideways_tf, stream == clip."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sideways_tf
+from sideways_tf import export
+from sideways_tf.models import frame_cnn_stages
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("export")
+  pipe = sideways_tf.Pipeline(frame_cnn_stages(5, num_modules=4,
+                                               widths=(4, 8, 8)))
+  rng = np.random.RandomState(0)
+  video = rng.randint(0, 256, size=(2, 6, 16, 16, 3)).astype(np.uint8)
+  expected = np.asarray(pipe.predict_frames(video.astype(np.float32) / 255.0))
+  path = export.export_saved_model(pipe, (16, 16, 3), tmp / "model")
+  np.save(tmp / "video.npy", video)
+  return path, tmp / "video.npy", expected
+
+
+def run_check(saved_model, video):
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "tests" / "export_check.py"),
+       str(saved_model), str(video)],
+      cwd="/", env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_saved_model_streams_like_the_clip_path_without_the_package(exported):
+  path, video, expected = exported
+  report = run_check(path, video)
+  assert report["num_modules"] == 4
+  # Frames 1..T leave the pipeline at ticks L..T+L-1.
+  assert report["valid"] == [False] * 3 + [True] * 6
+  assert report["max_abs_diff_stream_vs_clip"] < 1e-5
+  assert report["clip_logits_is_mean"]
+  np.testing.assert_allclose(report["probabilities_sum"], 1.0, rtol=1e-5)
+  np.testing.assert_allclose(report["frame_logits"], expected, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_export_refuses_to_overwrite_by_default(exported):
+  path, _, _ = exported
+  pipe = sideways_tf.Pipeline(frame_cnn_stages(5, num_modules=2))
+  with pytest.raises(ValueError, match="exists"):
+    export.export_saved_model(pipe, (16, 16, 3), path)
+
+
+def test_export_resizes_other_frame_sizes(exported, tmp_path):
+  """uint8 -> float scaling and resizing happen inside the signature."""
+  path, _, _ = exported
+  import tensorflow as tf
+  model = tf.saved_model.load(str(path))
+  big = np.full((1, 3, 32, 32, 3), 255, np.uint8)
+  small = np.full((1, 3, 16, 16, 3), 255, np.uint8)
+  a = model.signatures["serving_default"](video=tf.constant(big))
+  b = model.signatures["serving_default"](video=tf.constant(small))
+  np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,56 @@
+"""Small models and clips for the engine tests."""
+
+import keras
+import numpy as np
+
+
+def dense_stages(num_modules, in_dim=5, hidden=4, num_classes=3):
+  """Tanh dense modules and a linear top: the tiny network of the references."""
+  stages = []
+  for k in range(num_modules):
+    top = k == num_modules - 1
+    stage = keras.layers.Dense(num_classes if top else hidden,
+                               activation=None if top else "tanh",
+                               name=f"dense_{k}")
+    stage.build((None, in_dim if k == 0 else hidden))
+    stages.append(stage)
+  return stages
+
+
+def conv_stages(num_modules, num_classes=3):
+  """Conv modules on small images; the top global-pools and classifies."""
+  stages = []
+  for k in range(num_modules - 1):
+    stages.append(keras.Sequential([
+        keras.layers.Conv2D(4, 3, padding="same", activation="tanh"),
+    ], name=f"conv_{k}"))
+  stages.append(keras.Sequential([
+      keras.layers.Conv2D(4, 3, padding="same", activation="tanh"),
+      keras.layers.GlobalAveragePooling2D(),
+      keras.layers.Dense(num_classes),
+  ], name="head"))
+  return stages
+
+
+def moving_clip(batch=2, frames=7, shape=(5,), seed=0):
+  """A smooth but non-static clip: a random start drifting by small steps."""
+  rng = np.random.RandomState(seed)
+  start = rng.randn(batch, 1, *shape)
+  drift = 0.3 * rng.randn(batch, 1, *shape)
+  steps = np.arange(frames).reshape(1, frames, *([1] * len(shape)))
+  noise = 0.1 * rng.randn(batch, frames, *shape)
+  return (start + drift * steps + noise).astype("float32")
+
+
+def static_clip(batch=2, frames=7, shape=(5,), seed=0):
+  rng = np.random.RandomState(seed)
+  frame = rng.randn(batch, 1, *shape).astype("float32")
+  return np.repeat(frame, frames, axis=1)
+
+
+def labels_for(batch, num_classes=3):
+  return np.arange(batch) % num_classes
+
+
+def to_numpy(tensors):
+  return [np.asarray(t) for t in tensors]
