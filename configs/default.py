@@ -32,6 +32,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_test = 256
   config.data.temporal_stride = 1
   config.data.data_dir = ""  # "" = <project>/data_cache
+  config.data.seed = 0  # synthetic only: generation seed (not the data order)
+  config.data.num_shapes = 4  # synthetic, label_key="motion": shapes drawn
+  config.data.num_directions = 4  # synthetic, label_key="appearance": 4 or 8
+  # Clip sampling and augmentation (sideways_tf/data/clips.py).
+  config.data.crop_fraction = 1.0  # crop side / short side (random in train)
+  config.data.random_flip = False  # a flip would swap left/right motion
+  config.data.short_video = "loop"  # or "pad", "drop"
+  config.data.eval_clips = 1  # clips per eval video, spread evenly
+  config.data.shuffle_buffer = 0  # 0 = the source's default
+  # Other sources: name="tfds" (e.g. tfds_name="ucf101") or "video_folder"
+  # (path = an output_dir of bin/prepare_videos). See docs/data.md.
+  config.data.path = ""
+  config.data.tfds_name = ""
+  config.data.video_key = "video"
+  config.data.train_split = "train"
+  config.data.eval_split = "test"
+  config.data.tfds_download = False  # True: a first run may download (tfds)
 
   # Model: a frame CNN cut into Sideways modules.
   config.model = ml_collections.ConfigDict()

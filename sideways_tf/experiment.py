@@ -63,7 +63,15 @@ def build(config, data_seed_offset: int = 0) -> Experiment:
       config.data, batch_size=config.train.batch_size,
       eval_batch_size=config.eval.batch_size,
       seed=config.seed + data_seed_offset)
-  stages = models.build_stages(config.model, datasets.num_classes)
+  return build_model(config, datasets.num_classes, datasets.frame_shape,
+                     datasets)
+
+
+def build_model(config, num_classes: int, frame_shape, datasets=None
+                ) -> Experiment:
+  """Everything but the data (for export, or evaluation on other data)."""
+  keras.utils.set_random_seed(config.seed)
+  stages = models.build_stages(config.model, num_classes)
   devices = list(config.devices) or None
   pipeline = Pipeline(stages, devices=devices)
   optimizer = make_optimizer(config.train)
@@ -71,7 +79,7 @@ def build(config, data_seed_offset: int = 0) -> Experiment:
                     update_every_ticks=config.train.update_every_ticks)
   # Create every variable now (weights, buffers, optimizer slots) so that a
   # checkpoint restores into them at once.
-  pipeline.allocate_state(config.train.batch_size, datasets.frame_shape)
+  pipeline.allocate_state(config.train.batch_size, tuple(frame_shape))
   optimizer.build(pipeline.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
   checkpoint = tf.train.Checkpoint(step=step, pipeline=pipeline,
@@ -101,6 +109,10 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   start_step = _checkpoint_step(latest) if latest else 0
   # A resumed run draws a new, still deterministic, data order.
   exp = build(config, data_seed_offset=start_step)
+  atomic_write_text(workdir / "model_info.json", json.dumps({
+      "num_classes": exp.datasets.num_classes,
+      "frame_shape": list(exp.datasets.frame_shape),
+      "class_names": list(exp.datasets.class_names)}, indent=2))
   manager = tf.train.CheckpointManager(
       exp.checkpoint, str(manager_dir),
       max_to_keep=config.train.keep_checkpoints)
@@ -217,6 +229,27 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None):
   metrics = _evaluate(exp, writer, int(exp.step), workdir, num_batches)
   writer.flush()
   return metrics
+
+
+def restore_for_inference(workdir) -> Experiment:
+  """The model of the latest checkpoint in `workdir`, without its data."""
+  workdir = pathlib.Path(workdir)
+  config = load_config(workdir)
+  info = load_model_info(workdir)
+  latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  if not latest:
+    raise ValueError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+  exp = build_model(config, info["num_classes"], info["frame_shape"])
+  exp.checkpoint.restore(latest).expect_partial()
+  return exp
+
+
+def load_model_info(workdir) -> Dict[str, object]:
+  """num_classes, frame_shape and class_names, recorded when training began."""
+  path = pathlib.Path(workdir) / "model_info.json"
+  if not path.exists():
+    raise ValueError(f"{path} not found: is {workdir} a training workdir?")
+  return json.loads(path.read_text())
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

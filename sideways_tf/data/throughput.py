@@ -1,0 +1,105 @@
+"""Measures the data layer: input-pipeline frames/s, or preparation videos/s.
+
+  python -m sideways_tf.data.throughput --config=configs/default.py
+  python -m sideways_tf.data.throughput --mode=prepare --num_videos=24
+
+`pipeline` iterates datasets.train of the config for --num_batches after
+--warmup_batches (frames = batch_size x num_frames per batch). `prepare`
+writes --num_videos generated videos (--frames frames of --width x --height,
+mpeg4 .avi, a moving gradient) to a temporary folder and times
+bin/prepare_videos' work on them with --num_workers processes.
+"""
+
+import os
+import pathlib
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(PROJECT_ROOT / "configs" / "default.py"),
+    "Experiment config file (pipeline mode).")
+_MODE = flags.DEFINE_enum("mode", "pipeline", ["pipeline", "prepare"],
+                          "What to measure.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 200, "Timed batches.")
+_WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 20,
+                                       "Batches before timing.")
+_NUM_VIDEOS = flags.DEFINE_integer("num_videos", 24, "prepare: videos.")
+_FRAMES = flags.DEFINE_integer("frames", 100, "prepare: frames per video.")
+_WIDTH = flags.DEFINE_integer("width", 320, "prepare: video width.")
+_HEIGHT = flags.DEFINE_integer("height", 240, "prepare: video height.")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
+                                    "prepare: decoding processes.")
+
+
+def pipeline_frames_per_second(config, num_batches, warmup_batches):
+  """Frames per second out of datasets.train, after warm-up."""
+  from sideways_tf import data  # noqa: PLC0415
+
+  datasets = data.get_datasets(
+      config.data, batch_size=config.train.batch_size,
+      eval_batch_size=config.eval.batch_size, seed=config.seed)
+  iterator = iter(datasets.train)
+  for _ in range(warmup_batches):
+    next(iterator)
+  frames = 0
+  started = time.perf_counter()
+  for _ in range(num_batches):
+    video = next(iterator)["video"]
+    frames += int(video.shape[0]) * int(video.shape[1])
+  return frames / (time.perf_counter() - started)
+
+
+def write_test_videos(folder, num_videos, frames, width, height):
+  """num_videos mpeg4 .avi files in 4 class folders: a moving gradient."""
+  import av  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  ramp = (np.arange(width)[None, :] + np.arange(height)[:, None]) % 256
+  for index in range(num_videos):
+    path = pathlib.Path(folder) / f"class_{index % 4}" / f"video_{index}.avi"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+      stream = container.add_stream("mpeg4", rate=25)
+      stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+      for t in range(frames):
+        image = np.repeat(((ramp + 3 * t) % 256).astype(np.uint8)[..., None],
+                          3, axis=-1)
+        for packet in stream.encode(
+            av.VideoFrame.from_ndarray(image, format="rgb24")):
+          container.mux(packet)
+      for packet in stream.encode():
+        container.mux(packet)
+
+
+def main(argv):
+  del argv
+  if _MODE.value == "pipeline":
+    config = _CONFIG.value
+    rate = pipeline_frames_per_second(config, _NUM_BATCHES.value,
+                                      _WARMUP_BATCHES.value)
+    print(f"{config.data.name}: {rate:.0f} frames/s "
+          f"({rate / config.data.num_frames:.1f} clips/s) over "
+          f"{_NUM_BATCHES.value} batches of {config.train.batch_size}")
+    return
+  from sideways_tf.data import video_folder  # noqa: PLC0415
+  with tempfile.TemporaryDirectory() as folder:
+    videos = pathlib.Path(folder) / "videos"
+    write_test_videos(videos, _NUM_VIDEOS.value, _FRAMES.value, _WIDTH.value,
+                      _HEIGHT.value)
+    summary = video_folder.prepare(videos, pathlib.Path(folder) / "out",
+                                   num_workers=_NUM_WORKERS.value)
+  print(f"prepare: {summary['videos_per_second']:.2f} videos/s "
+        f"({summary['videos_per_second'] * _FRAMES.value:.0f} frames/s) for "
+        f"{_NUM_VIDEOS.value} videos of {_FRAMES.value} frames "
+        f"{_WIDTH.value}x{_HEIGHT.value}, {_NUM_WORKERS.value} workers, "
+        f"short side 128")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,455 @@
+"""Folders of video files (HMDB51, UCF101, Kinetics, your own) as TFRecords.
+
+`prepare` (bin/prepare_videos) decodes every video once with PyAV, resizes
+it to a short side of `short_side` pixels and stores each frame as a JPEG in
+a tf.train.Example; `load_source` (config.data.name = "video_folder") reads
+them back. Output directory:
+
+  metadata.json                      class names, counts, skipped files
+  prepare_plan.json                  options + which video goes to which shard
+  <split>-00000-of-00012.tfrecord    one Example per video
+  <split>-00000-of-00012.json        that shard's counts and skipped files
+
+Input layouts: input_dir/<class>/**/<video> or, with split folders,
+input_dir/<split>/<class>/**/<video> (splits.py). Class names are the sorted
+class folder names. Videos are ordered by a hash of their path inside a split,
+so every shard mixes classes and a small shuffle buffer is enough.
+
+Robustness: a video that cannot be opened or decoded (corrupt, empty, no
+video stream) is skipped with a warning and listed in metadata.json; it never
+stops the run. Shards and JSON files are written under a temporary name and
+renamed when complete, so a crash leaves no half file, and a rerun with the
+same inputs and options only does the shards that are missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import time
+from typing import Dict, List, Optional
+
+from absl import logging
+
+from sideways_tf.data import splits as splits_lib
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm")
+METADATA_FILE = "metadata.json"
+PLAN_FILE = "prepare_plan.json"
+FORMAT_VERSION = 1
+# Which split evaluates by default when config.data.eval_split is "".
+EVAL_SPLIT_PREFERENCE = ("val", "validation", "valid", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+  """Everything that changes the written bytes (kept in prepare_plan.json)."""
+  short_side: int = 128  # 0 = keep the original size
+  num_frames_max: int = 0  # 0 = every frame; else the first N
+  jpeg_quality: int = 90
+  test_fraction: float = 0.2  # hash split only
+  videos_per_shard: int = 64
+  split_file: str = ""
+  split_number: int = 1
+
+  def __post_init__(self):
+    if self.short_side < 0 or self.num_frames_max < 0:
+      raise ValueError(f"short_side and num_frames_max must be >= 0, got "
+                       f"{self.short_side} and {self.num_frames_max}")
+    if not 1 <= self.jpeg_quality <= 100:
+      raise ValueError(
+          f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+    if not 0.0 <= self.test_fraction < 1.0:
+      raise ValueError(
+          f"test_fraction must be in [0, 1), got {self.test_fraction}")
+    if self.videos_per_shard < 1:
+      raise ValueError(
+          f"videos_per_shard must be >= 1, got {self.videos_per_shard}")
+
+
+# ------------------------------------------------------------------ decoding
+
+class VideoError(Exception):
+  """A video that cannot be used; the message is the reason recorded."""
+
+
+def decode_video(path, short_side: int = 128, num_frames_max: int = 0,
+                 jpeg_quality: int = 90):
+  """(JPEG bytes per frame, (height, width)) of a video file, via PyAV."""
+  import av  # noqa: PLC0415  (only preparing needs PyAV)
+  from PIL import Image  # noqa: PLC0415
+
+  path = pathlib.Path(path)
+  if path.stat().st_size == 0:
+    raise VideoError("empty file (0 bytes)")
+  try:
+    container = av.open(str(path))
+  except Exception as error:  # noqa: BLE001  (any FFmpeg/IO failure)
+    raise VideoError(f"cannot open: {error}") from error
+  encoded = []
+  size = None
+  with container:
+    if not container.streams.video:
+      raise VideoError("no video stream")
+    stream = container.streams.video[0]
+    try:
+      for frame in container.decode(stream):
+        if size is None:
+          size = _target_size(frame.height, frame.width, short_side)
+        rgb = frame.to_ndarray(height=size[0], width=size[1], format="rgb24",
+                               interpolation="AREA")
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=jpeg_quality)
+        encoded.append(buffer.getvalue())
+        if num_frames_max and len(encoded) >= num_frames_max:
+          break
+    except Exception as error:  # noqa: BLE001
+      if not encoded:
+        raise VideoError(f"cannot decode: {error}") from error
+      logging.warning("%s: decoding stopped after %d frames (%s); keeping "
+                      "them", path, len(encoded), error)
+  if not encoded:
+    raise VideoError("no decodable frame")
+  return encoded, size
+
+
+def _target_size(height: int, width: int, short_side: int):
+  if not short_side:
+    return height, width
+  scale = short_side / min(height, width)
+  return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _decode_task(task):
+  """Worker: decode one video; never raises (a failure is a skip reason)."""
+  path, options = task
+  try:
+    frames, size = decode_video(path, options.short_side,
+                                options.num_frames_max, options.jpeg_quality)
+    return {"frames": frames, "size": size}
+  except VideoError as error:
+    return {"error": str(error)}
+  except Exception as error:  # noqa: BLE001  (never abort the whole run)
+    return {"error": f"{type(error).__name__}: {error}"}
+
+
+# ------------------------------------------------------------------ planning
+
+def find_videos(input_dir: pathlib.Path):
+  """(class names, [(split folder or None, class, relative path)], ignored).
+
+  Raises ValueError for a missing or empty folder, or one without class
+  folders holding videos.
+  """
+  if not input_dir.is_dir():
+    raise ValueError(f"input directory {input_dir} does not exist")
+  top = sorted(p for p in input_dir.iterdir() if p.is_dir()
+               and not p.name.startswith("."))
+  if not top:
+    raise ValueError(f"input directory {input_dir} has no class folders "
+                     f"(expected {input_dir}/<class>/<video files>)")
+  split_folders = all(p.name.lower() in splits_lib.SPLIT_FOLDER_NAMES
+                      for p in top)
+  roots = [(p.name, p) for p in top] if split_folders else [(None, input_dir)]
+  videos, class_names, ignored = [], set(), 0
+  for split, root in roots:
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()
+                            and not p.name.startswith(".")):
+      for path in sorted(class_dir.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+          continue
+        if path.suffix.lower() not in VIDEO_EXTENSIONS:
+          ignored += 1
+          continue
+        class_names.add(class_dir.name)
+        videos.append((split, class_dir.name,
+                       path.relative_to(input_dir).as_posix()))
+  if not videos:
+    raise ValueError(
+        f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in the class "
+        f"folders of {input_dir}")
+  return sorted(class_names), videos, ignored, split_folders
+
+
+def _shuffled(videos):
+  """A fixed order that mixes classes: by hash of the relative path."""
+  return sorted(videos, key=lambda v: hashlib.md5(v[1].encode()).hexdigest())
+
+
+def make_plan(input_dir: pathlib.Path, options: PrepareOptions) -> Dict:
+  """Which video goes to which shard, and what is skipped before decoding."""
+  class_names, videos, ignored, split_folders = find_videos(input_dir)
+  assignment, list_files = None, []
+  if options.split_file:
+    assignment, list_files = splits_lib.read_split_file(
+        options.split_file, options.split_number)
+  by_split, unlisted, used_keys = splits_lib.assign(
+      videos, assignment, split_folders, options.test_fraction)
+  skipped = [{"path": relative, "reason": "not in the split lists"}
+             for _, _, relative in unlisted]
+  if assignment is not None:
+    missing = sorted(set(assignment) - used_keys)
+    if missing:
+      shown = ", ".join(missing[:5])
+      raise ValueError(
+          f"split lists {', '.join(str(p) for p in list_files[:2])}"
+          f"{' ...' if len(list_files) > 2 else ''} name {len(missing)} "
+          f"videos that are not in {input_dir} (e.g. {shown})")
+    unused = by_split.pop(splits_lib.UNUSED, [])
+    skipped += [{"path": relative, "reason": "unused in this split (0)"}
+                for _, relative in unused]
+  label_of = {name: index for index, name in enumerate(class_names)}
+  shards = []
+  for split in sorted(by_split):
+    members = _shuffled(by_split[split])
+    count = math.ceil(len(members) / options.videos_per_shard)
+    for index in range(count):
+      chunk = members[index * options.videos_per_shard:
+                      (index + 1) * options.videos_per_shard]
+      shards.append({
+          "name": f"{split}-{index:05d}-of-{count:05d}",
+          "split": split,
+          "videos": [[relative, label_of[class_name]]
+                     for class_name, relative in chunk]})
+  return {"format_version": FORMAT_VERSION,
+          "options": dataclasses.asdict(options),
+          "class_names": class_names, "shards": shards,
+          "skipped": skipped, "ignored_files": ignored}
+
+
+# ------------------------------------------------------------------ writing
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  temporary.write_text(text)
+  os.replace(temporary, path)
+
+
+def _shard_done(output_dir: pathlib.Path, name: str) -> bool:
+  return ((output_dir / f"{name}.tfrecord").is_file()
+          and (output_dir / f"{name}.json").is_file())
+
+
+def _serialize(frames, size, label: int, relative: str) -> bytes:
+  import tensorflow as tf  # noqa: PLC0415
+
+  def int64(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+  return tf.train.Example(features=tf.train.Features(feature={
+      "frames": tf.train.Feature(bytes_list=tf.train.BytesList(value=frames)),
+      "label": int64(label),
+      "num_frames": int64(len(frames)),
+      "height": int64(size[0]),
+      "width": int64(size[1]),
+      "path": tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[relative.encode()])),
+  })).SerializeToString()
+
+
+def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
+            num_workers: int = 1, progress: bool = True) -> Dict:
+  """Decodes the videos of input_dir into sharded TFRecords in output_dir.
+
+  Resumable: shards already complete are kept. Returns a summary with the
+  number of shards written and reused, videos written and skipped, and the
+  decoding rate.
+  """
+  import tqdm  # noqa: PLC0415
+
+  options = options or PrepareOptions()
+  input_dir = pathlib.Path(input_dir).expanduser().resolve()
+  output_dir = pathlib.Path(output_dir).expanduser().resolve()
+  plan = make_plan(input_dir, options)
+  plan["input_dir"] = str(input_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  plan_path = output_dir / PLAN_FILE
+  plan_text = json.dumps(plan, indent=1, sort_keys=True)
+  if plan_path.exists() and plan_path.read_text() != plan_text:
+    raise ValueError(
+        f"{output_dir} was prepared from other videos or options (its "
+        f"{PLAN_FILE} differs); use another --output_dir or delete it")
+  atomic_write_text(plan_path, plan_text)
+
+  pending = [shard for shard in plan["shards"]
+             if not _shard_done(output_dir, shard["name"])]
+  tasks = [(input_dir / relative, options)
+           for shard in pending for relative, _ in shard["videos"]]
+  started = time.perf_counter()
+  bar = tqdm.tqdm(total=len(tasks), unit="video", disable=not progress,
+                  desc=f"Preparing {input_dir.name}")
+  pool = None
+  if num_workers > 1 and len(tasks) > 1:
+    # Fork: workers use only PyAV and PIL, and no TensorFlow op has run yet.
+    method = ("fork" if "fork" in multiprocessing.get_all_start_methods()
+              else "spawn")
+    pool = multiprocessing.get_context(method).Pool(num_workers)
+    results = pool.imap(_decode_task, tasks, chunksize=1)
+  else:
+    results = map(_decode_task, tasks)
+  videos_written = videos_skipped = 0
+  try:
+    for shard in pending:
+      record = {"name": shard["name"], "split": shard["split"], "videos": 0,
+                "frames": 0, "per_label": {}, "skipped": []}
+      final = output_dir / f"{shard['name']}.tfrecord"
+      temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+      try:
+        _write_shard(shard, temporary, results, record, bar, input_dir)
+      except BaseException:
+        temporary.unlink(missing_ok=True)  # e.g. Ctrl-C: no stale temp file
+        raise
+      videos_written += record["videos"]
+      videos_skipped += len(record["skipped"])
+      atomic_write_text(output_dir / f"{shard['name']}.json",
+                        json.dumps(record, indent=1))
+      os.replace(temporary, final)
+  finally:
+    bar.close()
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+  seconds = time.perf_counter() - started
+  metadata = write_metadata(output_dir, plan)
+  return {"shards_written": len(pending),
+          "shards_reused": len(plan["shards"]) - len(pending),
+          "videos_written": videos_written, "videos_skipped": videos_skipped,
+          "seconds": seconds,
+          "videos_per_second": len(tasks) / seconds if seconds else 0.0,
+          "metadata": metadata}
+
+
+def _write_shard(shard, path, results, record, bar, input_dir):
+  """Writes the next decoded videos of `results` into one TFRecord file."""
+  import tensorflow as tf  # noqa: PLC0415
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for relative, label in shard["videos"]:
+      result = next(results)
+      bar.update(1)
+      if "error" in result:
+        logging.warning("Skipping %s: %s", input_dir / relative,
+                        result["error"])
+        record["skipped"].append({"path": relative,
+                                  "reason": result["error"]})
+        continue
+      writer.write(_serialize(result["frames"], result["size"], label,
+                              relative))
+      record["videos"] += 1
+      record["frames"] += len(result["frames"])
+      record["per_label"][str(label)] = (
+          record["per_label"].get(str(label), 0) + 1)
+
+
+def write_metadata(output_dir: pathlib.Path, plan: Dict) -> Dict:
+  """Sums the shard records into metadata.json (atomically)."""
+  class_names = plan["class_names"]
+  split_info: Dict[str, Dict] = {}
+  skipped = list(plan["skipped"])
+  for shard in plan["shards"]:
+    record = json.loads((output_dir / f"{shard['name']}.json").read_text())
+    info = split_info.setdefault(shard["split"], {
+        "num_videos": 0, "num_frames": 0,
+        "per_class": {name: 0 for name in class_names}, "shards": []})
+    info["num_videos"] += record["videos"]
+    info["num_frames"] += record["frames"]
+    for label, count in record["per_label"].items():
+      info["per_class"][class_names[int(label)]] += count
+    info["shards"].append(f"{shard['name']}.tfrecord")
+    skipped += [dict(entry, split=shard["split"])
+                for entry in record["skipped"]]
+  if not any(info["num_videos"] for info in split_info.values()):
+    raise ValueError(
+        f"no decodable video in {plan['input_dir']} ({len(skipped)} "
+        f"skipped; e.g. {skipped[0]['path']}: {skipped[0]['reason']})"
+        if skipped else f"no decodable video in {plan['input_dir']}")
+  metadata = {"format_version": FORMAT_VERSION,
+              "input_dir": plan["input_dir"],
+              "options": plan["options"],
+              "class_names": class_names,
+              "num_classes": len(class_names),
+              "splits": split_info,
+              "skipped": sorted(skipped, key=lambda entry: entry["path"]),
+              "ignored_files": plan["ignored_files"]}
+  atomic_write_text(output_dir / METADATA_FILE, json.dumps(metadata, indent=1))
+  return metadata
+
+
+# ------------------------------------------------------------------ reading
+
+def read_metadata(path) -> Dict:
+  path = pathlib.Path(path).expanduser()
+  metadata_path = path / METADATA_FILE
+  if not metadata_path.is_file():
+    raise ValueError(
+        f"{metadata_path} not found: is {path} an --output_dir of "
+        f"bin/prepare_videos?")
+  metadata = json.loads(metadata_path.read_text())
+  if metadata.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{metadata_path} has format version "
+                     f"{metadata.get('format_version')}, expected "
+                     f"{FORMAT_VERSION}: prepare {path} again")
+  return metadata
+
+
+def _parse(serialized):
+  import tensorflow as tf  # noqa: PLC0415
+  parsed = tf.io.parse_single_example(serialized, {
+      "frames": tf.io.VarLenFeature(tf.string),
+      "label": tf.io.FixedLenFeature([], tf.int64)})
+  return {"frames": tf.sparse.to_dense(parsed["frames"]),
+          "label": parsed["label"]}
+
+
+def load_source(data_config, seed: int = 0):
+  """config.data (name="video_folder", path=...) -> clips.Source."""
+  import tensorflow as tf  # noqa: PLC0415
+  from sideways_tf.data import clips  # noqa: PLC0415
+
+  path = data_config.get("path", "")
+  if not path:
+    raise ValueError("config.data.path is empty: set --config.data.path to an "
+                     "--output_dir of bin/prepare_videos")
+  path = pathlib.Path(path).expanduser().resolve()
+  metadata = read_metadata(path)
+  class_names: List[str] = metadata["class_names"]
+  if data_config.num_classes and data_config.num_classes != len(class_names):
+    raise ValueError(
+        f"config.data.num_classes is {data_config.num_classes} but the videos "
+        f"prepared in {path} have {len(class_names)} classes "
+        f"(see {path / METADATA_FILE})")
+  available = sorted(metadata["splits"])
+  train_split = data_config.get("train_split", "") or "train"
+  eval_split = data_config.get("eval_split", "") or next(
+      (name for name in EVAL_SPLIT_PREFERENCE if name in available), "test")
+
+  def shard_paths(split):
+    if split not in metadata["splits"]:
+      raise ValueError(f"split {split!r} is not in {path} (splits: "
+                       f"{', '.join(available)})")
+    if not metadata["splits"][split]["num_videos"]:
+      raise ValueError(f"split {split!r} of {path} has no video")
+    files = [str(path / name) for name in metadata["splits"][split]["shards"]]
+    for file in files:
+      if not os.path.isfile(file):
+        raise ValueError(f"shard {file} listed in {path / METADATA_FILE} is "
+                         f"missing: rerun bin/prepare_videos")
+    return files
+
+  train_files = shard_paths(train_split)
+  train = tf.data.Dataset.from_tensor_slices(train_files).shuffle(
+      len(train_files), seed=seed, reshuffle_each_iteration=True)
+  train = train.interleave(
+      tf.data.TFRecordDataset, cycle_length=min(8, len(train_files)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  eval_ = tf.data.TFRecordDataset(shard_paths(eval_split))
+  return clips.Source(
+      train=train.map(_parse, num_parallel_calls=tf.data.AUTOTUNE),
+      eval=eval_.map(_parse, num_parallel_calls=tf.data.AUTOTUNE),
+      class_names=class_names, shuffle_buffer=256, random_flip=True,
+      crop_fraction=0.875)

@@ -1,0 +1,178 @@
+"""Shared pieces of the model zoo: normalisation, units and module granularity.
+
+A zoo model is a list of *units*: the finest pieces it may be cut between (one
+weight layer of VGG, one residual block of ResNet, the stem, the head). Each
+unit knows its Keras layers, its trainable parameter count and the block (VGG
+stage, ResNet stage) it belongs to. :func:`group_units` turns the units into
+Sideways stages at the requested granularity:
+
+* ``"layer"``: one module per unit;
+* ``"block"``: one module per block;
+* an int ``N``: N modules of consecutive units, chosen so the largest module's
+  trainable parameter count is as small as possible (ties: the most even
+  split by sum of squares). :func:`balanced_split` does this exactly by
+  enumerating the cut points, which is cheap for the <= 10 units of these
+  models.
+
+Cutting a model differently only moves module boundaries: the layers, their
+order and their names are the same, so the same weights give the same BP
+gradient at every granularity (tested in tests/models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import List, Sequence, Union
+
+import keras
+
+NORMS = ("batch", "group", "none")
+GRANULARITIES = ("layer", "block")
+
+
+@dataclasses.dataclass
+class Unit:
+  """The finest piece a model may be cut after."""
+  name: str
+  layers: List[keras.layers.Layer]
+  num_params: int  # trainable parameters (analytic; checked by the tests)
+  block: str       # the block ("stage" of the architecture) it belongs to
+
+
+def check_norm(norm: str) -> str:
+  if norm not in NORMS:
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+  return norm
+
+
+def make_norm(norm: str, channels: int, name: str, bn_momentum: float = 0.99,
+              bn_epsilon: float = 1e-5, norm_groups: int = 32):
+  """The normalisation layer after a conv, or None for ``norm="none"``.
+
+  ``"batch"``: BatchNormalization (batch statistics in training, moving
+  averages in inference; the Sideways engine runs a module holding warm-up
+  zeros in inference mode so the zeros never reach the moving averages).
+  ``"group"``: GroupNormalization with the largest divisor of `channels` not
+  above `norm_groups` groups.
+  """
+  check_norm(norm)
+  if norm == "batch":
+    return keras.layers.BatchNormalization(
+        momentum=bn_momentum, epsilon=bn_epsilon, name=name)
+  if norm == "group":
+    return keras.layers.GroupNormalization(
+        groups=num_groups(channels, norm_groups), epsilon=bn_epsilon,
+        name=name)
+  return None
+
+
+def num_groups(channels: int, max_groups: int) -> int:
+  """The largest divisor of `channels` that is <= `max_groups`."""
+  for groups in range(min(int(max_groups), int(channels)), 0, -1):
+    if channels % groups == 0:
+      return groups
+  return 1
+
+
+def norm_params(norm: str, channels: int) -> int:
+  """Trainable parameters of the norm layer (gamma and beta, or none)."""
+  return 0 if norm == "none" else 2 * channels
+
+
+def conv_params(kernel: int, in_channels: int, out_channels: int,
+                norm: str) -> int:
+  """A conv without bias when a norm follows it, plus that norm."""
+  bias = out_channels if norm == "none" else 0
+  return (kernel * kernel * in_channels * out_channels + bias +
+          norm_params(norm, out_channels))
+
+
+def dense_params(in_features: int, out_features: int) -> int:
+  return in_features * out_features + out_features
+
+
+def resolve_num_modules(units: Sequence[Unit],
+                        granularity: Union[str, int] = "block",
+                        num_modules: int = 0) -> Union[str, int]:
+  """The effective granularity: `num_modules` > 0 overrides `granularity`.
+
+  Returns "layer", "block" or an int number of modules. A string of digits
+  (as a command-line override of a string field gives) counts as an int.
+  """
+  if num_modules is not None and int(num_modules) > 0:
+    granularity = int(num_modules)
+  if isinstance(granularity, str) and granularity.strip().isdigit():
+    granularity = int(granularity)
+  if isinstance(granularity, bool) or not isinstance(granularity, (str, int)):
+    raise ValueError(
+        f"granularity must be 'layer', 'block' or an int, got "
+        f"{granularity!r}")
+  if isinstance(granularity, str):
+    if granularity not in GRANULARITIES:
+      raise ValueError(
+          f"granularity must be 'layer', 'block' or an int, got "
+          f"{granularity!r}")
+    return granularity
+  if not 1 <= granularity <= len(units):
+    raise ValueError(
+        f"the number of modules must be between 1 and {len(units)} (one per "
+        f"unit: {[u.name for u in units]}), got {granularity}")
+  return granularity
+
+
+def group_units(units: Sequence[Unit], granularity: Union[str, int] = "block",
+                num_modules: int = 0) -> List[List[Unit]]:
+  """Consecutive groups of units, one group per Sideways module."""
+  granularity = resolve_num_modules(units, granularity, num_modules)
+  if granularity == "layer":
+    return [[u] for u in units]
+  if granularity == "block":
+    groups = []
+    for unit in units:
+      if groups and groups[-1][-1].block == unit.block:
+        groups[-1].append(unit)
+      else:
+        groups.append([unit])
+    return groups
+  sizes = balanced_split([u.num_params for u in units], granularity)
+  groups, start = [], 0
+  for size in sizes:
+    groups.append(list(units[start:start + size]))
+    start += size
+  return groups
+
+
+def balanced_split(costs: Sequence[int], parts: int) -> List[int]:
+  """Sizes of `parts` consecutive non-empty groups balancing their cost sums.
+
+  Minimises the largest group sum, then the sum of squared group sums (the
+  most even split among the minimax ones), then prefers earlier cuts.
+  Exhaustive over the C(n-1, parts-1) ways to cut n items: exact, and tiny
+  for the zoo's <= 10 units.
+  """
+  costs = [int(c) for c in costs]
+  n = len(costs)
+  if not 1 <= parts <= n:
+    raise ValueError(f"cannot split {n} items into {parts} non-empty groups")
+  prefix = [0] + list(itertools.accumulate(costs))
+  best, best_key = None, None
+  for cuts in itertools.combinations(range(1, n), parts - 1):
+    bounds = (0,) + cuts + (n,)
+    sums = [prefix[b] - prefix[a] for a, b in zip(bounds[:-1], bounds[1:])]
+    key = (max(sums), sum(s * s for s in sums), cuts)
+    if best_key is None or key < best_key:
+      best, best_key = bounds, key
+  return [b - a for a, b in zip(best[:-1], best[1:])]
+
+
+def to_stages(groups: Sequence[Sequence[Unit]]):
+  """One keras.Sequential per group, named ``stage_k``."""
+  return [keras.Sequential([layer for unit in group for layer in unit.layers],
+                           name=f"stage_{k}")
+          for k, group in enumerate(groups)]
+
+
+def module_param_counts(groups: Sequence[Sequence[Unit]]) -> List[int]:
+  """Trainable parameters per module (analytic)."""
+  return [sum(u.num_params for u in group) for group in groups]

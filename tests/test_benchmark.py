@@ -1,0 +1,63 @@
+"""Smoke test of bin/benchmark on tiny shapes: the JSON schema and that both
+algorithms ran. No timing assertions (timings belong to docs/benchmarks.md)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_tool_writes_json_and_markdown(tmp_path):
+  doc = tmp_path / "benchmarks.md"
+  args = ["--image_size=16", "--batch_size=2", "--num_frames=4",
+          "--num_modules=2", "--memory_frames=4", "--repeats=2",
+          "--warmup=1", "--trace_clips=3", "--zoo=frame_cnn",
+          "--data_batches=1",
+          "--figures=throughput,stages,tracing,memory,placement,balancing,"
+          "input_pipeline",
+          f"--bench_dir={tmp_path}", f"--doc={doc}"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run([sys.executable, str(ROOT / "bin" / "benchmark")] +
+                          args, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+  assert "[benchmark" in result.stdout  # progress output
+
+  data = json.loads((tmp_path / "benchmark.json").read_text())
+  assert data["command"].startswith("bin/benchmark ")
+  assert data["config"]["num_frames"] == 4
+  throughput = data["throughput"]
+  for algorithm in ("sideways", "bp"):
+    assert len(throughput[algorithm]["samples_s"]) == 2
+    assert throughput[algorithm]["frames_per_s"] > 0
+  assert throughput["frames_per_step"] == 8
+  assert {"ratio", "goal", "met"} <= set(throughput)
+
+  stages = data["stages"]
+  assert len(stages["stage_tick_s"]) == 2
+  assert 0 < stages["balance"] <= 1
+  assert stages["gpipe_bubble"] == (2 - 1) / (4 + 2 - 1)
+
+  assert data["tracing"]["sideways"]["trace_count"] == 1
+  assert data["tracing"]["bp"]["trace_count"] == 1
+
+  rows = data["memory"]["rows"]
+  assert {(r["algorithm"], r["num_frames"]) for r in rows} == {
+      ("sideways", 4), ("bp", 4)}
+  assert all(r["peak_mib"] > 0 for r in rows)
+  assert {"flat", "vs_bp"} <= set(data["memory"]["goals"])
+
+  assert len(data["placement"]["devices"]) == 2
+  assert data["placement"]["ratio"] > 0
+  assert sum(data["balancing"]["frame_cnn"]["sizes_by_time"]) == sum(
+      data["balancing"]["frame_cnn"]["sizes_before"])
+  assert "available" in data["input_pipeline"]
+
+  text = doc.read_text()
+  assert data["command"] in text
+  for heading in ("## Summary", "## 1. Throughput", "## 2. Memory",
+                  "## 3. Per-stage", "## 4. Placement", "## 6. Tracing"):
+    assert heading in text
