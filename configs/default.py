@@ -60,12 +60,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation: one optimizer step per clip unless update_every_ticks > 0.
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 8
-  config.train.num_steps = 600
+  config.train.num_steps = 1000
   config.train.optimizer = "adam"
   config.train.learning_rate = 1e-3
   config.train.update_every_ticks = 0
   config.train.log_every = 50
-  config.train.eval_every = 300
+  config.train.eval_every = 500
   config.train.checkpoint_every = 100
   config.train.keep_checkpoints = 3
   config.train.fidelity_every = 100  # Sideways-vs-BP gradient cosine; 0 = off

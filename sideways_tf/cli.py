@@ -1,8 +1,21 @@
 """Small pieces the absl entry points in bin/ share (no TensorFlow import)."""
 
+import os
 import pathlib
 
+from absl import flags
+from absl import logging
+
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def start(argv):
+  """Common start of every entry point: no stray args, quiet TF/absl INFO logs
+  (pass --verbosity=0 to see them)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  reject_extra_args(argv)
 
 
 def reject_extra_args(argv):

@@ -24,6 +24,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import keras
 import numpy as np
+from absl import logging
 import tensorflow as tf
 
 from sideways_tf.module import SidewaysModule
@@ -109,6 +110,7 @@ class Pipeline(tf.Module):
     self._state_signature = None  # (batch_size, frame_shape) of the buffers
     self._compiled = _FunctionCache()
     self.trace_count = 0
+    self._warned_lengths = set()
 
   # ---------------------------------------------------------------- public API
 
@@ -217,11 +219,22 @@ class Pipeline(tf.Module):
       if num_frames < 1:
         raise ValueError(f"frames must hold at least one frame, got T = 0")
       self._ensure_state(batch_size, frame_shape, frames.dtype, reset)
+      self._warn_if_modules_starve(num_frames, reset)
     else:
       if num_frames < 1:
         raise ValueError(f"frames must hold at least one frame, got T = 0")
       self._ensure_built(frame_shape, frames.dtype)
     return frames, tf.cast(labels, tf.int32)
+
+  def _warn_if_modules_starve(self, num_frames, reset):
+    """A gradient reaches module k only from tick 2L-k: say so, once."""
+    starving = 2 * self.num_modules - 1 - num_frames
+    if reset and starving > 0 and num_frames not in self._warned_lengths:
+      self._warned_lengths.add(num_frames)
+      logging.warning(
+          "clips of T = %d frames with L = %d modules: module(s) 1..%d get no "
+          "gradient (module k needs T >= 2L-k); use T >= 2L-1 = %d.",
+          num_frames, self.num_modules, starving, 2 * self.num_modules - 1)
 
   def reset_state(self) -> None:
     """Zeroes every module's buffers and the tick count (a clip boundary)."""

@@ -1,0 +1,213 @@
+"""The training loop and the entry points: logs, checkpoints, resume, export."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from configs import default
+from sideways_tf import experiment
+from sideways_tf.trainer import Trainer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def tiny_config(data_dir, **train):
+  config = default.get_config()
+  config.data.image_size = 16
+  config.data.num_frames = 8  # >= 2L-1: every module gets a gradient
+  config.data.num_train = 32
+  config.data.num_test = 16
+  config.data.data_dir = str(data_dir)
+  config.model.widths = (4, 8, 8)
+  config.train.batch_size = 4
+  config.eval.batch_size = 8
+  config.train.update(dict(num_steps=4, log_every=2, eval_every=4,
+                           checkpoint_every=2, fidelity_every=2,
+                           stage_time_every=2))
+  config.train.update(train)
+  return config
+
+
+def tags(logdir):
+  accumulator = event_accumulator.EventAccumulator(
+      str(logdir), size_guidance={event_accumulator.TENSORS: 0,
+                                  event_accumulator.IMAGES: 0})
+  accumulator.Reload()
+  found = accumulator.Tags()
+  return set(found["tensors"]) | set(found["images"]), accumulator
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("data")
+
+
+def test_train_writes_the_named_tensorboard_tags(tmp_path, data_dir):
+  result = experiment.train(tiny_config(data_dir), tmp_path)
+  assert result["step"] == 4
+  train_tags, accumulator = tags(tmp_path / "train")
+  expected = {"train/loss", "train/accuracy", "train/learning_rate",
+              "train/frames_per_second", "config"}
+  expected |= {f"stages/{k}/seconds" for k in range(1, 5)}
+  expected |= {f"fidelity/{m}/module_{k}" for k in range(1, 5)
+               for m in ("cosine", "norm_ratio")}
+  assert expected <= train_tags, expected - train_tags
+  assert any(t.startswith("input/clips") for t in train_tags), train_tags
+  # Fidelity is a real comparison: the top module is exact (cosine 1), the
+  # lower ones lag behind.
+  cosine_top = tf.make_ndarray(
+      accumulator.Tensors("fidelity/cosine/module_4")[0].tensor_proto)
+  assert cosine_top == pytest.approx(1.0, abs=1e-4)
+  eval_tags, _ = tags(tmp_path / "eval")
+  assert {"eval/loss", "eval/accuracy", "eval/frame_accuracy"} <= eval_tags
+  saved = json.loads((tmp_path / "eval.json").read_text())
+  assert saved["step"] == 4 and 0 <= saved["clip_accuracy"] <= 1
+  assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.index")) \
+      == ["ckpt-2.index", "ckpt-4.index"]
+
+
+def test_resume_continues_the_step_count(tmp_path, data_dir):
+  experiment.train(tiny_config(data_dir, num_steps=2), tmp_path)
+  first = experiment.restore_for_inference(tmp_path)
+  weights_at_2 = [np.asarray(v) for v in first.pipeline.trainable_variables]
+  result = experiment.train(tiny_config(data_dir, num_steps=4), tmp_path)
+  assert result["step"] == 4
+  resumed = experiment.restore_for_inference(tmp_path)
+  assert int(resumed.step) == 4
+  assert not np.allclose(np.asarray(resumed.pipeline.trainable_variables[0]),
+                         weights_at_2[0])
+
+
+def test_other_config_in_workdir_is_refused_unless_overwrite(tmp_path,
+                                                             data_dir):
+  experiment.train(tiny_config(data_dir, num_steps=2), tmp_path)
+  other = tiny_config(data_dir, num_steps=2)
+  other.model.num_modules = 3
+  with pytest.raises(ValueError, match=r"model.num_modules: 4 -> 3"):
+    experiment.train(other, tmp_path)
+  result = experiment.train(other, tmp_path, overwrite=True)
+  assert result["step"] == 2
+  assert json.loads((tmp_path / "config.json").read_text())["model"][
+      "num_modules"] == 3
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, data_dir, monkeypatch):
+  real_step = Trainer.train_step
+  calls = []
+
+  def poisoned(self, frames, labels):
+    calls.append(1)
+    metrics = real_step(self, frames, labels)
+    if len(calls) == 3:  # the update of step 3 ruins the weights
+      variable = self.pipeline.trainable_variables[0]
+      variable.assign(tf.fill(variable.shape, float("nan")))
+      metrics["loss"] = float("nan")
+    return metrics
+
+  monkeypatch.setattr(Trainer, "train_step", poisoned)
+  config = tiny_config(data_dir, num_steps=6, checkpoint_every=1)
+  with pytest.raises(FloatingPointError, match=r"loss is nan at step 3.*ckpt-2"):
+    experiment.train(config, tmp_path)
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
+      "ckpt-2")
+  restored = experiment.restore_for_inference(tmp_path)
+  assert all(np.all(np.isfinite(np.asarray(v)))
+             for v in restored.pipeline.trainable_variables)
+
+
+# ------------------------------------------------------- the entry points
+
+def run_bin(args, timeout=600, **kwargs):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable] + args, cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout,
+                        **kwargs)
+
+
+def tiny_flags(data_dir, workdir, steps):
+  return ["bin/train", f"--workdir={workdir}",
+          "--config.data.image_size=16", "--config.data.num_frames=8",
+          "--config.data.num_train=32", "--config.data.num_test=16",
+          f"--config.data.data_dir={data_dir}",
+          "--config.model.widths=(4, 8, 8)", "--config.train.batch_size=4",
+          f"--config.train.num_steps={steps}", "--config.train.log_every=1",
+          "--config.train.checkpoint_every=1", "--config.train.eval_every=0",
+          "--config.train.fidelity_every=0",
+          "--config.train.stage_time_every=0"]
+
+
+def wait_for_checkpoint(workdir, process, limit=300):
+  deadline = time.time() + limit
+  while time.time() < deadline:
+    if list((workdir / "checkpoints").glob("ckpt-*.index")):
+      return
+    if process.poll() is not None:
+      raise AssertionError(process.stdout.read() + process.stderr.read())
+    time.sleep(0.2)
+  raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, data_dir, how):
+  workdir = tmp_path / "run"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  process = subprocess.Popen(
+      [sys.executable] + tiny_flags(data_dir, workdir, 100000), cwd=ROOT,
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    wait_for_checkpoint(workdir, process)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  stopped_at = int(latest.rsplit("-", 1)[1])
+  if how == "sigterm":
+    assert process.returncode == 0, stdout
+    assert f"Stopped by signal at step {stopped_at}" in stdout
+  resumed = run_bin(tiny_flags(data_dir, workdir, stopped_at + 2))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Resumed from {latest} at step {stopped_at}." in resumed.stdout
+  assert f"{stopped_at + 2} steps (2 this run)" in resumed.stdout
+
+
+def test_evaluate_and_export_from_a_workdir(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  assert run_bin(tiny_flags(data_dir, workdir, 2)).returncode == 0
+  evaluated = run_bin(["bin/evaluate", f"--workdir={workdir}"])
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  metrics = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+  assert set(metrics) == {"clip_accuracy", "frame_accuracy", "loss"}
+  exported = run_bin(["bin/export", f"--workdir={workdir}",
+                      f"--output={tmp_path / 'saved'}"])
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  model = tf.saved_model.load(str(tmp_path / "saved"))
+  assert set(model.signatures) >= {"serving_default", "init_state", "step"}
+  out = model.signatures["serving_default"](
+      video=tf.zeros([1, 6, 16, 16, 3], tf.uint8))
+  assert out["frame_logits"].shape == (1, 6, 4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.no_such_key=1"], "no_such_key"),
+    (["--config.algorithm=backprop"], "'sideways' or 'bp'"),
+    (["--algorithm=backprop"], "backprop"),
+    (["stray"], "unexpected arguments"),
+    (["--config.model.name=vgg99"], "unknown model 'vgg99'"),
+])
+def test_bad_flags_give_clear_errors(tmp_path, args, message):
+  result = run_bin(["bin/train", f"--workdir={tmp_path}"] + args)
+  assert result.returncode != 0
+  assert message in result.stderr + result.stdout
