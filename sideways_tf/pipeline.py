@@ -161,17 +161,25 @@ class Pipeline(tf.Module):
     return ClipResult(*self._compiled[key](frames, labels))
 
   def clip_gradients(self, frames, labels, algorithm: str,
-                     reset: bool = True) -> ClipResult:
+                     reset: bool = True, loss_scale=None) -> ClipResult:
     """Graph-building entry point (call inside ``tf.function``).
 
     Inputs must have gone through :meth:`prepare_inputs` first. The trainer
     calls this inside its own ``tf.function`` so that the optimizer step fuses
     with the gradient computation.
+
+    `loss_scale` (a float32 scalar, for float16 stages) multiplies the loss
+    where it is differentiated, so the gradients flowing through the modules
+    stay clear of float16 underflow; the returned gradients and loss are
+    divided by it again (so they are unscaled, but may be Inf/NaN on
+    overflow: the caller checks).
     """
     self.trace_count += 1
+    scale = (tf.constant(1.0, tf.float32) if loss_scale is None
+             else tf.cast(loss_scale, tf.float32))
     if algorithm == "sideways":
-      return self._sideways_graph(frames, labels, reset)
-    return self._bp_graph(frames, labels)
+      return self._sideways_graph(frames, labels, reset, scale)
+    return self._bp_graph(frames, labels, scale)
 
   def prepare_inputs(self, frames, labels, algorithm: str = "sideways",
                      reset: bool = True):
@@ -368,7 +376,8 @@ class Pipeline(tf.Module):
 
   # -------------------------------------------------------- the tick engine
 
-  def _sideways_graph(self, frames, labels, reset: bool) -> ClipResult:
+  def _sideways_graph(self, frames, labels, reset: bool,
+                      loss_scale) -> ClipResult:
     """All ticks of one clip (or one chunk of a stream) in a tf.while_loop."""
     num_modules = self.num_modules
     batch_size = tf.shape(frames)[0]
@@ -401,7 +410,7 @@ class Pipeline(tf.Module):
 
       def masked_loss(logits):
         per_example = tf.cast(self.loss_fn(labels, logits), tf.float32)
-        return tf.reduce_sum(per_example) * loss_mask
+        return tf.reduce_sum(per_example) * (loss_mask * loss_scale)
 
       new_inputs = [None] * (num_modules - 1)
       new_grads = [None] * (num_modules - 1)
@@ -461,16 +470,18 @@ class Pipeline(tf.Module):
       for k, accs in enumerate(accumulators):
         with tf.device(devices[k]):
           gradients.extend(
-              tf.math.divide_no_nan(acc, tf.cast(num_terms, acc.dtype))
+              tf.math.divide_no_nan(acc, tf.cast(num_terms * loss_scale,
+                                                 acc.dtype))
               for acc in accs)
       return ClipResult(gradients,
-                        tf.math.divide_no_nan(loss_sum, num_terms),
+                        tf.math.divide_no_nan(loss_sum,
+                                              num_terms * loss_scale),
                         tf.math.divide_no_nan(correct_sum, num_terms),
                         tf.identity(num_terms))
 
   # ------------------------------------------------------------ the baseline
 
-  def _bp_graph(self, frames, labels) -> ClipResult:
+  def _bp_graph(self, frames, labels, loss_scale) -> ClipResult:
     """Exact gradient of the mean per-frame loss over batch and all T frames.
 
     Time is folded into the batch (all B*T frames in one forward and one
@@ -483,9 +494,10 @@ class Pipeline(tf.Module):
       logits = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
       per_example = tf.cast(self.loss_fn(frame_labels, logits), tf.float32)
       loss = tf.reduce_mean(per_example)
-    gradients = tape.gradient(
-        loss, self.trainable_variables,
-        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      scaled_loss = loss * loss_scale
+    gradients = [g / tf.cast(loss_scale, g.dtype) for g in tape.gradient(
+        scaled_loss, self.trainable_variables,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO)]
     correct = tf.cast(tf.equal(
         tf.argmax(logits, axis=-1, output_type=tf.int32), frame_labels),
                       tf.float32)

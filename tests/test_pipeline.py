@@ -434,3 +434,15 @@ def test_rejects_frames_the_first_stage_cannot_take():
   pipe = sideways_tf.Pipeline(util.dense_stages(2, in_dim=5))
   with pytest.raises(ValueError, match=r"stage 0 .* \[None, 7\]"):
     pipe.compute_gradients(np.zeros((2, 4, 7), "float32"), util.labels_for(2))
+
+
+@pytest.mark.parametrize("algorithm", ["sideways", "bp"])
+def test_loss_scale_leaves_gradients_and_loss_unscaled(algorithm):
+  pipe = sideways_tf.Pipeline(util.conv_stages(3))
+  frames, labels = pipe.prepare_inputs(
+      util.moving_clip(batch=2, frames=6, shape=(6, 6, 2)), util.labels_for(2),
+      algorithm)
+  plain = pipe.clip_gradients(frames, labels, algorithm)
+  scaled = pipe.clip_gradients(frames, labels, algorithm, loss_scale=1024.0)
+  assert_all_close(scaled.gradients, plain.gradients)
+  np.testing.assert_allclose(float(scaled.loss), float(plain.loss), rtol=1e-6)
