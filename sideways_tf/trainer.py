@@ -24,7 +24,11 @@ class Trainer:
   """Trains a pipeline's stages with Sideways or BP and any Keras optimizer."""
 
   def __init__(self, pipeline: Pipeline, optimizer: keras.optimizers.Optimizer,
-               algorithm: str = "sideways", update_every_ticks: int = 0):
+               algorithm: str = "sideways", update_every_ticks: int = 0,
+               gradient_transform=None):
+    """`gradient_transform`, if given, maps the clip gradients (a list aligned
+    with pipeline.trainable_variables) to the gradients applied, inside the
+    compiled step: e.g. an all-reduce across workers."""
     if algorithm not in ALGORITHMS:
       raise ValueError(
           f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
@@ -36,6 +40,7 @@ class Trainer:
     self.optimizer = optimizer
     self.algorithm = algorithm
     self.update_every_ticks = int(update_every_ticks)
+    self.gradient_transform = gradient_transform
     self._step_fns = {}
     self._optimizer_built = False
 
@@ -69,9 +74,12 @@ class Trainer:
       def step(frames, labels):
         result = self.pipeline.clip_gradients(
             frames, labels, self.algorithm, reset=reset)
+        gradients = result.gradients
+        if self.gradient_transform is not None:
+          gradients = self.gradient_transform(gradients)
         def apply():
           self.optimizer.apply_gradients(
-              zip(result.gradients, self.pipeline.trainable_variables))
+              zip(gradients, self.pipeline.trainable_variables))
           return tf.constant(True)
         # A chunk with no valid loss term (a stream's warm-up) has a zero
         # gradient: skip the step, which would still move momentum-based
