@@ -7,7 +7,8 @@ Signatures (inspect with `saved_model_cli show --all --dir DIR`):
   ``logits [B, classes]`` (mean of per-frame logits), ``frame_logits
   [B, T, classes]``, ``probabilities [B, classes]``.
 * ``init_state(batch_size)`` -> the streaming state: ``activation_k`` (the
-  input held by module k = 2..L) and ``ticks`` ``[B]`` (frames seen).
+  input held by module k = 2..L), ``skip_k_from_j`` (Skip-Sideways models
+  only) and ``ticks`` ``[B]`` (frames seen).
 * ``step(frame, activation_2, ..., ticks)``: uint8 ``[B, H, W, C]`` plus the
   state -> ``logits`` of the frame leaving the pipeline this tick (frame
   t-L+1), ``valid`` (True once a real frame has left it, t >= L) and the new
@@ -48,7 +49,7 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
   height, width, channels = (int(d) for d in frame_shape)
   image_size = [height, width]
   state_specs = pipeline.stream_state_specs((height, width, channels))
-  state_names = [f"activation_{k}" for k in range(2, len(state_specs) + 2)]
+  state_names = [name for name, _, _ in state_specs]
 
   def serve(video):
     frame_logits = pipeline.frame_logits(preprocess(video, image_size))
@@ -58,7 +59,7 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
 
   def init_state(batch_size):
     state = {name: tf.zeros(tf.concat([[batch_size], shape], axis=0), dtype)
-             for name, (shape, dtype) in zip(state_names, state_specs)}
+             for name, shape, dtype in state_specs}
     state["ticks"] = tf.zeros([batch_size], tf.int64)
     return state
 
@@ -82,7 +83,7 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
   archive.add_endpoint("step", step, input_signature=[
       tf.TensorSpec([None, None, None, channels], tf.uint8, "frame"),
       dict({name: tf.TensorSpec([None, *shape], dtype, name)
-            for name, (shape, dtype) in zip(state_names, state_specs)},
+            for name, shape, dtype in state_specs},
            ticks=tf.TensorSpec([None], tf.int64, "ticks"))])
 
   tmp = output_dir.with_name(f".{output_dir.name}.tmp")

@@ -29,12 +29,53 @@ import keras
 import tensorflow as tf
 
 
+SKIP_COMBINE_MODES = ("concat", "add")
+
+
 class TickResult(NamedTuple):
   """What one module produces in one tick."""
   outputs: tf.Tensor            # y_k = f_k(a_k); becomes a_{k+1} next tick.
   emitted_gradient: Optional[tf.Tensor]  # e_k; becomes d_{k-1} next tick.
   parameter_gradients: list     # g_k(t), aligned with trainable_variables.
   loss: Optional[tf.Tensor]     # top module only: the (masked) summed loss.
+  skip_gradients: list = []     # Skip-Sideways: one per skip input; added to
+                                # the source module's d_j next tick.
+
+
+def combine_skips(inputs, skip_inputs, mode: str = "concat"):
+  """Skip-Sideways: joins a module's input with outputs of lower modules.
+
+  Parameter-free, so every learnt weight stays in a stage. Skip features with
+  a larger spatial size than `inputs` are average-pooled down to it (by an
+  integer factor); then "concat" stacks channels and "add" sums them.
+  """
+  if not skip_inputs:
+    return inputs
+  joined = [inputs]
+  for skip in skip_inputs:
+    if skip.shape.rank != inputs.shape.rank:
+      raise ValueError(
+          f"a skip input of shape {skip.shape} cannot join a module input of "
+          f"shape {inputs.shape}: ranks differ")
+    if inputs.shape.rank == 4 and skip.shape[1] != inputs.shape[1]:
+      factor = skip.shape[1] // inputs.shape[1]
+      if factor * inputs.shape[1] != skip.shape[1] or (
+          skip.shape[2] != factor * inputs.shape[2]):
+        raise ValueError(
+            f"skip input of spatial size {skip.shape[1:3]} is not an integer "
+            f"multiple of the module input's {inputs.shape[1:3]}")
+      skip = tf.nn.avg_pool2d(skip, factor, factor, "VALID")
+    joined.append(tf.cast(skip, inputs.dtype))
+  if mode == "concat":
+    return tf.concat(joined, axis=-1)
+  if mode == "add":
+    if any(j.shape[-1] != inputs.shape[-1] for j in joined):
+      raise ValueError(
+          f"skip_combine='add' needs equal channels, got "
+          f"{[j.shape[-1] for j in joined]}")
+    return tf.add_n(joined)
+  raise ValueError(
+      f"unknown skip_combine {mode!r}; expected one of {SKIP_COMBINE_MODES}")
 
 
 class SidewaysModule(keras.layers.Layer):
@@ -48,6 +89,7 @@ class SidewaysModule(keras.layers.Layer):
   """
 
   def __init__(self, stage: keras.layers.Layer, index: int, num_modules: int,
+               skip_sources: Sequence[int] = (), skip_combine: str = "concat",
                **kwargs):
     kwargs.setdefault("name", f"sideways_module_{index}")
     super().__init__(**kwargs)
@@ -57,8 +99,11 @@ class SidewaysModule(keras.layers.Layer):
     self.stage = stage
     self.index = index
     self.num_modules = num_modules
+    self.skip_sources = tuple(skip_sources)  # lower modules feeding this one
+    self.skip_combine = skip_combine
     self.input_buffer = None
     self.gradient_buffer = None
+    self.skip_buffers = []
     self._has_state = False
 
   @property
@@ -77,11 +122,15 @@ class SidewaysModule(keras.layers.Layer):
   def state_variables(self) -> list:
     """The buffers this module owns (zero, one or two variables)."""
     return [v for v in (self.input_buffer, self.gradient_buffer)
-            if v is not None]
+            if v is not None] + list(self.skip_buffers)
 
   def allocate_state(self, input_shape: Sequence[int], input_dtype,
-                     output_shape: Sequence[int], output_dtype) -> None:
-    """Creates the zero-initialised buffers for a fixed batch and frame shape."""
+                     output_shape: Sequence[int], output_dtype,
+                     skip_specs: Sequence = ()) -> None:
+    """Creates the zero-initialised buffers for a fixed batch and frame shape.
+
+    `skip_specs`: (shape, dtype) of each skip input, in skip_sources order.
+    """
     if self._has_state:
       raise RuntimeError(
           f"{self.name} already has state; create a new module to change its "
@@ -94,6 +143,10 @@ class SidewaysModule(keras.layers.Layer):
       self.gradient_buffer = self.add_weight(
           shape=tuple(output_shape), dtype=output_dtype, initializer="zeros",
           trainable=False, name="gradient_buffer")
+    self.skip_buffers = [
+        self.add_weight(shape=tuple(shape), dtype=dtype, initializer="zeros",
+                        trainable=False, name=f"skip_buffer_from_{source}")
+        for source, (shape, dtype) in zip(self.skip_sources, skip_specs)]
     self._has_state = True
     self.built = True
 
@@ -102,15 +155,16 @@ class SidewaysModule(keras.layers.Layer):
     for buffer in self.state_variables:
       buffer.assign(tf.zeros(buffer.shape, buffer.dtype))
 
-  def call(self, inputs, training=None):
+  def call(self, inputs, skip_inputs=(), training=None):
     """Plain forward pass of the stage (the clip and BP paths use this)."""
-    return self.stage(inputs, training=training)
+    return self.stage(combine_skips(inputs, list(skip_inputs),
+                                    self.skip_combine), training=training)
 
   def tick(self,
            inputs: tf.Tensor,
            output_gradient: Optional[tf.Tensor] = None,
            loss_of_outputs: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
-           training=True) -> TickResult:
+           training=True, skip_inputs: Sequence[tf.Tensor] = ()) -> TickResult:
     """One Sideways tick of this module: forward, then backward at `inputs`.
 
     Exactly one of `output_gradient` (modules below the top: `d_k`, the
@@ -123,18 +177,26 @@ class SidewaysModule(keras.layers.Layer):
     pipeline passes `False` during warm-up ticks, when the module holds zeros
     rather than a frame, so that normalisation layers don't fold those zeros
     into their moving statistics.
+
+    `skip_inputs` (Skip-Sideways) are the outputs of `skip_sources` held
+    since the previous tick; the Jacobian is taken at them too, and their
+    gradients come back in `skip_gradients`.
     """
     if (output_gradient is None) == (loss_of_outputs is None):
       raise ValueError(
           "tick needs exactly one of output_gradient and loss_of_outputs")
     variables = self.stage.trainable_variables
+    skip_inputs = list(skip_inputs)
     with tf.GradientTape() as tape:
-      tape.watch(inputs)
-      outputs = self._forward(inputs, training)
+      tape.watch([inputs] + skip_inputs)
+      outputs = self._forward(
+          combine_skips(inputs, skip_inputs, self.skip_combine), training)
       loss = loss_of_outputs(outputs) if loss_of_outputs is not None else None
     # The first module's input is a frame: nobody needs its gradient, so we
     # don't pay for the backward-data pass.
-    sources = variables if self.is_first else [inputs] + list(variables)
+    sources = skip_inputs + list(variables)
+    if not self.is_first:
+      sources = [inputs] + sources
     if loss is not None:
       grads = tape.gradient(
           loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -142,11 +204,11 @@ class SidewaysModule(keras.layers.Layer):
       grads = tape.gradient(
           outputs, sources, output_gradients=output_gradient,
           unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    if self.is_first:
-      emitted, parameter_grads = None, grads
-    else:
-      emitted, parameter_grads = grads[0], grads[1:]
-    return TickResult(outputs, emitted, list(parameter_grads), loss)
+    emitted = None if self.is_first else grads.pop(0)
+    skip_grads = grads[:len(skip_inputs)]
+    parameter_grads = grads[len(skip_inputs):]
+    return TickResult(outputs, emitted, list(parameter_grads), loss,
+                      list(skip_grads))
 
   def _forward(self, inputs, training):
     if isinstance(training, bool) or not _has_moving_statistics(self.stage):

@@ -19,15 +19,15 @@ the benchmarks all call these two methods; there is no other implementation.
 
 from __future__ import annotations
 
-import time
-from typing import Callable, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import keras
-import numpy as np
 from absl import logging
 import tensorflow as tf
 
+from sideways_tf.module import SKIP_COMBINE_MODES
 from sideways_tf.module import SidewaysModule
+from sideways_tf.module import combine_skips
 
 ALGORITHMS = ("sideways", "bp")
 
@@ -40,6 +40,35 @@ class ClipResult(NamedTuple):
   loss: tf.Tensor             # mean per-example loss over the valid loss terms
   accuracy: tf.Tensor         # fraction of valid loss terms classified right
   num_loss_terms: tf.Tensor   # B * (number of ticks/frames with a valid loss)
+
+
+class StageShapes(NamedTuple):
+  """Per-example shapes around one stage (found by a probe forward pass)."""
+  input_shape: tuple
+  input_dtype: tf.DType
+  output_shape: tuple
+  output_dtype: tf.DType
+  skip_specs: list  # [(shape, dtype)] of the skip inputs, in source order
+
+
+def _skip_sources(skips, num_modules) -> List[tuple]:
+  """Validated Skip-Sideways sources of each stage: a tuple per stage."""
+  sources = [()] * num_modules
+  for target, from_stages in dict(skips or {}).items():
+    target = int(target)
+    from_stages = tuple(sorted(int(j) for j in from_stages))
+    if not 0 <= target < num_modules:
+      raise ValueError(f"skips: target stage {target} is not in "
+                       f"[0, {num_modules})")
+    for j in from_stages:
+      if not 0 <= j < target - 1:
+        raise ValueError(
+            f"skips: stage {target} may take skips from stages 0..{target - 2}"
+            f" (stage {target - 1} is its main input), got {j}")
+    if len(set(from_stages)) != len(from_stages):
+      raise ValueError(f"skips: repeated source in {from_stages}")
+    sources[target] = from_stages
+  return sources
 
 
 class _FunctionCache(dict):
@@ -67,6 +96,12 @@ class Pipeline(tf.Module):
       ``range(L)``; the stages of a tick are then evaluated strictly in that
       order (chained with control dependencies) instead of concurrently.
       Results must not change.
+    skips: Skip-Sideways (docs/skip_sideways.md). ``{k: [j, ...]}`` with
+      0-based stage indices, ``j < k - 1``: stage k also receives what stage j
+      emitted at the previous tick, a frame k-1-j steps newer than its main
+      input. ``None``/``{}`` is plain Sideways.
+    skip_combine: how a stage joins its skip inputs: "concat" (channels) or
+      "add"; larger skip feature maps are average-pooled to the input size.
   """
 
   def __init__(self,
@@ -74,6 +109,8 @@ class Pipeline(tf.Module):
                loss_fn: LossFn = sparse_softmax_cross_entropy,
                devices: Optional[Sequence[Optional[str]]] = None,
                evaluation_order: Optional[Sequence[int]] = None,
+               skips: Optional[Dict[int, Sequence[int]]] = None,
+               skip_combine: str = "concat",
                name: str = "pipeline"):
     super().__init__(name=name)
     stages = list(stages)
@@ -97,6 +134,11 @@ class Pipeline(tf.Module):
             f"range({len(stages)}), got {evaluation_order!r}")
     if not callable(loss_fn):
       raise ValueError(f"loss_fn must be callable, got {loss_fn!r}")
+    if skip_combine not in SKIP_COMBINE_MODES:
+      raise ValueError(f"unknown skip_combine {skip_combine!r}; expected one "
+                       f"of {SKIP_COMBINE_MODES}")
+    self.skip_sources = _skip_sources(skips, len(stages))
+    self.skip_combine = skip_combine
     self.stages = stages
     self.loss_fn = loss_fn
     self.devices = devices or [None] * len(stages)
@@ -272,107 +314,109 @@ class Pipeline(tf.Module):
                                               autograph=False)
     return self._compiled["predict"](frames)
 
+  @property
+  def receptive_depth(self) -> int:
+    """How many frames past frame s the prediction for frame s looks (D).
+
+    0 for plain Sideways. A skip from stage j into stage k brings a frame
+    k-1-j steps newer than k's main input, so D is the longest such path.
+    """
+    depth = [0] * self.num_modules
+    for k in range(1, self.num_modules):
+      depth[k] = max([depth[k - 1]] + [depth[j] + k - 1 - j
+                                       for j in self.skip_sources[k]])
+    return depth[-1]
+
   def frame_logits(self, frames, training=False) -> tf.Tensor:
-    """Graph-building clip path: time folded into the batch, no pipeline."""
+    """Graph-building clip path: every frame through all modules. [B, T, C].
+
+    Time is folded into the batch, no pipeline. With Skip-Sideways, frame s
+    also sees frames s+1..s+D (receptive_depth) exactly as the pipelined
+    stream does; frames past the clip's end are zero frames, as when a stream
+    is flushed with zero padding frames.
+    """
+    num_frames = tf.shape(frames)[1]
+    return self._sequence_outputs(frames, self.receptive_depth,
+                                  training)[:, :num_frames]
+
+  def _sequence_outputs(self, frames, pad: int, training) -> tf.Tensor:
+    """Top outputs for every frame of `frames` + `pad` zero frames.
+
+    The output of frame s is exact where s + D <= T + pad; later ones saw
+    frames past the end (zeros).
+    """
+    if pad:
+      frames = tf.concat([frames, tf.zeros_like(frames[:, :pad])], axis=1)
     shape = tf.shape(frames)
     batch_size, num_frames = shape[0], shape[1]
-    outputs = tf.reshape(frames, tf.concat([[-1], shape[2:]], axis=0))
-    for k, (stage, device) in enumerate(zip(self.stages, self.devices)):
+
+    def unfold(x):  # [B*T, ...] -> [B, T, ...]
+      return tf.reshape(x, tf.concat([[batch_size, num_frames],
+                                      tf.shape(x)[1:]], axis=0))
+
+    def fold(x):
+      return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+
+    def newer(x, steps):  # frame s gets frame s+steps (zeros past the end)
+      x = unfold(x)
+      return fold(tf.concat([x[:, steps:], tf.zeros_like(x[:, :steps])], 1))
+
+    outputs = []
+    for k, (module, device) in enumerate(zip(self.modules, self.devices)):
       with tf.device(device), tf.name_scope(f"stage_{k}"):
-        outputs = stage(outputs, training=training)
-    return tf.reshape(outputs, tf.concat(
-        [[batch_size, num_frames], tf.shape(outputs)[1:]], axis=0))
+        inputs = fold(frames) if k == 0 else outputs[k - 1]
+        skip_inputs = [newer(outputs[j], k - 1 - j)
+                       for j in module.skip_sources]
+        outputs.append(module.call(inputs, skip_inputs, training=training))
+    return unfold(outputs[-1])
 
   def stream_state_specs(self, frame_shape, dtype=tf.float32):
-    """(shape without batch, dtype) of each streaming buffer a_2..a_L."""
-    shapes = self._ensure_built(tuple(frame_shape), dtype)
-    return [(in_shape, in_dtype) for in_shape, in_dtype, _, _ in shapes[1:]]
+    """[(name, shape without batch, dtype)] of the streaming state.
 
-  def stream_tick(self, frame, activations):
+    activation_k: the input held by module k = 2..L; skip_k_from_j: the
+    Skip-Sideways input module k holds from module j (1-based, as in
+    SIDEWAYS.md).
+    """
+    shapes = self._ensure_built(tuple(frame_shape), dtype)
+    specs = [(f"activation_{k + 1}", shape.input_shape, shape.input_dtype)
+             for k, shape in enumerate(shapes) if k > 0]
+    for k, (module, shape) in enumerate(zip(self.modules, shapes)):
+      specs.extend((f"skip_{k + 1}_from_{j + 1}", s, d) for j, (s, d) in zip(
+          module.skip_sources, shape.skip_specs))
+    return specs
+
+  def stream_tick(self, frame, state):
     """Streaming inference: one tick of the pipelined forward pass alone.
 
-    `activations` are the inputs a_2..a_L held by modules 2..L (zeros at the
+    `state` is a list ordered as :meth:`stream_state_specs` (zeros at the
     start of a stream). Every module steps at once on what it holds; returns
     the top module's output, which belongs to frame t-L+1, and the next
-    activations. Stages run in inference mode.
+    state. Stages run in inference mode.
     """
+    num_inputs = self.num_modules - 1
+    inputs, skips = list(state[:num_inputs]), list(state[num_inputs:])
+    skip_inputs = []
+    for module in self.modules:
+      skip_inputs.append(skips[:len(module.skip_sources)])
+      skips = skips[len(module.skip_sources):]
     outputs = []
-    for k, (stage, device) in enumerate(zip(self.stages, self.devices)):
+    for k, (module, device) in enumerate(zip(self.modules, self.devices)):
       with tf.device(device), tf.name_scope(f"stage_{k}"):
-        outputs.append(stage(frame if k == 0 else activations[k - 1],
-                             training=False))
-    return outputs[-1], outputs[:-1]
+        outputs.append(module.call(frame if k == 0 else inputs[k - 1],
+                                   skip_inputs[k], training=False))
+    new_state = outputs[:-1] + [outputs[j] for m in self.modules
+                                for j in m.skip_sources]
+    return outputs[-1], new_state
 
   def stage_tick_seconds(self, frames, labels, repeats: int = 5,
                          ticks_per_call: int = 16) -> List[float]:
     """Median wall time of one tick of each module, each run on its own.
 
-    The balance of these times bounds the depth-parallel speedup (sum / max).
-    Uses the module's own `tick` on the current buffers, so it measures
-    exactly the work the engine does per module per tick. Each call runs
-    `ticks_per_call` ticks of the module in a ``tf.while_loop`` (module 1
-    reading successive frames, the accumulators carried as in the engine) and
-    the time is divided by it, so the per-call dispatch of a ``tf.function``
-    (about as long as a small module's tick on a CPU) does not swamp it.
+    See :func:`sideways_tf.stage_timing.stage_tick_seconds`.
     """
-    if int(ticks_per_call) < 1:
-      raise ValueError(f"ticks_per_call must be >= 1, got {ticks_per_call}")
-    frames, labels = self.prepare_inputs(frames, labels, "sideways")
-    key = ("stage_ticks", int(ticks_per_call))
-    if key not in self._compiled:
-      self._compiled[key] = [
-          tf.function(lambda f, l, k=k: self._module_ticks(
-              k, f, l, int(ticks_per_call)), autograph=False)
-          for k in range(self.num_modules)]
-    seconds = []
-    for fn in self._compiled[key]:
-      fn(frames, labels).numpy()  # trace, warm up
-      times = []
-      for _ in range(repeats):
-        start = time.perf_counter()
-        fn(frames, labels).numpy()
-        times.append(time.perf_counter() - start)
-      seconds.append(float(np.median(times)) / int(ticks_per_call))
-    return seconds
-
-  def _module_ticks(self, k, frames, labels, num_ticks):
-    """`num_ticks` ticks of module k alone; returns a scalar to wait on."""
-    module = self.modules[k]
-    with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
-      clip_length = tf.shape(frames)[1]
-      inputs0 = (tf.zeros([], frames.dtype) if module.is_first
-                 else tf.convert_to_tensor(module.input_buffer))
-      # The output gradient rides along as a loop variable, as d_k does in
-      # the engine (a tensor captured from outside the loop trips the
-      # gradient of batch norm's tf.cond).
-      output_gradient0 = (tf.zeros([]) if module.is_top
-                          else tf.convert_to_tensor(module.gradient_buffer))
-      accumulators0 = [tf.zeros_like(v)
-                       for v in module.stage.trainable_variables]
-
-      def loss_of_outputs(logits):
-        return tf.reduce_sum(tf.cast(self.loss_fn(labels, logits), tf.float32))
-
-      def body(i, inputs, output_gradient, accumulators):
-        result = module.tick(
-            tf.gather(frames, i % clip_length, axis=1) if module.is_first
-            else inputs,
-            output_gradient=None if module.is_top else output_gradient,
-            loss_of_outputs=loss_of_outputs if module.is_top else None,
-            training=i >= 0)
-        if not module.is_first:
-          # Carry the input through the emitted gradient so that no part of
-          # the tick is loop-invariant (grappler would hoist it out).
-          inputs = tf.where(i >= 0, inputs, result.emitted_gradient)
-        return (i + 1, inputs, output_gradient,
-                [acc + g for acc, g in zip(accumulators,
-                                           result.parameter_gradients)])
-
-      _, _, _, accumulators = tf.while_loop(
-          lambda i, *_: i < num_ticks, body,
-          (tf.constant(0), inputs0, output_gradient0, accumulators0))
-      return tf.add_n([tf.reduce_sum(tf.cast(a, tf.float32))
-                       for a in accumulators] + [tf.constant(0.0)])
+    from sideways_tf import stage_timing  # only profiling needs it
+    return stage_timing.stage_tick_seconds(self, frames, labels, repeats,
+                                           ticks_per_call)
 
   # -------------------------------------------------------- the tick engine
 
@@ -387,21 +431,20 @@ class Pipeline(tf.Module):
     # The buffers become loop variables: read once before the loop, written
     # once after it. `inputs[k]` is a_k of module k+1..L (module 1 reads the
     # frame), `grads[k]` is d_k of modules 1..L-1 (the top has the loss).
+    # `skips[k]` are the Skip-Sideways inputs of module k (usually none).
     # Inside the loop no stage touches a variable that another stage writes, so
     # nothing serialises the stages of a tick.
-    if reset:
-      inputs0 = [tf.zeros_like(m.input_buffer) for m in modules[1:]]
-      grads0 = [tf.zeros_like(m.gradient_buffer) for m in modules[:-1]]
-      ticks_before = tf.constant(0, tf.int64)
-    else:
-      inputs0 = [tf.convert_to_tensor(m.input_buffer) for m in modules[1:]]
-      grads0 = [tf.convert_to_tensor(m.gradient_buffer) for m in modules[:-1]]
-      ticks_before = self.ticks_seen.read_value()
+    read = tf.zeros_like if reset else tf.convert_to_tensor
+    inputs0 = [read(m.input_buffer) for m in modules[1:]]
+    grads0 = [read(m.gradient_buffer) for m in modules[:-1]]
+    skips0 = [[read(b) for b in m.skip_buffers] for m in modules]
+    ticks_before = (tf.constant(0, tf.int64) if reset
+                    else self.ticks_seen.read_value())
     accumulators0 = [[tf.zeros_like(v) for v in m.stage.trainable_variables]
                      for m in modules]
     zero = tf.constant(0.0, tf.float32)
 
-    def tick(t, inputs, grads, accumulators, loss_sum, correct_sum,
+    def tick(t, inputs, grads, skips, accumulators, loss_sum, correct_sum,
              valid_ticks):
       # 1-based global tick: module k (1-based) holds a real frame iff
       # tick >= k, and the top's loss is real iff tick >= L.
@@ -414,6 +457,8 @@ class Pipeline(tf.Module):
 
       new_inputs = [None] * (num_modules - 1)
       new_grads = [None] * (num_modules - 1)
+      new_skips = [[None] * len(m.skip_sources) for m in modules]
+      skip_grads = [[] for _ in modules]  # extra gradients for d_j
       new_accumulators = [None] * num_modules
       after = []  # control inputs; only non-empty to force a test order
       for k in self.evaluation_order or range(num_modules):
@@ -426,32 +471,42 @@ class Pipeline(tf.Module):
               module_input,
               output_gradient=None if module.is_top else grads[k],
               loss_of_outputs=masked_loss if module.is_top else None,
-              training=global_tick >= k + 1)
+              training=global_tick >= k + 1, skip_inputs=skips[k])
           if module.is_top:
             top = result
           else:
             new_inputs[k] = result.outputs       # a_{k+1} <- y_k
           if not module.is_first:
             new_grads[k - 1] = result.emitted_gradient  # d_{k-1} <- e_k
+          for target, target_module in enumerate(modules):  # skips out of k
+            for i, source in enumerate(target_module.skip_sources):
+              if source == k:
+                new_skips[target][i] = result.outputs
+          for source, grad in zip(module.skip_sources, result.skip_gradients):
+            skip_grads[source].append(grad)     # d_j <- ... + e_{k->j}
           new_accumulators[k] = [
               acc + g for acc, g in zip(accumulators[k],
                                         result.parameter_gradients)]
         if self.evaluation_order is not None:
           after = [result.outputs] + list(result.parameter_gradients)
 
+      for j, extra in enumerate(skip_grads):
+        if extra:
+          with tf.device(devices[j]):
+            new_grads[j] = tf.add_n([new_grads[j]] + extra)
       correct = tf.cast(tf.equal(
           tf.argmax(top.outputs, axis=-1, output_type=tf.int32), labels),
                         tf.float32)
-      return (t + 1, new_inputs, new_grads, new_accumulators,
+      return (t + 1, new_inputs, new_grads, new_skips, new_accumulators,
               loss_sum + top.loss,
               correct_sum + tf.reduce_sum(correct) * loss_mask,
               valid_ticks + loss_mask)
 
-    _, inputs, grads, accumulators, loss_sum, correct_sum, valid_ticks = (
-        tf.while_loop(
-            lambda t, *_: t < num_ticks,
-            tick,
-            (tf.constant(0), inputs0, grads0, accumulators0, zero, zero, zero)))
+    (_, inputs, grads, skips, accumulators, loss_sum, correct_sum,
+     valid_ticks) = tf.while_loop(
+         lambda t, *_: t < num_ticks, tick,
+         (tf.constant(0), inputs0, grads0, skips0, accumulators0, zero, zero,
+          zero))
 
     # Leave the buffers for the next chunk of the stream.
     updates = [self.ticks_seen.assign_add(tf.cast(num_ticks, tf.int64))
@@ -462,6 +517,10 @@ class Pipeline(tf.Module):
         updates.append(modules[k + 1].input_buffer.assign(inputs[k]))
       with tf.device(devices[k]):
         updates.append(modules[k].gradient_buffer.assign(grads[k]))
+    for k, module in enumerate(modules):
+      with tf.device(devices[k]):
+        updates.extend(b.assign(v) for b, v in zip(module.skip_buffers,
+                                                   skips[k]))
 
     # Clip gradient: divide by B * (number of ticks with a valid loss).
     with tf.control_dependencies(updates):
@@ -484,13 +543,16 @@ class Pipeline(tf.Module):
   def _bp_graph(self, frames, labels, loss_scale) -> ClipResult:
     """Exact gradient of the mean per-frame loss over batch and all T frames.
 
-    Time is folded into the batch (all B*T frames in one forward and one
+    (With Skip-Sideways: over the T-D frames whose inputs all lie in the
+    clip.) Time is folded into the batch (all B*T frames in one forward and one
     backward pass): the strongest single-device baseline.
     """
-    num_frames = tf.shape(frames)[1]
+    # Frames whose receptive field lies in the clip: all T of them for plain
+    # Sideways; with skips the last D frames would see past the end.
+    num_frames = tf.shape(frames)[1] - self.receptive_depth
     frame_labels = tf.repeat(labels, num_frames)  # frames are batch-major
     with tf.GradientTape() as tape:
-      logits = self.frame_logits(frames, training=True)
+      logits = self._sequence_outputs(frames, 0, training=True)[:, :num_frames]
       logits = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
       per_example = tf.cast(self.loss_fn(frame_labels, logits), tf.float32)
       loss = tf.reduce_mean(per_example)
@@ -507,30 +569,37 @@ class Pipeline(tf.Module):
   # -------------------------------------------------------------- the state
 
   def _new_modules(self) -> List[SidewaysModule]:
-    return [SidewaysModule(stage, k, len(self.stages))
+    return [SidewaysModule(stage, k, len(self.stages),
+                           skip_sources=self.skip_sources[k],
+                           skip_combine=self.skip_combine)
             for k, stage in enumerate(self.stages)]
 
-  def _ensure_built(self, frame_shape, dtype) -> List[tuple]:
+  def _ensure_built(self, frame_shape, dtype) -> List[StageShapes]:
     """Builds unbuilt stages under their devices; returns per-stage shapes.
 
-    Returns [(input_shape, input_dtype, output_shape, output_dtype)] for a
-    batch of one, found by a forward pass of zeros (which also creates the
-    weights of unbuilt stages on their own devices).
+    A forward pass of one zero frame finds the shapes (and creates the weights
+    of unbuilt stages on their own devices).
     """
-    shapes = []
-    outputs = tf.zeros((1,) + tuple(frame_shape), dtype)
-    for k, (stage, device) in enumerate(zip(self.stages, self.devices)):
-      inputs = outputs
+    shapes, outputs = [], []
+    frame = tf.zeros((1,) + tuple(frame_shape), dtype)
+    for k, (module, device) in enumerate(zip(self.modules, self.devices)):
+      inputs = frame if k == 0 else outputs[k - 1]
+      skip_inputs = [outputs[j] for j in module.skip_sources]
       try:
         with tf.device(device):
-          outputs = stage(inputs, training=False)
+          outputs.append(module.call(inputs, skip_inputs, training=False))
       except Exception as error:  # Keras raises many kinds; name the shape.
         raise ValueError(
-            f"stage {k} ({stage.name}) cannot take inputs of shape "
-            f"{[None] + list(inputs.shape[1:])} (from frames of shape "
-            f"[B, T] + {list(frame_shape)}): {error}") from error
-      shapes.append((tuple(inputs.shape[1:]), inputs.dtype,
-                     tuple(outputs.shape[1:]), outputs.dtype))
+            f"stage {k} ({module.stage.name}) cannot take inputs of shape "
+            f"{[None] + list(inputs.shape[1:])}"
+            + (f" with skip inputs {[[None] + list(x.shape[1:]) for x in skip_inputs]}"
+               if skip_inputs else "")
+            + f" (from frames of shape [B, T] + {list(frame_shape)}): "
+            f"{error}") from error
+      shapes.append(StageShapes(
+          tuple(inputs.shape[1:]), inputs.dtype, tuple(outputs[-1].shape[1:]),
+          outputs[-1].dtype,
+          [(tuple(x.shape[1:]), x.dtype) for x in skip_inputs]))
     return shapes
 
   def _ensure_state(self, batch_size, frame_shape, dtype, reset) -> None:
@@ -549,10 +618,11 @@ class Pipeline(tf.Module):
       # capture them.
       self.modules = self._new_modules()
       self._compiled.clear()
-    for module, device, (in_shape, in_dtype, out_shape, out_dtype) in zip(
-        self.modules, self.devices, shapes):
+    for module, device, shape in zip(self.modules, self.devices, shapes):
       with tf.device(device):
-        module.allocate_state((batch_size,) + in_shape, in_dtype,
-                              (batch_size,) + out_shape, out_dtype)
+        module.allocate_state(
+            (batch_size,) + shape.input_shape, shape.input_dtype,
+            (batch_size,) + shape.output_shape, shape.output_dtype,
+            [((batch_size,) + s, d) for s, d in shape.skip_specs])
     self._state_signature = signature
     self.ticks_seen.assign(0)

@@ -28,8 +28,8 @@ def main(saved_model_dir, video_path):
   model = tf.saved_model.load(saved_model_dir)
   clip = model.signatures["serving_default"](video=tf.constant(video))
   state = model.signatures["init_state"](batch_size=tf.constant(batch))
-  names = sorted(k for k in state if k.startswith("activation_"))
-  num_modules = len(names) + 1
+  names = sorted(k for k in state if k != "ticks")
+  num_modules = len([k for k in names if k.startswith("activation_")]) + 1
   padding = np.zeros_like(video[:, 0])
   streamed, valid = [], []
   for t in range(num_frames + num_modules - 1):

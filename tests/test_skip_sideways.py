@@ -1,0 +1,184 @@
+"""Skip-Sideways: temporal skip connections on the same tick engine."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import sideways_tf
+from tests import util
+from tests.test_pipeline import Scale, assert_all_close, grads_by_module
+from tests.test_pipeline import half_square_loss
+
+
+class ScaleSum(Scale):
+  """y = w * sum(inputs) + b for [x] or concat([main, skip]) inputs."""
+
+  def call(self, x):
+    return self.w * tf.reduce_sum(x, axis=-1, keepdims=True) + self.b
+
+
+def test_no_skips_is_plain_sideways():
+  stages = util.conv_stages(3)
+  frames = util.moving_clip(batch=2, frames=7, shape=(6, 6, 2))
+  labels = util.labels_for(2)
+  plain = sideways_tf.Pipeline(stages)
+  empty = sideways_tf.Pipeline(stages, skips={})
+  for algorithm in sideways_tf.ALGORITHMS:
+    np.testing.assert_equal(
+        util.to_numpy(empty.compute_gradients(frames, labels, algorithm)),
+        util.to_numpy(plain.compute_gradients(frames, labels, algorithm)))
+  assert empty.receptive_depth == 0
+  assert [len(m.skip_buffers) for m in empty.modules] == [0, 0, 0]
+
+
+def test_receptive_depth():
+  stages = util.dense_stages(4)
+  assert sideways_tf.Pipeline(stages, skips={2: [0]}).receptive_depth == 1
+  assert sideways_tf.Pipeline(stages, skips={3: [0]}).receptive_depth == 2
+  assert sideways_tf.Pipeline(stages, skips={2: [0], 3: [1]}).receptive_depth == 1
+
+
+def test_forward_provenance_of_what_a_module_combines():
+  """Stage k (0-based) combines frame t-k (main) with frame t-1-j (skip
+  from stage j) at tick t: with additive identity stages the top emits the
+  sum of the two frame tags."""
+  pipe = sideways_tf.Pipeline([ScaleSum() for _ in range(3)],
+                              half_square_loss, skips={2: [0]})
+  state = [tf.zeros([1, 1])] * 2
+  for t in range(1, 9):
+    out, state = pipe.stream_tick(tf.constant([[float(t)]]), state)
+    if t >= 3:
+      assert float(out[0, 0]) == (t - 2) + (t - 1)
+
+
+def test_gradient_provenance_along_the_skip():
+  """d_0 at tick t = (what stage 1 emitted at t-1) + (what stage 2 sent back
+  along the skip at t-1): gradients of the losses of two different frames."""
+  pipe = sideways_tf.Pipeline([ScaleSum() for _ in range(3)],
+                              half_square_loss, skips={2: [0]})
+  frames = np.arange(1, 13, dtype="float32").reshape(1, -1, 1)
+  pipe.allocate_state(1, (1,))
+  pipe.reset_state()
+  delta2 = lambda t: 2 * t - 3 if t >= 3 else 0   # top: y = tags t-2 and t-1
+  delta1 = lambda t: delta2(t - 1)
+  delta0 = lambda t: delta1(t - 1) + delta2(t - 1)
+  for t in range(1, 13):
+    per_tick = grads_by_module(pipe, util.to_numpy(pipe.compute_gradients(
+        frames[:, t - 1:t], np.zeros([1], "int32"), reset=False)))
+    for k, delta in enumerate([delta0, delta1, delta2]):
+      grad_w, grad_b = per_tick[k]
+      assert grad_b == delta(t), (t, k)
+    assert per_tick[0][0] == t * delta0(t)  # stage 0's input is frame t
+
+
+def numpy_skip_sideways(weights, frames, labels):
+  """Sideways with one skip 0 -> 2 (concat), tanh dense stages, from the rule:
+  every stage reads the buffers of t-1; the skip's gradient joins d_0."""
+  batch, num_frames, _ = frames.shape
+  onehot = np.eye(weights[-1][0].shape[1])[labels]
+  hidden = weights[0][0].shape[1]
+  a1 = np.zeros((batch, hidden)); a2 = np.zeros((batch, hidden))
+  s2 = np.zeros((batch, hidden))
+  d0 = np.zeros((batch, hidden)); d1 = np.zeros((batch, hidden))
+  grads = [[np.zeros_like(w), np.zeros_like(b)] for w, b in weights]
+  for t in range(1, num_frames + 1):
+    x0 = frames[:, t - 1]
+    y0 = np.tanh(x0 @ weights[0][0] + weights[0][1])
+    y1 = np.tanh(a1 @ weights[1][0] + weights[1][1])
+    x2 = np.concatenate([a2, s2], axis=1)
+    y2 = x2 @ weights[2][0] + weights[2][1]
+    p = np.exp(y2 - y2.max(-1, keepdims=True))
+    delta2 = (p / p.sum(-1, keepdims=True) - onehot) * (t >= 3)
+    delta1 = d1 * (1 - y1 ** 2)
+    delta0 = d0 * (1 - y0 ** 2)
+    for k, (x, delta) in enumerate([(x0, delta0), (a1, delta1),
+                                    (x2, delta2)]):
+      grads[k][0] += x.T @ delta
+      grads[k][1] += delta.sum(0)
+    e2 = delta2 @ weights[2][0].T
+    e1 = delta1 @ weights[1][0].T
+    a1, a2, s2 = y0, y1, y0
+    d1, d0 = e2[:, :hidden], e1 + e2[:, hidden:]
+  return [g / (batch * (num_frames - 2)) for pair in grads for g in pair]
+
+
+def test_matches_numpy_reference_with_a_skip():
+  hidden = 4
+  stages = [keras.layers.Dense(hidden, activation="tanh"),
+            keras.layers.Dense(hidden, activation="tanh"),
+            keras.layers.Dense(3)]
+  for stage, fan_in in zip(stages, (5, hidden, 2 * hidden)):
+    stage.build((None, fan_in))
+  pipe = sideways_tf.Pipeline(stages, skips={2: [0]})
+  frames = util.moving_clip(batch=3, frames=8)
+  labels = util.labels_for(3)
+  weights = [tuple(np.asarray(v, np.float64) for v in s.trainable_variables)
+             for s in stages]
+  expected = numpy_skip_sideways(weights, frames.astype(np.float64), labels)
+  assert_all_close(pipe.compute_gradients(frames, labels), expected)
+
+
+def test_bp_with_skips_is_the_gradient_of_the_unrolled_model():
+  stages = util.conv_stages(3)
+  for stage in stages[:2]:
+    stage.build((None, 6, 6, 2) if stage is stages[0] else (None, 6, 6, 4))
+  pipe = sideways_tf.Pipeline(stages, skips={2: [0]})
+  frames = tf.constant(util.moving_clip(batch=2, frames=5, shape=(6, 6, 2)))
+  labels = util.labels_for(2)
+  grads = pipe.compute_gradients(frames, labels, "bp")
+  with tf.GradientTape() as tape:
+    h0 = [stages[0](frames[:, s]) for s in range(5)]
+    losses = []
+    for s in range(4):  # frame s also sees frame s+1: D = 1
+      logits = stages[2](tf.concat([stages[1](h0[s]), h0[s + 1]], -1))
+      losses.append(keras.losses.sparse_categorical_crossentropy(
+          labels, logits, from_logits=True))
+    loss = tf.reduce_mean(tf.stack(losses))
+  assert_all_close(grads, tape.gradient(loss, pipe.trainable_variables))
+
+
+def test_stream_equals_clip_with_skips():
+  stages = util.conv_stages(4)
+  pipe = sideways_tf.Pipeline(stages, skips={2: [0], 3: [0, 1]})
+  frames = util.moving_clip(batch=2, frames=6, shape=(6, 6, 2))
+  clip = np.asarray(pipe.predict_frames(frames))
+  specs = pipe.stream_state_specs((6, 6, 2))
+  assert [name for name, _, _ in specs] == [
+      "activation_2", "activation_3", "activation_4", "skip_3_from_1",
+      "skip_4_from_1", "skip_4_from_2"]
+  state = [tf.zeros((2,) + shape, dtype) for _, shape, dtype in specs]
+  streamed = []
+  for t in range(6 + 3):
+    frame = frames[:, t] if t < 6 else np.zeros_like(frames[:, 0])
+    out, state = pipe.stream_tick(tf.constant(frame), state)
+    if t >= 3:
+      streamed.append(np.asarray(out))
+  np.testing.assert_allclose(np.stack(streamed, 1), clip, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_skip_buffers_are_state_and_conv_skips_are_pooled():
+  pipe = sideways_tf.Pipeline(
+      [keras.Sequential([keras.layers.Conv2D(3, 3, padding="same"),
+                         keras.layers.MaxPooling2D(2)]),
+       keras.layers.Conv2D(3, 3, padding="same"),
+       keras.Sequential([keras.layers.GlobalAveragePooling2D(),
+                         keras.layers.Dense(2)])], skips={2: [0]})
+  pipe.compute_gradients(util.moving_clip(2, 5, (8, 8, 1)),
+                         util.labels_for(2, 2))
+  assert [tuple(b.shape) for b in pipe.modules[2].skip_buffers] == [
+      (2, 4, 4, 3)]
+  assert id(pipe.modules[2].skip_buffers[0]) in {
+      id(v) for v in pipe.state_variables}
+
+
+@pytest.mark.parametrize("skips,message", [
+    ({2: [1]}, "stage 2 may take skips from stages 0..0"),
+    ({5: [0]}, "target stage 5"),
+])
+def test_bad_skips_are_rejected(skips, message):
+  with pytest.raises(ValueError, match=message):
+    sideways_tf.Pipeline(util.dense_stages(3), skips=skips)
+  with pytest.raises(ValueError, match="unknown skip_combine"):
+    sideways_tf.Pipeline(util.dense_stages(3), skip_combine="mul")
