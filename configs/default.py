@@ -56,6 +56,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_modules = 4
   config.model.widths = (16, 32, 64)
   config.devices = ()  # () = default placement; else one device per module
+  # ("auto",) = every visible GPU, module k on GPU k*G//L (docs/scaling.md).
+  # Scale-out (docs/scaling.md): True = this process is one worker of the
+  # TF_CONFIG cluster (tf.distribute.MultiWorkerMirroredStrategy); clip
+  # gradients are averaged across workers, train.batch_size is per worker.
+  config.distributed = False
+  config.collective_timeout_seconds = 300.0  # bound on one all-reduce
+  # "" (float32), "mixed_bfloat16", or "mixed_float16" (with dynamic loss
+  # scaling). Keras computes in 16 bits, keeps float32 weights.
+  config.mixed_precision = ""
+  # Skip-Sideways (docs/skip_sideways.md): "2:0" = stage 2 also receives
+  # stage 0's output of the previous tick; "" = plain Sideways.
+  config.skips = ""
+  config.skip_combine = "concat"  # or "add"
 
   # Optimisation: one optimizer step per clip unless update_every_ticks > 0.
   config.train = ml_collections.ConfigDict()

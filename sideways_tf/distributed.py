@@ -111,7 +111,15 @@ class Cluster:
       # Tensors from a tf.function carry no device; the collective needs one.
       with tf.device(self._device):
         values = [tf.identity(v) for v in values]
-      return tf.distribute.get_replica_context().all_reduce(op, values)
+      # One all-reduce per dtype (the strategy packs a list into one tensor).
+      reduced = [None] * len(values)
+      for dtype in sorted({v.dtype for v in values}, key=lambda d: d.name):
+        group = [i for i, v in enumerate(values) if v.dtype == dtype]
+        results = tf.distribute.get_replica_context().all_reduce(
+            op, [values[i] for i in group])
+        for i, result in zip(group, results):
+          reduced[i] = result
+      return reduced
 
     reduced = self.strategy.run(replica_fn, args=tuple(tensors))
     return list(reduced)

@@ -28,10 +28,11 @@ import tensorflow as tf
 from absl import logging
 
 from sideways_tf import data as data_lib
+from sideways_tf import distributed
 from sideways_tf import models
 from sideways_tf import summaries
 from sideways_tf.pipeline import Pipeline
-from sideways_tf.trainer import Trainer
+from sideways_tf.trainer import DynamicLossScale, Trainer
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,8 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.eval_every",
                   "train.checkpoint_every", "train.fidelity_every",
                   "train.stage_time_every", "train.keep_checkpoints",
                   "eval.batch_size", "eval.num_batches", "data.data_dir",
-                  "data.path", "devices")
+                  "data.path", "devices", "distributed",
+                  "collective_timeout_seconds")
 
 
 @dataclasses.dataclass
@@ -56,27 +58,50 @@ class Experiment:
   checkpoint: tf.train.Checkpoint
 
 
-def build(config, data_seed_offset: int = 0) -> Experiment:
-  """Data, model, pipeline, optimizer and trainer for `config`."""
+def build(config, data_seed_offset: int = 0,
+          cluster: Optional[distributed.Cluster] = None) -> Experiment:
+  """Data, model, pipeline, optimizer and trainer for `config`.
+
+  With a `cluster`, each worker trains on its own shard of the batches
+  (config.train.batch_size is per worker) and the clip gradients are averaged
+  across workers before every update.
+  """
   keras.utils.set_random_seed(config.seed)
   datasets = data_lib.get_datasets(
       config.data, batch_size=config.train.batch_size,
       eval_batch_size=config.eval.batch_size,
       seed=config.seed + data_seed_offset)
+  if cluster is not None:
+    # Same seed on every worker: the same batch order, so worker i keeping
+    # every num_workers-th batch gives the workers disjoint batches.
+    datasets = dataclasses.replace(datasets,
+                                   train=cluster.shard(datasets.train))
   return build_model(config, datasets.num_classes, datasets.frame_shape,
-                     datasets)
+                     datasets, cluster)
 
 
-def build_model(config, num_classes: int, frame_shape, datasets=None
-                ) -> Experiment:
+def build_model(config, num_classes: int, frame_shape, datasets=None,
+                cluster: Optional[distributed.Cluster] = None) -> Experiment:
   """Everything but the data (for export, or evaluation on other data)."""
   keras.utils.set_random_seed(config.seed)
+  precision = config.get("mixed_precision", "") or "float32"
+  if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+    raise ValueError(
+        f"config.mixed_precision must be '', 'mixed_bfloat16' or "
+        f"'mixed_float16', got {precision!r}")
+  keras.mixed_precision.set_dtype_policy(precision)  # before the stages
   stages = models.build_stages(config.model, num_classes)
-  devices = list(config.devices) or None
-  pipeline = Pipeline(stages, devices=devices)
+  devices = resolve_devices(config.devices, len(stages))
+  pipeline = Pipeline(stages, devices=devices,
+                      skips=parse_skips(config.get("skips", "")),
+                      skip_combine=config.get("skip_combine", "concat"))
   optimizer = make_optimizer(config.train)
-  trainer = Trainer(pipeline, optimizer, config.algorithm,
-                    update_every_ticks=config.train.update_every_ticks)
+  trainer = Trainer(
+      pipeline, optimizer, config.algorithm,
+      update_every_ticks=config.train.update_every_ticks,
+      gradient_transform=cluster.all_reduce_mean if cluster else None,
+      loss_scale=(DynamicLossScale() if precision == "mixed_float16"
+                  else None))
   # Create every variable now (weights, buffers, optimizer slots) so that a
   # checkpoint restores into them at once.
   pipeline.allocate_state(config.train.batch_size, tuple(frame_shape))
@@ -84,8 +109,48 @@ def build_model(config, num_classes: int, frame_shape, datasets=None
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
   checkpoint = tf.train.Checkpoint(step=step, pipeline=pipeline,
                                    optimizer=optimizer)
+  if trainer.loss_scale is not None:
+    checkpoint.loss_scale = trainer.loss_scale
   return Experiment(config, datasets, pipeline, optimizer, trainer, step,
                     checkpoint)
+
+
+def parse_skips(spec: str) -> Dict[int, list]:
+  """"2:0; 3:0,1" -> {2: [0], 3: [0, 1]} (0-based stage indices)."""
+  skips = {}
+  for part in filter(None, (p.strip() for p in str(spec).split(";"))):
+    target, _, sources = part.partition(":")
+    try:
+      skips[int(target)] = [int(j) for j in sources.split(",") if j.strip()]
+    except ValueError:
+      raise ValueError(
+          f"config.skips must look like '2:0; 3:0,1' (stage: source "
+          f"stages), got {spec!r}") from None
+  return skips
+
+
+def resolve_devices(devices, num_modules: int) -> Optional[list]:
+  """config.devices -> one device per module, or None (default placement).
+
+  "auto" (or ("auto",)) maps the modules onto every visible GPU: module k on
+  GPU k * G // L, so with fewer GPUs than modules neighbouring modules share
+  a GPU. Without a GPU it uses the logical CPUs if more than one is
+  configured (a test set-up, see docs/scaling.md), else it is an error.
+  """
+  devices = [devices] if isinstance(devices, str) else list(devices or ())
+  if devices != ["auto"]:
+    return devices or None
+  found = [d.name for d in tf.config.list_logical_devices("GPU")]
+  if not found:
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    found = cpus if len(cpus) > 1 else []
+  if not found:
+    raise ValueError(
+        "config.devices='auto' maps the modules onto GPUs, but TensorFlow "
+        "sees no GPU (and only one CPU device). Use config.devices=() for "
+        "default placement, or list devices explicitly.")
+  return [found[k * len(found) // num_modules] if num_modules > len(found)
+          else found[k] for k in range(num_modules)]
 
 
 def make_optimizer(train_config) -> keras.optimizers.Optimizer:
@@ -101,27 +166,45 @@ def make_optimizer(train_config) -> keras.optimizers.Optimizer:
 
 
 def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the final metrics."""
+  """Trains (or resumes) the run in `workdir`; returns the final metrics.
+
+  With config.distributed, this process is one worker of the TF_CONFIG
+  cluster (docs/scaling.md): only the chief writes to `workdir`; every
+  worker resumes from the chief's checkpoints (a shared filesystem).
+  """
   workdir = pathlib.Path(workdir)
-  _prepare_workdir(config, workdir, overwrite)
+  # MultiWorkerMirroredStrategy must start before any other TF op.
+  cluster = (distributed.Cluster(config.get("collective_timeout_seconds", 300))
+             if config.get("distributed", False) else None)
+  is_chief = cluster is None or cluster.is_chief
+  if cluster is not None:
+    print(f"{cluster}; {distributed.tf_config_summary()}", flush=True)
+  if is_chief:
+    _prepare_workdir(config, workdir, overwrite)
   manager_dir = workdir / "checkpoints"
   latest = tf.train.latest_checkpoint(str(manager_dir))
   start_step = _checkpoint_step(latest) if latest else 0
   # A resumed run draws a new, still deterministic, data order.
-  exp = build(config, data_seed_offset=start_step)
-  atomic_write_text(workdir / "model_info.json", json.dumps({
-      "num_classes": exp.datasets.num_classes,
-      "frame_shape": list(exp.datasets.frame_shape),
-      "class_names": list(exp.datasets.class_names)}, indent=2))
+  exp = build(config, data_seed_offset=start_step, cluster=cluster)
+  if is_chief:
+    atomic_write_text(workdir / "model_info.json", json.dumps({
+        "num_classes": exp.datasets.num_classes,
+        "frame_shape": list(exp.datasets.frame_shape),
+        "class_names": list(exp.datasets.class_names)}, indent=2))
   manager = tf.train.CheckpointManager(
       exp.checkpoint, str(manager_dir),
       max_to_keep=config.train.keep_checkpoints)
   if latest:
     exp.checkpoint.restore(latest).assert_existing_objects_matched()
     print(f"Resumed from {latest} at step {int(exp.step)}.", flush=True)
+  if cluster is not None:
+    _sync_workers(exp, cluster, latest)
 
-  train_writer = tf.summary.create_file_writer(str(workdir / "train"))
-  eval_writer = tf.summary.create_file_writer(str(workdir / "eval"))
+  if is_chief:
+    train_writer = tf.summary.create_file_writer(str(workdir / "train"))
+    eval_writer = tf.summary.create_file_writer(str(workdir / "eval"))
+  else:  # only the chief logs
+    train_writer = eval_writer = tf.summary.create_noop_writer()
   if not latest:
     summaries.write_config(train_writer, config, _hparams(config))
 
@@ -143,14 +226,20 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
       step = int(exp.step) + 1
       frames, labels = batch["video"], batch["label"]
       frames_per_clip = int(frames.shape[0]) * int(frames.shape[1])
-      if _due(step, train_cfg.fidelity_every):
+      if is_chief and _due(step, train_cfg.fidelity_every):
         _log_fidelity(exp, train_writer, step, frames, labels)
-      if _due(step, train_cfg.stage_time_every):
+      if is_chief and _due(step, train_cfg.stage_time_every):
         summaries.write_stage_seconds(
             train_writer, step,
             exp.pipeline.stage_tick_seconds(frames, labels, repeats=3))
       started = time.perf_counter()
-      metrics = exp.trainer.train_step(frames, labels)
+      try:
+        metrics = exp.trainer.train_step(frames, labels)
+      except distributed.COLLECTIVE_ERRORS as error:
+        if cluster is None:
+          raise
+        raise distributed.WorkerLostError(distributed.lost_worker_message(
+            cluster, step, manager.latest_checkpoint, error)) from error
       elapsed = time.perf_counter() - started
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(
@@ -172,9 +261,10 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
                                ("accuracy", averages["accuracy"]),
                                ("frames/s", averages["frames_per_second"])])
         last_train = averages
-      if _due(step, train_cfg.checkpoint_every):
+      if is_chief and _due(step, train_cfg.checkpoint_every):
         _save(exp, manager, step)
-      if _due(step, train_cfg.eval_every) or step == train_cfg.num_steps:
+      if is_chief and (_due(step, train_cfg.eval_every) or
+                       step == train_cfg.num_steps):
         eval_metrics = _evaluate(exp, eval_writer, step, workdir)
   except FloatingPointError:
     train_writer.flush()
@@ -182,12 +272,19 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   finally:
     stop.restore()
   step = int(exp.step)
-  if step > 0 and manager.latest_checkpoint != str(
+  if is_chief and step > 0 and manager.latest_checkpoint != str(
       manager_dir / f"ckpt-{step}"):
     _save(exp, manager, step)
   train_writer.flush()
   eval_writer.flush()
   wall = time.perf_counter() - run_start
+  if not is_chief:
+    print(f"\nDone: worker {cluster.worker_index} of {cluster.num_workers} at "
+          f"step {step}; train loss {last_train['loss']:.4f} on this worker's "
+          f"shard. The chief writes checkpoints, logs and evaluations.",
+          flush=True)
+    return {"step": step, "interrupted": stop.requested,
+            "train_loss": last_train["loss"]}
   if stop.requested:
     print(f"\nStopped by signal at step {step}; checkpoint saved. Rerun the "
           f"same command to resume.", flush=True)
@@ -274,6 +371,24 @@ def _evaluate(exp, writer, step, workdir, num_batches=None):
   atomic_write_text(pathlib.Path(workdir) / "eval.json",
                     json.dumps(dict(metrics, step=step), indent=2))
   return metrics
+
+
+def _sync_workers(exp, cluster, latest):
+  """Every worker starts from the chief's step, weights and optimizer state."""
+  local_step = int(exp.step)
+  cluster.broadcast_from_chief([exp.step])
+  if int(exp.step) != local_step:
+    raise ValueError(
+        f"worker {cluster.worker_index} would resume at step {local_step} "
+        f"({latest or 'no checkpoint'}) but the chief at step {int(exp.step)}:"
+        f" every worker must see the chief's workdir (a shared filesystem), "
+        f"or start all from scratch")
+  difference = cluster.broadcast_from_chief(
+      list(exp.pipeline.trainable_variables) + list(exp.optimizer.variables))
+  if difference:
+    logging.warning("worker %d: initial weights differed from the chief's by "
+                    "up to %g; using the chief's", cluster.worker_index,
+                    difference)
 
 
 def _log_fidelity(exp, writer, step, frames, labels):

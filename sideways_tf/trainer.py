@@ -20,15 +20,51 @@ import tensorflow as tf
 from sideways_tf.pipeline import ALGORITHMS, Pipeline
 
 
+class DynamicLossScale(tf.Module):
+  """Dynamic loss scaling for float16 stages (keras "mixed_float16").
+
+  The loss is multiplied by `scale` where it is differentiated (see
+  ``Pipeline.clip_gradients(loss_scale=...)``), so small float16 gradients do
+  not underflow; the engine divides the gradients by it again. A step whose
+  gradients are not all finite (float16 overflow) is skipped and the scale
+  halved; after `growth_steps` finite steps in a row it is doubled. bfloat16
+  has float32's range and needs none of this.
+  """
+
+  def __init__(self, initial_scale: float = 2.0 ** 15,
+               growth_steps: int = 2000):
+    super().__init__(name="loss_scale")
+    self.scale = tf.Variable(float(initial_scale), dtype=tf.float32,
+                             trainable=False, name="scale")
+    self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                  name="good_steps")
+    self.growth_steps = int(growth_steps)
+
+  def update(self, gradients) -> tf.Tensor:
+    """Adjusts the scale after a step; True iff `gradients` are all finite."""
+    finite = tf.reduce_all(tf.stack(
+        [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]))
+    grow = tf.logical_and(finite, self.good_steps + 1 >= self.growth_steps)
+    new_scale = tf.where(finite, tf.where(grow, self.scale * 2.0, self.scale),
+                         tf.maximum(self.scale / 2.0, 1.0))
+    new_good_steps = tf.where(tf.logical_and(finite, tf.logical_not(grow)),
+                              self.good_steps + 1, tf.zeros_like(
+                                  self.good_steps))
+    with tf.control_dependencies([self.scale.assign(new_scale),
+                                  self.good_steps.assign(new_good_steps)]):
+      return tf.identity(finite)
+
+
 class Trainer:
   """Trains a pipeline's stages with Sideways or BP and any Keras optimizer."""
 
   def __init__(self, pipeline: Pipeline, optimizer: keras.optimizers.Optimizer,
                algorithm: str = "sideways", update_every_ticks: int = 0,
-               gradient_transform=None):
+               gradient_transform=None, loss_scale=None):
     """`gradient_transform`, if given, maps the clip gradients (a list aligned
     with pipeline.trainable_variables) to the gradients applied, inside the
-    compiled step: e.g. an all-reduce across workers."""
+    compiled step: e.g. an all-reduce across workers. `loss_scale`, a
+    :class:`DynamicLossScale`, is for float16 stages (mixed_float16)."""
     if algorithm not in ALGORITHMS:
       raise ValueError(
           f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
@@ -41,6 +77,7 @@ class Trainer:
     self.algorithm = algorithm
     self.update_every_ticks = int(update_every_ticks)
     self.gradient_transform = gradient_transform
+    self.loss_scale = loss_scale
     self._step_fns = {}
     self._optimizer_built = False
 
@@ -73,18 +110,25 @@ class Trainer:
     if reset not in self._step_fns:
       def step(frames, labels):
         result = self.pipeline.clip_gradients(
-            frames, labels, self.algorithm, reset=reset)
+            frames, labels, self.algorithm, reset=reset,
+            loss_scale=None if self.loss_scale is None else
+            self.loss_scale.scale)
         gradients = result.gradients
         if self.gradient_transform is not None:
           gradients = self.gradient_transform(gradients)
+        should_apply = result.num_loss_terms > 0
+        if self.loss_scale is not None:
+          # After the all-reduce, so every worker takes the same decision.
+          should_apply = tf.logical_and(should_apply,
+                                        self.loss_scale.update(gradients))
         def apply():
           self.optimizer.apply_gradients(
               zip(gradients, self.pipeline.trainable_variables))
           return tf.constant(True)
         # A chunk with no valid loss term (a stream's warm-up) has a zero
         # gradient: skip the step, which would still move momentum-based
-        # optimizers.
-        tf.cond(result.num_loss_terms > 0, apply, lambda: tf.constant(False))
+        # optimizers. So is a float16 step that overflowed.
+        tf.cond(should_apply, apply, lambda: tf.constant(False))
         return result.loss, result.accuracy, result.num_loss_terms
       self._step_fns[reset] = tf.function(step, autograph=False)
     return self._step_fns[reset]

@@ -23,6 +23,8 @@ import tensorflow as tf
 from sideways_tf.data import clips
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+if not (PROJECT_ROOT / "pyproject.toml").exists():  # installed: no checkout
+  PROJECT_ROOT = pathlib.Path.cwd()
 DATASET_NAMES = ("synthetic", "tfds", "video_folder")
 
 

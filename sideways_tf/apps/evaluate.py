@@ -1,0 +1,42 @@
+"""Evaluates the latest checkpoint of a training workdir on the eval split.
+
+  bin/evaluate --workdir=DIR [--num_batches=N]
+
+Writes clip accuracy (mean of per-frame logits) and per-frame accuracy to
+DIR/eval.json and to TensorBoard (DIR/eval).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
+
+from absl import app
+from absl import flags
+
+from sideways_tf import cli
+
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Training workdir (holds config.json and checkpoints/).",
+    required=True)
+_NUM_BATCHES = flags.DEFINE_integer(
+    "num_batches", 0, "Evaluate on at most this many eval batches (0 = all).",
+    lower_bound=0)
+
+
+def main(argv):
+  cli.start(argv)
+  from sideways_tf import experiment  # imports TensorFlow
+  metrics = experiment.evaluate(_WORKDIR.value,
+                                num_batches=_NUM_BATCHES.value or None)
+  print(json.dumps(metrics, indent=2))
+
+
+def run():
+  """Console-script entry point: parses the flags and runs main."""
+  cli.run_app(main, __name__, __doc__)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,55 @@
+"""Runs the paper's experiments at reduced scale and writes docs/results.md.
+
+  bin/experiments                          # all four, ~25 min on a 2-core CPU
+  bin/experiments --only=skip --steps=500
+
+Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
+the tables and PNG plots of docs/results.md (written to --report_dir).
+"""
+
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+
+from sideways_tf import cli
+
+_ONLY = flags.DEFINE_list(
+    "only", "convergence,smoothness,depth,skip",
+    "Which experiments to run (comma-separated).")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per run.",
+                              lower_bound=1)
+_OUTDIR = flags.DEFINE_string(
+    "outdir", str(cli.PROJECT_ROOT / "workdir" / "experiments"),
+    "Where the runs and JSON results go.")
+_REPORT_DIR = flags.DEFINE_string(
+    "report_dir", str(cli.PROJECT_ROOT / "docs"),
+    "Where results.md and its PNG plots go ('' = no report).")
+
+
+def main(argv):
+  cli.start(argv)
+  from sideways_tf import research  # noqa: E402  (imports TensorFlow)
+  from sideways_tf import results_report  # noqa: E402
+  outdir = pathlib.Path(_OUTDIR.value)
+  for name in _ONLY.value:
+    if name not in research.EXPERIMENTS:
+      raise ValueError(f"unknown experiment {name!r}; expected some of "
+                       f"{research.EXPERIMENTS}")
+  for name in _ONLY.value:
+    research.run_experiment(name, outdir, _STEPS.value)
+  if _REPORT_DIR.value:
+    command = "bin/experiments " + " ".join(argv[1:] or sys.argv[1:])
+    path = results_report.write(outdir, pathlib.Path(_REPORT_DIR.value),
+                                command.strip())
+    print(f"Report written to {path}")
+
+
+def run():
+  """Console-script entry point: parses the flags and runs main."""
+  cli.run_app(main, __name__, __doc__)
+
+
+if __name__ == "__main__":
+  run()
