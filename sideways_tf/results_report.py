@@ -67,6 +67,20 @@ def _table_with_cosines(results, key_name, lines):
                  + " | ".join(cells) + " |")
 
 
+def _cosine_section(results, report_dir, lines, command, name, heading, intro,
+                    setting):
+  """A table of accuracy and per-module cosine, and the cosine plot."""
+  if not results:
+    return
+  lines += [heading, "", intro, ""]
+  _table_with_cosines(results, setting, lines)
+  _cosine_plot(results, report_dir, name, f"Gradient fidelity vs {setting}",
+               "module k", lambda r: r["label"].split("/")[1])
+  lines += ["", f"![{name}](results_{name}.png)", "",
+            f"*Cosine to BP per module, one line per {setting} setting. "
+            f"Command: `{command}`*", ""]
+
+
 def _cosine_plot(results, report_dir, name, title, xlabel, key):
   fig, ax = plt.subplots(figsize=(5, 3.2))
   sideways = [r for r in results if r["algorithm"] == "sideways"]
@@ -98,30 +112,16 @@ def write(outdir, report_dir, command) -> pathlib.Path:
   results = _load(outdir, "convergence")
   if results:
     _convergence(results, report_dir, lines, command)
-  results = _load(outdir, "smoothness")
-  if results:
-    lines += ["## 3. Smoothness: temporal stride (frame-rate ablation)", "",
-              "Same videos sampled every 1, 2, 4, 8 frames (speed 1 px/frame "
-              "becomes 1, 2, 4, 8 px per sampled frame).", ""]
-    _table_with_cosines(results, "stride", lines)
-    _cosine_plot(results, report_dir, "smoothness",
-                 "Gradient fidelity vs temporal stride", "module k",
-                 lambda r: r["label"].split("/")[1])
-    lines += ["", "![smoothness](results_smoothness.png)", "",
-              f"*Cosine to BP per module, one line per stride. Command: "
-              f"`{command}`*", ""]
-  results = _load(outdir, "depth")
-  if results:
-    lines += ["## 4. Depth: the same VGG-8 cut into 2, 4, 8 modules", "",
-              "VGG-8 (width 8, no normalisation); module k's gradient lags "
-              "2(L−k) frames behind BP's.", ""]
-    _table_with_cosines(results, "modules", lines)
-    _cosine_plot(results, report_dir, "depth",
-                 "Gradient fidelity vs depth", "module k",
-                 lambda r: r["label"].split("/")[1])
-    lines += ["", "![depth](results_depth.png)", "",
-              f"*Cosine to BP per module, one line per number of modules. "
-              f"Command: `{command}`*", ""]
+  _cosine_section(
+      _load(outdir, "smoothness"), report_dir, lines, command, "smoothness",
+      "## 3. Smoothness: temporal stride (frame-rate ablation)",
+      "Same videos sampled every 1, 2, 4, 8 frames (speed 1 px/frame becomes "
+      "1, 2, 4, 8 px per sampled frame).", "stride")
+  _cosine_section(
+      _load(outdir, "depth"), report_dir, lines, command, "depth",
+      "## 4. Depth: the same VGG-8 cut into 2, 4, 8 modules",
+      "VGG-8 (width 8, no normalisation); module k's gradient lags 2(L−k) "
+      "frames behind BP's.", "modules")
   results = _load(outdir, "skip")
   if results:
     lines += ["## 5. Skip-Sideways vs Sideways vs BP", "",
