@@ -62,11 +62,12 @@ def test_train_writes_the_named_tensorboard_tags(tmp_path, data_dir):
                for m in ("cosine", "norm_ratio")}
   assert expected <= train_tags, expected - train_tags
   assert any(t.startswith("input/clips") for t in train_tags), train_tags
-  # Fidelity is a real comparison: the top module is exact (cosine 1), the
-  # lower ones lag behind.
+  # Fidelity is a real comparison: the top module's per-tick gradients are
+  # exact (its clip gradient covers frames 1..T-L+1, BP's all T: close to 1);
+  # the lower ones lag behind.
   cosine_top = tf.make_ndarray(
       accumulator.Tensors("fidelity/cosine/module_4")[0].tensor_proto)
-  assert cosine_top == pytest.approx(1.0, abs=1e-4)
+  assert 0.95 < cosine_top <= 1.0 + 1e-6
   eval_tags, _ = tags(tmp_path / "eval")
   assert {"eval/loss", "eval/accuracy", "eval/frame_accuracy"} <= eval_tags
   saved = json.loads((tmp_path / "eval.json").read_text())

@@ -2,6 +2,7 @@
 
   bin/experiments                          # all four, ~25 min on a 2-core CPU
   bin/experiments --only=skip --steps=500
+  bin/experiments --base_config=configs/ucf101_vgg8.py --steps=30000  # GPUs
 
 Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
 the tables and PNG plots of docs/results.md (written to --report_dir).
@@ -23,6 +24,10 @@ _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per run.",
 _OUTDIR = flags.DEFINE_string(
     "outdir", str(cli.PROJECT_ROOT / "workdir" / "experiments"),
     "Where the runs and JSON results go.")
+_BASE_CONFIG = flags.DEFINE_string(
+    "base_config", "", "Config file every run starts from ('' = "
+    "configs/default.py, the reduced scale); e.g. configs/ucf101_vgg8.py with "
+    "more --steps for the paper's scale on GPUs.")
 _REPORT_DIR = flags.DEFINE_string(
     "report_dir", str(cli.PROJECT_ROOT / "docs"),
     "Where results.md and its PNG plots go ('' = no report).")
@@ -38,7 +43,7 @@ def main(argv):
       raise ValueError(f"unknown experiment {name!r}; expected some of "
                        f"{research.EXPERIMENTS}")
   for name in _ONLY.value:
-    research.run_experiment(name, outdir, _STEPS.value)
+    research.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
   if _REPORT_DIR.value:
     command = "bin/experiments " + " ".join(argv[1:] or sys.argv[1:])
     path = results_report.write(outdir, pathlib.Path(_REPORT_DIR.value),
