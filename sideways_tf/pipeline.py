@@ -455,9 +455,8 @@ class Pipeline(tf.Module):
         per_example = tf.cast(self.loss_fn(labels, logits), tf.float32)
         return tf.reduce_sum(per_example) * (loss_mask * loss_scale)
 
-      new_inputs = [None] * (num_modules - 1)
+      outputs = [None] * num_modules
       new_grads = [None] * (num_modules - 1)
-      new_skips = [[None] * len(m.skip_sources) for m in modules]
       skip_grads = [[] for _ in modules]  # extra gradients for d_j
       new_accumulators = [None] * num_modules
       after = []  # control inputs; only non-empty to force a test order
@@ -472,16 +471,11 @@ class Pipeline(tf.Module):
               output_gradient=None if module.is_top else grads[k],
               loss_of_outputs=masked_loss if module.is_top else None,
               training=global_tick >= k + 1, skip_inputs=skips[k])
+          outputs[k] = result.outputs
           if module.is_top:
             top = result
-          else:
-            new_inputs[k] = result.outputs       # a_{k+1} <- y_k
           if not module.is_first:
             new_grads[k - 1] = result.emitted_gradient  # d_{k-1} <- e_k
-          for target, target_module in enumerate(modules):  # skips out of k
-            for i, source in enumerate(target_module.skip_sources):
-              if source == k:
-                new_skips[target][i] = result.outputs
           for source, grad in zip(module.skip_sources, result.skip_gradients):
             skip_grads[source].append(grad)     # d_j <- ... + e_{k->j}
           new_accumulators[k] = [
@@ -490,6 +484,8 @@ class Pipeline(tf.Module):
         if self.evaluation_order is not None:
           after = [result.outputs] + list(result.parameter_gradients)
 
+      new_inputs = outputs[:-1]                  # a_{k+1} <- y_k
+      new_skips = [[outputs[j] for j in m.skip_sources] for m in modules]
       for j, extra in enumerate(skip_grads):
         if extra:
           with tf.device(devices[j]):
