@@ -13,21 +13,14 @@ Run:  bin/train --config=configs/hmdb51_vgg8.py --workdir=DIR --config.data.path
 """
 
 from configs import default
-from configs import gpu_common
+from configs import common
 
 
 def get_config():
   config = default.get_config()
   config.experiment = "hmdb51_vgg8"
-  config.data.name = "video_folder"
-  config.data.path = ""  # set with --config.data.path=/path/to/prepared/hmdb51
-  config.data.label_key = "label"
-  config.data.eval_split = ""  # "" = "val" if prepared, else "test"
-  config.data.num_frames = 32
-  config.data.image_size = 112
-  config.data.num_classes = 51
-  config.data.crop_fraction = 0.875
-  config.data.random_flip = True
+  common.video_folder_data(config, num_frames=32, image_size=112,
+                           num_classes=51)
   config.train.num_steps = 10000
   config.train.eval_every = 1000
-  return gpu_common.vgg8(config, num_modules=4, granularity="block")
+  return common.vgg8_on_gpus(config, num_modules=4, granularity="block")

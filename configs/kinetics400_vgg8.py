@@ -11,21 +11,14 @@ Run:  bin/train --config=configs/kinetics400_vgg8.py --workdir=DIR --config.data
 """
 
 from configs import default
-from configs import gpu_common
+from configs import common
 
 
 def get_config():
   config = default.get_config()
   config.experiment = "kinetics400_vgg8"
-  config.data.name = "video_folder"
-  config.data.path = ""  # set with --config.data.path=/path/to/prepared/k400
-  config.data.label_key = "label"
-  config.data.eval_split = ""  # "" = "val" if prepared, else "test"
-  config.data.num_frames = 64
-  config.data.image_size = 224
-  config.data.num_classes = 400
-  config.data.crop_fraction = 0.875
-  config.data.random_flip = True
+  common.video_folder_data(config, num_frames=64, image_size=224,
+                           num_classes=400)
   config.train.num_steps = 200000
   config.train.eval_every = 10000
-  return gpu_common.vgg8(config, num_modules=8, granularity="layer")
+  return common.vgg8_on_gpus(config, num_modules=8, granularity="layer")

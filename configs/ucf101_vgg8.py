@@ -11,7 +11,7 @@ Run:  bin/train --config=configs/ucf101_vgg8.py --workdir=DIR
 """
 
 from configs import default
-from configs import gpu_common
+from configs import common
 
 
 def get_config():
@@ -30,4 +30,4 @@ def get_config():
   config.data.random_flip = True
   config.train.num_steps = 30000
   config.train.eval_every = 2000
-  return gpu_common.vgg8(config, num_modules=8, granularity="layer")
+  return common.vgg8_on_gpus(config, num_modules=8, granularity="layer")
