@@ -1,21 +1,24 @@
 """sideways_tf: Sideways (depth-parallel approximate backprop) for video models.
 
-The algorithm lives in `pipeline.py` (the tick engine and the BP baseline) and
-`module.py` (one module and its buffers); see ../shared/SIDEWAYS.md or
-docs/algorithm.md for the spec it implements.
+The algorithm lives in `engine/pipeline.py` (the tick engine, then the BP
+baseline) and `engine/module.py` (one module and its buffers); the spec it
+implements is docs/algorithm.md. `training/` trains with it, `export.py` makes
+SavedModels, `benchmark/` and `paper_experiments/` measure it.
 """
 
-from sideways_tf.module import SidewaysModule
-from sideways_tf.pipeline import ALGORITHMS
-from sideways_tf.pipeline import ClipResult
-from sideways_tf.pipeline import Pipeline
-from sideways_tf.pipeline import sparse_softmax_cross_entropy
+from sideways_tf.engine.module import SidewaysModule
+from sideways_tf.engine.pipeline import ALGORITHMS
+from sideways_tf.engine.pipeline import ClipResult
+from sideways_tf.engine.pipeline import Pipeline
+from sideways_tf.engine.pipeline import sparse_softmax_cross_entropy
+from sideways_tf.trainer import Trainer
 
 __all__ = [
     "ALGORITHMS",
     "ClipResult",
     "Pipeline",
     "SidewaysModule",
+    "Trainer",
     "sparse_softmax_cross_entropy",
 ]
 

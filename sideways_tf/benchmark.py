@@ -172,7 +172,7 @@ def throughput_and_stages(config: BenchmarkConfig) -> Dict[str, dict]:
   """Figures 1, 3 (per-stage times) and 6 (tracing), in this process."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
-  from sideways_tf import balance  # pylint: disable=g-import-not-at-top
+  from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
   results = {}
   pipeline = sideways_tf.Pipeline(build_stages(config))
   trainers = make_trainers(pipeline)
@@ -261,7 +261,7 @@ def balancing(config: BenchmarkConfig) -> Dict[str, dict]:
   Pipeline.stage_tick_seconds.
   """
   import sideways_tf  # pylint: disable=g-import-not-at-top
-  from sideways_tf import balance  # pylint: disable=g-import-not-at-top
+  from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
   frames, labels = make_clip(config, num_frames=max(config.num_modules, 4))
   out = {}
   for model in config.zoo:

@@ -31,7 +31,7 @@ from sideways_tf import data as data_lib
 from sideways_tf import distributed
 from sideways_tf import models
 from sideways_tf import summaries
-from sideways_tf.pipeline import Pipeline
+from sideways_tf.engine.pipeline import Pipeline
 from sideways_tf.trainer import DynamicLossScale, Trainer
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent

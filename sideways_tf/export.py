@@ -25,7 +25,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from sideways_tf.pipeline import Pipeline
+from sideways_tf.engine.pipeline import Pipeline
 
 
 def preprocess(video_uint8, image_size: Sequence[int]):

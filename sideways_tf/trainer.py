@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf.pipeline import ALGORITHMS, Pipeline
+from sideways_tf.engine.pipeline import ALGORITHMS, Pipeline
 
 
 class DynamicLossScale(tf.Module):

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from sideways_tf import distributed  # noqa: E402
-from sideways_tf.pipeline import Pipeline  # noqa: E402
+from sideways_tf.engine.pipeline import Pipeline  # noqa: E402
 from sideways_tf.trainer import Trainer  # noqa: E402
 from tests import util  # noqa: E402
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sideways_tf import balance
+from sideways_tf.engine import balance
 
 
 def dense_layers(widths, in_dim=3):

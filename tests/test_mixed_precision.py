@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sideways_tf.pipeline import ALGORITHMS, Pipeline
+from sideways_tf.engine.pipeline import ALGORITHMS, Pipeline
 from sideways_tf.trainer import DynamicLossScale, Trainer
 from tests import util
 

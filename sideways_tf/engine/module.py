@@ -1,7 +1,7 @@
 """SidewaysModule: one stage of a Sideways pipeline and the two buffers it keeps.
 
 A module wraps any Keras layer (or stack of layers) `f_k` and owns, as
-non-trainable weights, the state SIDEWAYS.md calls `a_k` and `d_k`:
+non-trainable weights, the state docs/algorithm.md calls `a_k` and `d_k`:
 
 * ``input_buffer`` (`a_k`): what the module below emitted at the previous tick,
   i.e. the input this module consumes at the next tick. The first module reads
@@ -83,7 +83,7 @@ class SidewaysModule(keras.layers.Layer):
 
   Args:
     stage: the Keras layer computing `f_k`.
-    index: position in the pipeline, 0-based (module k of SIDEWAYS.md is
+    index: position in the pipeline, 0-based (module k of docs/algorithm.md is
       index k-1).
     num_modules: L, the number of modules in the pipeline.
   """
@@ -113,10 +113,6 @@ class SidewaysModule(keras.layers.Layer):
   @property
   def is_top(self) -> bool:
     return self.index == self.num_modules - 1
-
-  @property
-  def has_state(self) -> bool:
-    return self._has_state
 
   @property
   def state_variables(self) -> list:

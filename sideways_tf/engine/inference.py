@@ -1,0 +1,110 @@
+"""Inference on a Pipeline's modules: whole clips and streams, no gradients.
+
+* :func:`frame_logits`: every frame through all modules, time folded into the
+  batch (no pipeline); what evaluation and the SavedModel's clip signature run.
+* :func:`stream_tick`: one tick of the pipelined forward pass, state in and
+  out; what the SavedModel's streaming signature runs.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import tensorflow as tf
+
+
+def receptive_depth(skip_sources: List[tuple]) -> int:
+  """How many frames past frame s the prediction for frame s looks (D).
+
+  0 for plain Sideways. A skip from stage j into stage k brings a frame
+  k-1-j steps newer than k's main input, so D is the longest such path.
+  """
+  depth = [0] * len(skip_sources)
+  for k in range(1, len(skip_sources)):
+    depth[k] = max([depth[k - 1]] + [depth[j] + k - 1 - j
+                                     for j in skip_sources[k]])
+  return depth[-1]
+
+
+def frame_logits(pipe, frames, training=False) -> tf.Tensor:
+  """Graph-building clip path: every frame through all modules. [B, T, C].
+
+  Time is folded into the batch, no pipeline. With Skip-Sideways, frame s
+  also sees frames s+1..s+D (receptive_depth) exactly as the pipelined
+  stream does; frames past the clip's end are zero frames, as when a stream
+  is flushed with zero padding frames.
+  """
+  num_frames = tf.shape(frames)[1]
+  return sequence_outputs(pipe, frames, pipe.receptive_depth,
+                          training)[:, :num_frames]
+
+
+def sequence_outputs(pipe, frames, pad: int, training) -> tf.Tensor:
+  """Top outputs for every frame of `frames` + `pad` zero frames.
+
+  The output of frame s is exact where s + D <= T + pad; later ones saw
+  frames past the end (zeros).
+  """
+  if pad:
+    frames = tf.concat([frames, tf.zeros_like(frames[:, :pad])], axis=1)
+  shape = tf.shape(frames)
+  batch_size, num_frames = shape[0], shape[1]
+
+  def unfold(x):  # [B*T, ...] -> [B, T, ...]
+    return tf.reshape(x, tf.concat([[batch_size, num_frames],
+                                    tf.shape(x)[1:]], axis=0))
+
+  def fold(x):
+    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+
+  def newer(x, steps):  # frame s gets frame s+steps (zeros past the end)
+    x = unfold(x)
+    return fold(tf.concat([x[:, steps:], tf.zeros_like(x[:, :steps])], 1))
+
+  outputs = []
+  for k, (module, device) in enumerate(zip(pipe.modules, pipe.devices)):
+    with tf.device(device), tf.name_scope(f"stage_{k}"):
+      inputs = fold(frames) if k == 0 else outputs[k - 1]
+      skip_inputs = [newer(outputs[j], k - 1 - j)
+                     for j in module.skip_sources]
+      outputs.append(module.call(inputs, skip_inputs, training=training))
+  return unfold(outputs[-1])
+
+
+def stream_state_specs(pipe, shapes):
+  """[(name, shape without batch, dtype)] of the streaming state.
+
+  activation_k: the input held by module k = 2..L; skip_k_from_j: the
+  Skip-Sideways input module k holds from module j (1-based, as in
+  docs/algorithm.md). `shapes` come from the pipeline's probe pass.
+  """
+  specs = [(f"activation_{k + 1}", shape.input_shape, shape.input_dtype)
+           for k, shape in enumerate(shapes) if k > 0]
+  for k, (module, shape) in enumerate(zip(pipe.modules, shapes)):
+    specs.extend((f"skip_{k + 1}_from_{j + 1}", s, d) for j, (s, d) in zip(
+        module.skip_sources, shape.skip_specs))
+  return specs
+
+
+def stream_tick(pipe, frame, state):
+  """Streaming inference: one tick of the pipelined forward pass alone.
+
+  `state` is a list ordered as :func:`stream_state_specs` (zeros at the
+  start of a stream). Every module steps at once on what it holds; returns
+  the top module's output, which belongs to frame t-L+1, and the next
+  state. Stages run in inference mode.
+  """
+  num_inputs = pipe.num_modules - 1
+  inputs, skips = list(state[:num_inputs]), list(state[num_inputs:])
+  skip_inputs = []
+  for module in pipe.modules:
+    skip_inputs.append(skips[:len(module.skip_sources)])
+    skips = skips[len(module.skip_sources):]
+  outputs = []
+  for k, (module, device) in enumerate(zip(pipe.modules, pipe.devices)):
+    with tf.device(device), tf.name_scope(f"stage_{k}"):
+      outputs.append(module.call(frame if k == 0 else inputs[k - 1],
+                                 skip_inputs[k], training=False))
+  new_state = outputs[:-1] + [outputs[j] for m in pipe.modules
+                              for j in m.skip_sources]
+  return outputs[-1], new_state

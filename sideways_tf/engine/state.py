@@ -1,0 +1,142 @@
+"""What a Pipeline checks and allocates before the engine runs.
+
+Argument and clip validation (errors name the offending value), the probe
+forward pass that builds the stages and finds the buffer shapes, and the
+allocation of every module's buffers for one batch size and frame shape.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple
+
+import keras
+import tensorflow as tf
+
+
+class StageShapes(NamedTuple):
+  """Per-example shapes around one stage (found by a probe forward pass)."""
+  input_shape: tuple
+  input_dtype: tf.DType
+  output_shape: tuple
+  output_dtype: tf.DType
+  skip_specs: list  # [(shape, dtype)] of the skip inputs, in source order
+
+
+class FunctionCache(dict):
+  """Traced functions by key. A dict subclass: tf.Module neither wraps nor
+  checkpoints it (it would refuse the tuple keys)."""
+
+
+def check_pipeline_args(stages, devices, evaluation_order):
+  """Validated `devices` and `evaluation_order` of a Pipeline (lists or None)."""
+  if not stages:
+    raise ValueError("stages must name at least one Keras layer, got []")
+  for k, stage in enumerate(stages):
+    if not isinstance(stage, keras.layers.Layer):
+      raise ValueError(
+          f"stages[{k}] must be a keras.layers.Layer, got {type(stage)!r}")
+  if devices is not None:
+    devices = list(devices)
+    if len(devices) != len(stages):
+      raise ValueError(
+          f"devices must give one device per stage: {len(stages)} stages "
+          f"but {len(devices)} devices ({devices!r})")
+  if evaluation_order is not None:
+    evaluation_order = [int(k) for k in evaluation_order]
+    if sorted(evaluation_order) != list(range(len(stages))):
+      raise ValueError(
+          "evaluation_order must be a permutation of "
+          f"range({len(stages)}), got {evaluation_order!r}")
+  return devices, evaluation_order
+
+
+def skip_sources(skips, num_modules) -> List[tuple]:
+  """Validated Skip-Sideways sources of each stage: a tuple per stage."""
+  sources = [()] * num_modules
+  for target, from_stages in dict(skips or {}).items():
+    target = int(target)
+    from_stages = tuple(sorted(int(j) for j in from_stages))
+    if not 0 <= target < num_modules:
+      raise ValueError(f"skips: target stage {target} is not in "
+                       f"[0, {num_modules})")
+    for j in from_stages:
+      if not 0 <= j < target - 1:
+        raise ValueError(
+            f"skips: stage {target} may take skips from stages 0..{target - 2}"
+            f" (stage {target - 1} is its main input), got {j}")
+    if len(set(from_stages)) != len(from_stages):
+      raise ValueError(f"skips: repeated source in {from_stages}")
+    sources[target] = from_stages
+  return sources
+
+
+def check_clip(frames, labels, state_signature):
+  """Frames and labels as tensors of consistent, fully known shapes."""
+  frames = tf.convert_to_tensor(frames)
+  labels = tf.convert_to_tensor(labels)
+  if not frames.dtype.is_floating:
+    raise ValueError(
+        f"frames must be floating point (scale uint8 video first), got "
+        f"dtype {frames.dtype.name}")
+  if frames.shape.rank is None or frames.shape.rank < 3:
+    raise ValueError(
+        f"frames must have shape [B, T, ...frame] (rank >= 3), got shape "
+        f"{frames.shape}")
+  if not labels.dtype.is_integer:
+    raise ValueError(
+        f"labels must be integer class ids, got dtype {labels.dtype.name}")
+  batch_size, num_frames = frames.shape[0], frames.shape[1]
+  frame_shape = tuple(frames.shape[2:])
+  if labels.shape.rank != 1 or labels.shape[0] != batch_size:
+    raise ValueError(
+        f"labels must have shape [B] = [{batch_size}] to match frames of "
+        f"shape {frames.shape}, got labels of shape {labels.shape}")
+  if num_frames is None or batch_size is None or None in frame_shape:
+    raise ValueError(
+        f"frames must have a fully known shape, got {frames.shape}")
+  if (state_signature is not None and
+      len(frame_shape) != len(state_signature[1])):
+    raise ValueError(
+        f"frames must have rank {2 + len(state_signature[1])} "
+        f"([B, T] + frame shape {list(state_signature[1])}), got "
+        f"shape {frames.shape}")
+  return frames, labels
+
+
+def build_stages(modules, devices, frame_shape, dtype) -> List[StageShapes]:
+  """Builds unbuilt stages under their devices; returns per-stage shapes.
+
+  A forward pass of one zero frame finds the shapes (and creates the weights
+  of unbuilt stages on their own devices).
+  """
+  shapes, outputs = [], []
+  frame = tf.zeros((1,) + tuple(frame_shape), dtype)
+  for k, (module, device) in enumerate(zip(modules, devices)):
+    inputs = frame if k == 0 else outputs[k - 1]
+    skip_inputs = [outputs[j] for j in module.skip_sources]
+    try:
+      with tf.device(device):
+        outputs.append(module.call(inputs, skip_inputs, training=False))
+    except Exception as error:  # Keras raises many kinds; name the shape.
+      raise ValueError(
+          f"stage {k} ({module.stage.name}) cannot take inputs of shape "
+          f"{[None] + list(inputs.shape[1:])}"
+          + (f" with skip inputs {[[None] + list(x.shape[1:]) for x in skip_inputs]}"
+             if skip_inputs else "")
+          + f" (from frames of shape [B, T] + {list(frame_shape)}): "
+          f"{error}") from error
+    shapes.append(StageShapes(
+        tuple(inputs.shape[1:]), inputs.dtype, tuple(outputs[-1].shape[1:]),
+        outputs[-1].dtype,
+        [(tuple(x.shape[1:]), x.dtype) for x in skip_inputs]))
+  return shapes
+
+
+def allocate(modules, devices, shapes, batch_size) -> None:
+  """Every module's zero buffers for `batch_size`, each on its device."""
+  for module, device, shape in zip(modules, devices, shapes):
+    with tf.device(device):
+      module.allocate_state(
+          (batch_size,) + shape.input_shape, shape.input_dtype,
+          (batch_size,) + shape.output_shape, shape.output_dtype,
+          [((batch_size,) + s, d) for s, d in shape.skip_specs])
