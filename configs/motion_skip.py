@@ -1,23 +1,3 @@
-"""Skip-Sideways on the synthetic set's motion label (which way a shape moves).
+"""`--config=configs/motion_skip.py`: the config is sideways_tf/configs/motion_skip.py."""
 
-A frame-wise model cannot see motion; temporal skips let stage 2 combine
-stage 0's features of the next frame with stage 1's of the current one.
-Hardware: a 2-core CPU, a few minutes. Devices: default placement.
-
-Run:  bin/train --config=configs/motion_skip.py
-      bin/train --config=configs/motion_skip.py --config.skips=""   # plain
-"""
-
-from configs import default
-
-
-def get_config():
-  config = default.get_config()
-  config.experiment = "motion_skip"
-  config.data.label_key = "motion"
-  config.data.num_classes = 4
-  config.data.speed = 2.0
-  config.skips = "2:0"
-  config.train.num_steps = 1500
-  config.train.eval_every = 500
-  return config
+from sideways_tf.configs.motion_skip import get_config  # noqa: F401

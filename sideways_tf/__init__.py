@@ -11,7 +11,7 @@ from sideways_tf.engine.pipeline import ALGORITHMS
 from sideways_tf.engine.pipeline import ClipResult
 from sideways_tf.engine.pipeline import Pipeline
 from sideways_tf.engine.pipeline import sparse_softmax_cross_entropy
-from sideways_tf.trainer import Trainer
+from sideways_tf.training.trainer import Trainer
 
 __all__ = [
     "ALGORITHMS",

@@ -1,7 +1,7 @@
 """Sideways vs BP benchmark: the figures of docs/benchmarks.md from one run.
 
 Everything timed here goes through the engine the trainer uses:
-:meth:`sideways_tf.trainer.Trainer.train_step` (Sideways and BP, on the same
+:meth:`sideways_tf.training.trainer.Trainer.train_step` (Sideways and BP, on the same
 :class:`sideways_tf.Pipeline`), :meth:`Pipeline.stage_tick_seconds` and
 :attr:`Pipeline.trace_count`. Nothing re-implements the tick.
 
@@ -129,7 +129,7 @@ def make_clip(config: BenchmarkConfig, num_frames: Optional[int] = None,
 
 def make_trainers(pipeline):
   import keras  # pylint: disable=g-import-not-at-top
-  from sideways_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from sideways_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
   # SGD: the cheapest update, so the step time is the gradient's.
   return {a: Trainer(pipeline, keras.optimizers.SGD(1e-3), a)
           for a in ("sideways", "bp")}

@@ -1,26 +1,20 @@
-"""Small pieces the absl entry points in bin/ share (no TensorFlow import)."""
+"""Small pieces the absl entry points in bin/ share."""
 
-import importlib.util
 import os
 import pathlib
 
 from absl import flags
 from absl import logging
 
-_PACKAGE_PARENT = pathlib.Path(__file__).resolve().parent.parent
-# The checkout (it holds pyproject.toml); for an installed package (pip
-# install .) the working directory: the default home of workdir/.
-PROJECT_ROOT = (_PACKAGE_PARENT if (_PACKAGE_PARENT / "pyproject.toml").exists()
-                else pathlib.Path.cwd())
+from sideways_tf.engine.pipeline import ALGORITHMS
+from sideways_tf.files import PROJECT_ROOT
 
 
 def default_config_path() -> str:
-  """configs/default.py of the checkout, or of the installed `configs`
-  package (the wheel ships configs/ so that every config file works)."""
-  spec = importlib.util.find_spec("configs")
-  if spec is None or not spec.origin:
-    return str(PROJECT_ROOT / "configs" / "default.py")
-  return str(pathlib.Path(spec.origin).parent / "default.py")
+  """sideways_tf/configs/default.py: shipped in the package, so it is there
+  in a checkout and after `pip install .` alike."""
+  return str(pathlib.Path(__file__).resolve().parent / "configs" /
+             "default.py")
 
 
 def start(argv):
@@ -44,10 +38,10 @@ def with_algorithm(config, algorithm):
   if algorithm is not None:
     with config.unlocked():
       config.algorithm = algorithm
-  if config.algorithm not in ("sideways", "bp"):
+  if config.algorithm not in ALGORITHMS:
     raise ValueError(
-        f"config.algorithm must be 'sideways' or 'bp', got "
-        f"{config.algorithm!r}")
+        f"config.algorithm must be {' or '.join(map(repr, ALGORITHMS))}, "
+        f"got {config.algorithm!r}")
   return config
 
 

@@ -1,6 +1,6 @@
 """The paper's experiments at reduced scale: Sideways vs BP, side by side.
 
-Each experiment is a list of training runs (`experiment.train`, the same loop
+Each experiment is a list of training runs (`train_lib.train`, the same loop
 as bin/train) with config overrides; results are read back from each run's
 TensorBoard logs and summarised as JSON, a markdown table and PNG plots.
 
@@ -23,9 +23,10 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs import default
+from sideways_tf.configs import default
 from sideways_tf import data as data_lib
-from sideways_tf import experiment
+from sideways_tf.files import atomic_write_text
+from sideways_tf.training import train_lib
 from sideways_tf.data import clips
 
 EXPERIMENTS = ("convergence", "smoothness", "depth", "skip")
@@ -132,7 +133,7 @@ def scalars(logdir: pathlib.Path, tag: str):
 
 def train_split_accuracy(config, workdir) -> float:
   """Clip accuracy on the training videos, sampled like the eval split."""
-  exp = experiment.restore_for_inference(workdir)
+  exp = train_lib.restore_for_inference(workdir)
   source = data_lib.load_source(config.data)
   options = data_lib.clip_options(config.data, source)
   batches = clips.eval_dataset(source.train, options, config.eval.batch_size)
@@ -142,7 +143,7 @@ def train_split_accuracy(config, workdir) -> float:
 def run_one(run: Dict, workdir: pathlib.Path, config_path: str = "") -> Dict:
   config = make_config(run, config_path)
   started = time.time()
-  summary = experiment.train(config, workdir, overwrite=True)
+  summary = train_lib.train(config, workdir, overwrite=True)
   result = dict(label=run["label"], algorithm=run["algorithm"],
                 test_accuracy=summary["eval_clip_accuracy"],
                 test_frame_accuracy=summary["eval_frame_accuracy"],
@@ -151,7 +152,7 @@ def run_one(run: Dict, workdir: pathlib.Path, config_path: str = "") -> Dict:
                 curve=scalars(workdir / "eval", "eval/accuracy"))
   result["gap"] = result["train_accuracy"] - result["test_accuracy"]
   if run["algorithm"] == "sideways":
-    num_modules = len(experiment.restore_for_inference(workdir).pipeline.stages)
+    num_modules = len(train_lib.restore_for_inference(workdir).pipeline.stages)
     result["cosine"] = {
         k: float(np.mean([v for _, v in scalars(
             workdir / "train", f"fidelity/cosine/module_{k}")] or [np.nan]))
@@ -171,6 +172,6 @@ def run_experiment(name: str, outdir: pathlib.Path, steps: int,
     print(f"[{name}] {run['label']} ...", flush=True)
     results.append(run_one(run, outdir / "runs" / name / run["label"],
                            config_path))
-  experiment.atomic_write_text(outdir / f"{name}.json",
+  atomic_write_text(outdir / f"{name}.json",
                                json.dumps(results, indent=2))
   return results

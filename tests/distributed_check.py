@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 
 from sideways_tf import distributed  # noqa: E402
 from sideways_tf.engine.pipeline import Pipeline  # noqa: E402
-from sideways_tf.trainer import Trainer  # noqa: E402
+from sideways_tf.training.trainer import Trainer  # noqa: E402
 from tests import util  # noqa: E402
 
 NUM_STEPS, PER_WORKER, NUM_WORKERS = 3, 2, 2

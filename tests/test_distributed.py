@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from tests.test_experiment import tiny_config, tiny_flags
+from tests.test_train_lib import tiny_config, tiny_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from sideways_tf.engine.pipeline import ALGORITHMS, Pipeline
-from sideways_tf.trainer import DynamicLossScale, Trainer
+from sideways_tf.training.trainer import DynamicLossScale, Trainer
 from tests import util
 
 

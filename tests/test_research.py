@@ -8,7 +8,7 @@ from sideways_tf import research
 from sideways_tf import results_report
 
 TINY_CONFIG = '''
-from configs import default
+from sideways_tf.configs import default
 
 
 def get_config():

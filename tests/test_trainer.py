@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import sideways_tf
-from sideways_tf.trainer import Trainer
+from sideways_tf.training.trainer import Trainer
 from tests import util
 
 

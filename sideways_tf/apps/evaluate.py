@@ -27,8 +27,8 @@ _NUM_BATCHES = flags.DEFINE_integer(
 
 def main(argv):
   cli.start(argv)
-  from sideways_tf import experiment  # imports TensorFlow
-  metrics = experiment.evaluate(_WORKDIR.value,
+  from sideways_tf.training import train_lib  # noqa: PLC0415
+  metrics = train_lib.evaluate(_WORKDIR.value,
                                 num_batches=_NUM_BATCHES.value or None)
   print(json.dumps(metrics, indent=2))
 

@@ -26,10 +26,11 @@ _OVERWRITE = flags.DEFINE_bool(
 
 def main(argv):
   cli.start(argv)
-  from sideways_tf import experiment  # imports TensorFlow
+  from sideways_tf.training import train_lib  # noqa: PLC0415
+  from sideways_tf.training import workdir  # noqa: PLC0415
   from sideways_tf import export
-  exp = experiment.restore_for_inference(_WORKDIR.value)
-  frame_shape = experiment.load_model_info(_WORKDIR.value)["frame_shape"]
+  exp = train_lib.restore_for_inference(_WORKDIR.value)
+  frame_shape = workdir.load_model_info(_WORKDIR.value)["frame_shape"]
   path = export.export_saved_model(exp.pipeline, frame_shape, _OUTPUT.value,
                                    overwrite=_OVERWRITE.value)
   print(f"SavedModel written to {path} (step {int(exp.step)}). Inspect it "

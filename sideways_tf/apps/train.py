@@ -17,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sideways_tf import cli
+from sideways_tf.engine.pipeline import ALGORITHMS
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", cli.default_config_path(),
@@ -26,7 +27,7 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, TensorBoard logs and results. "
     "Default: workdir/<experiment>_<algorithm> under the project.")
 _ALGORITHM = flags.DEFINE_enum(
-    "algorithm", None, ["sideways", "bp"],
+    "algorithm", None, list(ALGORITHMS),
     "Shorthand for --config.algorithm.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete an existing run in --workdir whose config "
@@ -39,8 +40,8 @@ def main(argv):
   workdir = cli.resolve_workdir(_WORKDIR.value, config)
   print(f"Training {config.experiment} with {config.algorithm}; workdir: "
         f"{workdir}", flush=True)
-  from sideways_tf import experiment  # imports TensorFlow
-  experiment.train(config, workdir, overwrite=_OVERWRITE.value)
+  from sideways_tf.training import train_lib  # noqa: PLC0415
+  train_lib.train(config, workdir, overwrite=_OVERWRITE.value)
 
 
 def run():

@@ -8,7 +8,7 @@ import tensorflow as tf
 import sideways_tf
 from sideways_tf.models import resnet
 from sideways_tf.models import vgg
-from sideways_tf.trainer import Trainer
+from sideways_tf.training.trainer import Trainer
 
 BUILDERS = {"vgg8": vgg.vgg8_stages, "resnet18": resnet.resnet18_stages}
 SIZE = 16  # frames are SIZE x SIZE x 3

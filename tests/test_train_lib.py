@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs import default
-from sideways_tf import experiment
-from sideways_tf.trainer import Trainer
+from sideways_tf.configs import default
+from sideways_tf.training import train_lib
+from sideways_tf.training.trainer import Trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_train_writes_the_named_tensorboard_tags(tmp_path, data_dir):
-  result = experiment.train(tiny_config(data_dir), tmp_path)
+  result = train_lib.train(tiny_config(data_dir), tmp_path)
   assert result["step"] == 4
   train_tags, accumulator = tags(tmp_path / "train")
   expected = {"train/loss", "train/accuracy", "train/learning_rate",
@@ -77,12 +77,12 @@ def test_train_writes_the_named_tensorboard_tags(tmp_path, data_dir):
 
 
 def test_resume_continues_the_step_count(tmp_path, data_dir):
-  experiment.train(tiny_config(data_dir, num_steps=2), tmp_path)
-  first = experiment.restore_for_inference(tmp_path)
+  train_lib.train(tiny_config(data_dir, num_steps=2), tmp_path)
+  first = train_lib.restore_for_inference(tmp_path)
   weights_at_2 = [np.asarray(v) for v in first.pipeline.trainable_variables]
-  result = experiment.train(tiny_config(data_dir, num_steps=4), tmp_path)
+  result = train_lib.train(tiny_config(data_dir, num_steps=4), tmp_path)
   assert result["step"] == 4
-  resumed = experiment.restore_for_inference(tmp_path)
+  resumed = train_lib.restore_for_inference(tmp_path)
   assert int(resumed.step) == 4
   assert not np.allclose(np.asarray(resumed.pipeline.trainable_variables[0]),
                          weights_at_2[0])
@@ -90,12 +90,12 @@ def test_resume_continues_the_step_count(tmp_path, data_dir):
 
 def test_other_config_in_workdir_is_refused_unless_overwrite(tmp_path,
                                                              data_dir):
-  experiment.train(tiny_config(data_dir, num_steps=2), tmp_path)
+  train_lib.train(tiny_config(data_dir, num_steps=2), tmp_path)
   other = tiny_config(data_dir, num_steps=2)
   other.model.num_modules = 3
   with pytest.raises(ValueError, match=r"model.num_modules: 4 -> 3"):
-    experiment.train(other, tmp_path)
-  result = experiment.train(other, tmp_path, overwrite=True)
+    train_lib.train(other, tmp_path)
+  result = train_lib.train(other, tmp_path, overwrite=True)
   assert result["step"] == 2
   assert json.loads((tmp_path / "config.json").read_text())["model"][
       "num_modules"] == 3
@@ -118,10 +118,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
   monkeypatch.setattr(Trainer, "train_step", poisoned)
   config = tiny_config(data_dir, num_steps=6, checkpoint_every=1)
   with pytest.raises(FloatingPointError, match=r"loss is nan at step 3.*ckpt-2"):
-    experiment.train(config, tmp_path)
+    train_lib.train(config, tmp_path)
   assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
       "ckpt-2")
-  restored = experiment.restore_for_inference(tmp_path)
+  restored = train_lib.restore_for_inference(tmp_path)
   assert all(np.all(np.isfinite(np.asarray(v)))
              for v in restored.pipeline.trainable_variables)
 

@@ -1,0 +1,174 @@
+"""The training loop's periodic jobs, one small hook each.
+
+Like tensorflow/models' `official/core/actions.py`: the loop runs the train
+step; every hook decides on its own whether a step is due. Before the step:
+:class:`FidelityHook`, :class:`StageTimeHook` (they look at the clip the step
+trains on). After it: :class:`LogHook`, :class:`CheckpointHook`,
+:class:`EvalHook`, in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Dict
+
+import keras
+import numpy as np
+
+from sideways_tf import summaries
+from sideways_tf.files import atomic_write_text
+from sideways_tf.training import workdir as workdir_lib
+
+
+@dataclasses.dataclass
+class Context:
+  """What the hooks of one run share."""
+  setup: object  # builder.Setup
+  workdir: pathlib.Path
+  manager: object  # tf.train.CheckpointManager
+  train_writer: object
+  eval_writer: object
+
+
+def due(step: int, every: int) -> bool:
+  return bool(every) and step % every == 0
+
+
+class Hook:
+  """A periodic job: `before_step` sees the clip, `after_step` the metrics."""
+
+  def before_step(self, ctx: Context, step: int, frames, labels) -> None:
+    pass
+
+  def after_step(self, ctx: Context, step: int, frames, metrics,
+                 seconds: float) -> None:
+    pass
+
+
+class FidelityHook(Hook):
+  """Cosine and norm ratio of the Sideways and BP gradients of the clip."""
+
+  def __init__(self, every: int):
+    self.every = every
+
+  def before_step(self, ctx, step, frames, labels):
+    if due(step, self.every):
+      pipeline = ctx.setup.pipeline
+      sideways = pipeline.compute_gradients(frames, labels, "sideways")
+      bp = pipeline.compute_gradients(frames, labels, "bp")
+      summaries.write_fidelity(
+          ctx.train_writer, step,
+          summaries.gradient_fidelity(pipeline, sideways, bp))
+
+
+class StageTimeHook(Hook):
+  """Each module's tick time (`stages/<k>/seconds`)."""
+
+  def __init__(self, every: int):
+    self.every = every
+
+  def before_step(self, ctx, step, frames, labels):
+    if due(step, self.every):
+      summaries.write_stage_seconds(
+          ctx.train_writer, step,
+          ctx.setup.pipeline.stage_tick_seconds(frames, labels, repeats=3))
+
+
+class LogHook(Hook):
+  """Train loss, accuracy, learning rate and speed, averaged since the last
+  log line; the progress bar; the first step's input clips."""
+
+  def __init__(self, every: int, num_steps: int, first_step: int):
+    self.every, self.num_steps = every, num_steps
+    self.window = Window()
+    self.last = {"loss": float("nan"), "accuracy": float("nan")}
+    self.progress = keras.utils.Progbar(num_steps, stateful_metrics=[
+        "loss", "accuracy", "frames/s"], unit_name="step")
+    self.progress.update(first_step)
+
+  def after_step(self, ctx, step, frames, metrics, seconds):
+    self.window.add(metrics, int(frames.shape[0]) * int(frames.shape[1]),
+                    seconds)
+    if step == 1:
+      summaries.write_input_clips(ctx.train_writer, step, frames.numpy())
+    if due(step, self.every) or step == self.num_steps:
+      averages = self.window.flush()
+      summaries.write_scalars(ctx.train_writer, step, {
+          "train/loss": averages["loss"],
+          "train/accuracy": averages["accuracy"],
+          "train/learning_rate": learning_rate(ctx.setup.optimizer),
+          "train/frames_per_second": averages["frames_per_second"]})
+      self.progress.update(step, [
+          ("loss", averages["loss"]), ("accuracy", averages["accuracy"]),
+          ("frames/s", averages["frames_per_second"])])
+      self.last = averages
+
+
+class CheckpointHook(Hook):
+  """Saves every `every` steps (refusing non-finite weights)."""
+
+  def __init__(self, every: int):
+    self.every = every
+
+  def after_step(self, ctx, step, frames, metrics, seconds):
+    if due(step, self.every):
+      workdir_lib.save_checkpoint(ctx.setup, ctx.manager, step)
+
+
+class EvalHook(Hook):
+  """Evaluates every `every` steps and after the last one."""
+
+  def __init__(self, every: int, num_steps: int):
+    self.every, self.num_steps = every, num_steps
+    self.metrics: Dict[str, float] = {}
+
+  def after_step(self, ctx, step, frames, metrics, seconds):
+    if due(step, self.every) or step == self.num_steps:
+      self.metrics = evaluate(ctx.setup, ctx.eval_writer, step, ctx.workdir)
+
+
+def evaluate(setup, writer, step, workdir, num_batches=None):
+  """Clip and frame accuracy on the eval split -> TensorBoard, eval.json."""
+  num_batches = num_batches or setup.config.eval.num_batches or None
+  batches = setup.datasets.eval
+  if num_batches:
+    batches = batches.take(num_batches)
+  metrics = setup.trainer.evaluate(batches)
+  summaries.write_scalars(writer, step, {
+      "eval/loss": metrics["loss"],
+      "eval/accuracy": metrics["clip_accuracy"],
+      "eval/frame_accuracy": metrics["frame_accuracy"]})
+  atomic_write_text(pathlib.Path(workdir) / "eval.json",
+                    json.dumps(dict(metrics, step=step), indent=2))
+  return metrics
+
+
+def learning_rate(optimizer) -> float:
+  return float(np.asarray(optimizer.learning_rate))
+
+
+class Window:
+  """Averages of the steps since the last log line."""
+
+  def __init__(self):
+    self._reset()
+
+  def _reset(self):
+    self.loss = self.accuracy = self.seconds = 0.0
+    self.frames = self.steps = 0
+
+  def add(self, metrics, frames, seconds):
+    self.loss += metrics["loss"]
+    self.accuracy += metrics["accuracy"]
+    self.frames += frames
+    self.seconds += seconds
+    self.steps += 1
+
+  def flush(self):
+    steps = max(self.steps, 1)
+    averages = {"loss": self.loss / steps, "accuracy": self.accuracy / steps,
+                "frames_per_second": self.frames / max(self.seconds, 1e-9)}
+    self._reset()
+    return averages

@@ -1,0 +1,250 @@
+"""From a config to a trained, checkpointed, logged model: the training loop.
+
+`bin/train`, `bin/evaluate` and `bin/export` are thin wrappers around
+:func:`train`, :func:`evaluate` and :func:`restore_for_inference`. What a run
+writes is in `workdir.py`; the periodic jobs (log, fidelity, stage time,
+checkpoint, eval) are the hooks of `hooks.py`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from sideways_tf import configs
+from sideways_tf import distributed
+from sideways_tf import summaries
+from sideways_tf.training import builder
+from sideways_tf.training import hooks as hooks_lib
+from sideways_tf.training import workdir as workdir_lib
+
+
+def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final metrics.
+
+  With config.distributed, this process is one worker of the TF_CONFIG
+  cluster (docs/scaling.md): only the chief writes to `workdir`; every
+  worker resumes from the chief's checkpoints (a shared filesystem).
+  """
+  workdir = pathlib.Path(workdir)
+  full = configs.with_defaults(config)
+  # MultiWorkerMirroredStrategy must start before any other TF op.
+  cluster = (distributed.Cluster(full.collective_timeout_seconds)
+             if full.distributed else None)
+  is_chief = cluster is None or cluster.is_chief
+  if cluster is not None:
+    print(f"{cluster}; {distributed.tf_config_summary()}", flush=True)
+  if is_chief:
+    workdir_lib.prepare(config, workdir, overwrite)
+  latest = workdir_lib.latest_checkpoint(workdir)
+  # A resumed run draws a new, still deterministic, data order.
+  setup = builder.build(
+      config, data_seed_offset=workdir_lib.checkpoint_step(latest)
+      if latest else 0, cluster=cluster)
+  ctx = _start(setup, config, workdir, latest, cluster, is_chief)
+  train_cfg = setup.config.train
+  log = hooks_lib.LogHook(train_cfg.log_every, train_cfg.num_steps,
+                          int(setup.step))
+  evaluation = hooks_lib.EvalHook(train_cfg.eval_every, train_cfg.num_steps)
+  hooks = [log] + ([hooks_lib.FidelityHook(train_cfg.fidelity_every),
+                    hooks_lib.StageTimeHook(train_cfg.stage_time_every),
+                    hooks_lib.CheckpointHook(train_cfg.checkpoint_every),
+                    evaluation] if is_chief else [])
+  first_step, run_start = int(setup.step), time.perf_counter()
+  stop = _StopFlag()
+  try:
+    frames_per_clip = _loop(ctx, hooks, cluster, stop)
+  except FloatingPointError:
+    ctx.train_writer.flush()
+    raise
+  finally:
+    stop.restore()
+  step = int(setup.step)
+  if is_chief and step > 0 and ctx.manager.latest_checkpoint != str(
+      workdir / "checkpoints" / f"ckpt-{step}"):
+    workdir_lib.save_checkpoint(setup, ctx.manager, step)
+  ctx.train_writer.flush()
+  ctx.eval_writer.flush()
+  wall = time.perf_counter() - run_start
+  if not is_chief:
+    return _worker_result(cluster, step, stop, log.last)
+  if stop.requested:
+    print(f"\nStopped by signal at step {step}; checkpoint saved. Rerun the "
+          f"same command to resume.", flush=True)
+    return {"step": step, "interrupted": True}
+  eval_metrics = evaluation.metrics or hooks_lib.evaluate(
+      setup, ctx.eval_writer, step, workdir)
+  return _summary(setup.config, workdir, step, step - first_step, wall,
+                  frames_per_clip, log.last, eval_metrics)
+
+
+def _start(setup, config, workdir, latest, cluster,
+           is_chief) -> hooks_lib.Context:
+  """Model info, checkpoint manager (restored), worker sync, writers."""
+  if is_chief:
+    workdir_lib.write_model_info(workdir, setup.datasets)
+  manager = tf.train.CheckpointManager(
+      setup.checkpoint, str(workdir / "checkpoints"),
+      max_to_keep=setup.config.train.keep_checkpoints)
+  if latest:
+    setup.checkpoint.restore(latest).assert_existing_objects_matched()
+    print(f"Resumed from {latest} at step {int(setup.step)}.", flush=True)
+  if cluster is not None:
+    _sync_workers(setup, cluster, latest)
+  if is_chief:
+    train_writer = tf.summary.create_file_writer(str(workdir / "train"))
+    eval_writer = tf.summary.create_file_writer(str(workdir / "eval"))
+  else:  # only the chief logs
+    train_writer = eval_writer = tf.summary.create_noop_writer()
+  if not latest:
+    summaries.write_config(train_writer, config, _hparams(config))
+  return hooks_lib.Context(setup, workdir, manager, train_writer, eval_writer)
+
+
+def _loop(ctx, hooks, cluster, stop) -> Optional[int]:
+  """Train steps until num_steps or a stop signal; returns frames per clip."""
+  setup, frames_per_clip = ctx.setup, None
+  iterator = iter(setup.datasets.train)
+  while int(setup.step) < setup.config.train.num_steps and not stop.requested:
+    batch = next(iterator)
+    step = int(setup.step) + 1
+    frames, labels = batch["video"], batch["label"]
+    frames_per_clip = int(frames.shape[0]) * int(frames.shape[1])
+    for hook in hooks:
+      hook.before_step(ctx, step, frames, labels)
+    started = time.perf_counter()
+    try:
+      metrics = setup.trainer.train_step(frames, labels)
+    except distributed.COLLECTIVE_ERRORS as error:
+      if cluster is None:
+        raise
+      raise distributed.WorkerLostError(distributed.lost_worker_message(
+          cluster, step, ctx.manager.latest_checkpoint, error)) from error
+    elapsed = time.perf_counter() - started
+    if not np.isfinite(metrics["loss"]):
+      raise FloatingPointError(
+          f"loss is {metrics['loss']} at step {step}; stopping. The weights "
+          f"of this step were not saved; the last good checkpoint is "
+          f"{ctx.manager.latest_checkpoint or '(none)'}")
+    setup.step.assign(step)
+    for hook in hooks:
+      hook.after_step(ctx, step, frames, metrics, elapsed)
+  return frames_per_clip
+
+
+def _worker_result(cluster, step, stop, last_train) -> Dict[str, object]:
+  print(f"\nDone: worker {cluster.worker_index} of {cluster.num_workers} at "
+        f"step {step}; train loss {last_train['loss']:.4f} on this worker's "
+        f"shard. The chief writes checkpoints, logs and evaluations.",
+        flush=True)
+  return {"step": step, "interrupted": stop.requested,
+          "train_loss": last_train["loss"]}
+
+
+def _summary(config, workdir, step, steps_run, wall, frames_per_clip,
+             last_train, eval_metrics) -> Dict[str, object]:
+  summary = {
+      "step": step,
+      "algorithm": config.algorithm,
+      "train_loss": last_train["loss"],
+      "train_accuracy": last_train["accuracy"],
+      "eval_clip_accuracy": eval_metrics["clip_accuracy"],
+      "eval_frame_accuracy": eval_metrics["frame_accuracy"],
+      "wall_seconds": wall,
+      "frames_per_second": (steps_run * (frames_per_clip or 0) / wall
+                            if wall else 0.0),
+  }
+  print(f"\nDone: {config.algorithm}, {step} steps ({steps_run} this run) in "
+        f"{wall:.0f} s; train accuracy {summary['train_accuracy']:.3f} "
+        f"(last {config.train.log_every} steps), eval clip accuracy "
+        f"{summary['eval_clip_accuracy']:.3f}, frame accuracy "
+        f"{summary['eval_frame_accuracy']:.3f}. Outputs in {workdir}",
+        flush=True)
+  return summary
+
+
+def evaluate(workdir, config=None, num_batches: Optional[int] = None):
+  """Evaluates the latest checkpoint in `workdir` on the eval split."""
+  workdir = pathlib.Path(workdir)
+  if config is None:
+    config = workdir_lib.load_config(workdir)
+  latest = workdir_lib.latest_checkpoint(workdir, required=True)
+  setup = builder.build(config)
+  setup.checkpoint.restore(latest).expect_partial()
+  writer = tf.summary.create_file_writer(str(workdir / "eval"))
+  metrics = hooks_lib.evaluate(setup, writer, int(setup.step), workdir,
+                               num_batches)
+  writer.flush()
+  return metrics
+
+
+def restore_for_inference(workdir) -> builder.Setup:
+  """The model of the latest checkpoint in `workdir`, without its data."""
+  workdir = pathlib.Path(workdir)
+  config = workdir_lib.load_config(workdir)
+  info = workdir_lib.load_model_info(workdir)
+  latest = workdir_lib.latest_checkpoint(workdir, required=True)
+  setup = builder.build_model(config, info["num_classes"], info["frame_shape"])
+  setup.checkpoint.restore(latest).expect_partial()
+  return setup
+
+
+def _sync_workers(setup, cluster, latest):
+  """Every worker starts from the chief's step, weights and optimizer state."""
+  local_step = int(setup.step)
+  cluster.broadcast_from_chief([setup.step])
+  if int(setup.step) != local_step:
+    raise ValueError(
+        f"worker {cluster.worker_index} would resume at step {local_step} "
+        f"({latest or 'no checkpoint'}) but the chief at step "
+        f"{int(setup.step)}: every worker must see the chief's workdir (a "
+        f"shared filesystem), or start all from scratch")
+  difference = cluster.broadcast_from_chief(
+      list(setup.pipeline.trainable_variables) +
+      list(setup.optimizer.variables))
+  if difference:
+    logging.warning("worker %d: initial weights differed from the chief's by "
+                    "up to %g; using the chief's", cluster.worker_index,
+                    difference)
+
+
+def _hparams(config) -> Dict[str, object]:
+  return {"algorithm": config.algorithm, "model": config.model.name,
+          "num_modules": config.model.num_modules,
+          "batch_size": config.train.batch_size,
+          "learning_rate": config.train.learning_rate,
+          "optimizer": config.train.optimizer,
+          "num_frames": config.data.num_frames,
+          "temporal_stride": config.data.temporal_stride,
+          "update_every_ticks": config.train.update_every_ticks,
+          "seed": config.seed}
+
+
+class _StopFlag:
+  """SIGTERM/SIGINT ask the loop to save and stop after the current step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._request)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _request(self, signum, frame):
+    del frame
+    if self.requested:  # a second signal: stop now
+      raise KeyboardInterrupt
+    logging.warning("signal %d: saving a checkpoint and stopping", signum)
+    self.requested = True

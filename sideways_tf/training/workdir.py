@@ -1,0 +1,115 @@
+"""A training run's directory: what it holds and how it is checked.
+
+  workdir/config.json        the config the run was started with
+  workdir/model_info.json    num_classes, frame_shape, class_names
+  workdir/checkpoints/       tf.train.CheckpointManager (model, optimizer,
+                             step, pipeline state)
+  workdir/train/, eval/      TensorBoard event files
+  workdir/eval.json          the last evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Dict
+
+import ml_collections
+import tensorflow as tf
+
+from sideways_tf import configs
+from sideways_tf.files import atomic_write_text
+
+# Keys that may change between a run and its resumption (how long, how often,
+# how loud); anything else changing means a different experiment.
+RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.eval_every",
+                  "train.checkpoint_every", "train.fidelity_every",
+                  "train.stage_time_every", "train.keep_checkpoints",
+                  "eval.batch_size", "eval.num_batches", "data.data_dir",
+                  "data.path", "devices", "distributed",
+                  "collective_timeout_seconds")
+
+
+def prepare(config, workdir: pathlib.Path, overwrite: bool) -> None:
+  """Creates the workdir, or checks that it belongs to this experiment."""
+  config_path = workdir / "config.json"
+  if config_path.exists():
+    saved = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    differences = config_differences(saved, config)
+    if differences and not overwrite:
+      shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:8])
+      raise ValueError(
+          f"workdir {workdir} holds a run with another config ({shown}). Use "
+          f"another --workdir, or pass --overwrite to delete that run.")
+    if differences:
+      print(f"--overwrite: deleting the previous run in {workdir}", flush=True)
+      shutil.rmtree(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(config_path, config.to_json_best_effort(indent=2))
+
+
+def config_differences(saved, config):
+  """[(key, saved value, new value)] of the keys that may not change."""
+  old, new = _flatten(saved.to_dict()), _flatten(
+      json.loads(config.to_json_best_effort()))
+  return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS]
+
+
+def _flatten(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + "."))
+    else:
+      flat[name] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def write_model_info(workdir: pathlib.Path, datasets) -> None:
+  atomic_write_text(workdir / "model_info.json", json.dumps({
+      "num_classes": datasets.num_classes,
+      "frame_shape": list(datasets.frame_shape),
+      "class_names": list(datasets.class_names)}, indent=2))
+
+
+def load_model_info(workdir) -> Dict[str, object]:
+  """num_classes, frame_shape and class_names, recorded when training began."""
+  path = pathlib.Path(workdir) / "model_info.json"
+  if not path.exists():
+    raise ValueError(f"{path} not found: is {workdir} a training workdir?")
+  return json.loads(path.read_text())
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The run's config.json (keys added since it was written: defaults)."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise ValueError(f"{path} not found: is {workdir} a training workdir?")
+  return configs.with_defaults(
+      ml_collections.ConfigDict(json.loads(path.read_text())))
+
+
+def latest_checkpoint(workdir, required: bool = False):
+  """Path of the newest checkpoint in workdir/checkpoints, or None."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  latest = tf.train.latest_checkpoint(str(directory))
+  if required and not latest:
+    raise ValueError(f"no checkpoint in {directory}; train first")
+  return latest
+
+
+def checkpoint_step(path: str) -> int:
+  return int(path.rsplit("-", 1)[-1])
+
+
+def save_checkpoint(setup, manager, step) -> None:
+  """Saves unless a weight is NaN/Inf: a bad checkpoint is worse than none."""
+  for variable in setup.pipeline.trainable_variables:
+    if not bool(tf.reduce_all(tf.math.is_finite(variable))):
+      raise FloatingPointError(
+          f"weight {variable.path} is not finite at step {step}; not saving. "
+          f"The last good checkpoint is {manager.latest_checkpoint or '(none)'}")
+  manager.save(checkpoint_number=step)
