@@ -5,7 +5,7 @@
   bin/benchmark --figures=throughput,stages --profile_dir=/tmp/prof
 
 Every figure times the trainer's own engine (Trainer.train_step, Pipeline);
-see sideways_tf/benchmark.py and docs/performance.md.
+see sideways_tf/benchmark/ and docs/performance.md.
 """
 
 import os
@@ -63,8 +63,9 @@ _DOC = flags.DEFINE_string(
 
 def main(argv):
   cli.start(argv)
-  from sideways_tf import benchmark  # imports TensorFlow lazily
-  config = benchmark.BenchmarkConfig(
+  from sideways_tf.benchmark import common  # noqa: PLC0415
+  from sideways_tf.benchmark import runner  # noqa: PLC0415
+  config = common.BenchmarkConfig(
       model=_MODEL.value, image_size=_IMAGE_SIZE.value,
       channels=_CHANNELS.value, batch_size=_BATCH.value,
       num_frames=_FRAMES.value, num_modules=_MODULES.value,
@@ -75,11 +76,11 @@ def main(argv):
       zoo_width=_ZOO_WIDTH.value, data_batches=_DATA_BATCHES.value,
       mixed_precision=_MIXED.value, profile_dir=_PROFILE.value,
       figures=tuple(_FIGURES.value))
-  unknown = set(config.figures) - set(benchmark.BenchmarkConfig().figures)
+  unknown = set(config.figures) - set(common.BenchmarkConfig().figures)
   if unknown:
     raise ValueError(f"unknown --figures {sorted(unknown)}")
   command = "bin/benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-  benchmark.run(config, _BENCH_DIR.value, doc_path=_DOC.value or None,
+  runner.run(config, _BENCH_DIR.value, doc_path=_DOC.value or None,
                 command=command.strip())
 
 

@@ -19,22 +19,26 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+from sideways_tf import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(PROJECT_ROOT / "configs" / "default.py"),
-    "Experiment config file (pipeline mode).")
-_MODE = flags.DEFINE_enum("mode", "pipeline", ["pipeline", "prepare"],
-                          "What to measure.")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 200, "Timed batches.")
-_WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 20,
-                                       "Batches before timing.")
-_NUM_VIDEOS = flags.DEFINE_integer("num_videos", 24, "prepare: videos.")
-_FRAMES = flags.DEFINE_integer("frames", 100, "prepare: frames per video.")
-_WIDTH = flags.DEFINE_integer("width", 320, "prepare: video width.")
-_HEIGHT = flags.DEFINE_integer("height", 240, "prepare: video height.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
-                                    "prepare: decoding processes.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags; only `python -m` defines them (not import)."""
+  config_flags.DEFINE_config_file(
+      "config", cli.default_config_path(),
+      "Experiment config file (pipeline mode).")
+  flags.DEFINE_enum("mode", "pipeline", ["pipeline", "prepare"],
+                    "What to measure.")
+  flags.DEFINE_integer("num_batches", 200, "Timed batches.")
+  flags.DEFINE_integer("warmup_batches", 20, "Batches before timing.")
+  flags.DEFINE_integer("num_videos", 24, "prepare: videos.")
+  flags.DEFINE_integer("frames", 100, "prepare: frames per video.")
+  flags.DEFINE_integer("width", 320, "prepare: video width.")
+  flags.DEFINE_integer("height", 240, "prepare: video height.")
+  flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
+                       "prepare: decoding processes.")
 
 
 def pipeline_frames_per_second(config, num_batches, warmup_batches):
@@ -79,27 +83,28 @@ def write_test_videos(folder, num_videos, frames, width, height):
 
 def main(argv):
   del argv
-  if _MODE.value == "pipeline":
-    config = _CONFIG.value
-    rate = pipeline_frames_per_second(config, _NUM_BATCHES.value,
-                                      _WARMUP_BATCHES.value)
+  if FLAGS.mode == "pipeline":
+    config = FLAGS.config
+    rate = pipeline_frames_per_second(config, FLAGS.num_batches,
+                                      FLAGS.warmup_batches)
     print(f"{config.data.name}: {rate:.0f} frames/s "
           f"({rate / config.data.num_frames:.1f} clips/s) over "
-          f"{_NUM_BATCHES.value} batches of {config.train.batch_size}")
+          f"{FLAGS.num_batches} batches of {config.train.batch_size}")
     return
   from sideways_tf.data import video_folder  # noqa: PLC0415
   with tempfile.TemporaryDirectory() as folder:
     videos = pathlib.Path(folder) / "videos"
-    write_test_videos(videos, _NUM_VIDEOS.value, _FRAMES.value, _WIDTH.value,
-                      _HEIGHT.value)
+    write_test_videos(videos, FLAGS.num_videos, FLAGS.frames, FLAGS.width,
+                      FLAGS.height)
     summary = video_folder.prepare(videos, pathlib.Path(folder) / "out",
-                                   num_workers=_NUM_WORKERS.value)
+                                   num_workers=FLAGS.num_workers)
   print(f"prepare: {summary['videos_per_second']:.2f} videos/s "
-        f"({summary['videos_per_second'] * _FRAMES.value:.0f} frames/s) for "
-        f"{_NUM_VIDEOS.value} videos of {_FRAMES.value} frames "
-        f"{_WIDTH.value}x{_HEIGHT.value}, {_NUM_WORKERS.value} workers, "
+        f"({summary['videos_per_second'] * FLAGS.frames:.0f} frames/s) for "
+        f"{FLAGS.num_videos} videos of {FLAGS.frames} frames "
+        f"{FLAGS.width}x{FLAGS.height}, {FLAGS.num_workers} workers, "
         f"short side 128")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
