@@ -35,18 +35,18 @@ _REPORT_DIR = flags.DEFINE_string(
 
 def main(argv):
   cli.start(argv)
-  from sideways_tf import research  # noqa: E402  (imports TensorFlow)
-  from sideways_tf import results_report  # noqa: E402
+  from sideways_tf.paper_experiments import report  # noqa: PLC0415
+  from sideways_tf.paper_experiments import runs  # noqa: PLC0415
   outdir = pathlib.Path(_OUTDIR.value)
   for name in _ONLY.value:
-    if name not in research.EXPERIMENTS:
+    if name not in runs.EXPERIMENTS:
       raise ValueError(f"unknown experiment {name!r}; expected some of "
-                       f"{research.EXPERIMENTS}")
+                       f"{runs.EXPERIMENTS}")
   for name in _ONLY.value:
-    research.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
+    runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
   if _REPORT_DIR.value:
     command = "bin/experiments " + " ".join(argv[1:] or sys.argv[1:])
-    path = results_report.write(outdir, pathlib.Path(_REPORT_DIR.value),
+    path = report.write(outdir, pathlib.Path(_REPORT_DIR.value),
                                 command.strip())
     print(f"Report written to {path}")
 

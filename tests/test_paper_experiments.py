@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from sideways_tf import research
-from sideways_tf import results_report
+from sideways_tf.paper_experiments import runs as research
+from sideways_tf.paper_experiments import report as results_report
 
 TINY_CONFIG = '''
 from sideways_tf.configs import default
