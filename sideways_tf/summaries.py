@@ -18,7 +18,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 def gradient_fidelity(pipeline, sideways_gradients: Sequence,
                       bp_gradients: Sequence) -> Dict[str, Dict[str, float]]:
-  """How close Sideways is to BP, per module (1-based, as in SIDEWAYS.md).
+  """How close Sideways is to BP, per module (1-based, as in docs/algorithm.md).
 
   cosine: cosine similarity of the module's flattened clip gradients;
   norm_ratio: |sideways| / |bp|. Both 1.0 when Sideways equals BP.

@@ -30,7 +30,6 @@ else:
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from sideways_tf import distributed  # noqa: E402
 from sideways_tf.engine.pipeline import Pipeline  # noqa: E402

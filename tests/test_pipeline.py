@@ -1,4 +1,4 @@
-"""The properties SIDEWAYS.md says every implementation must satisfy."""
+"""The properties docs/algorithm.md says every implementation must satisfy."""
 
 import keras
 import numpy as np
@@ -133,7 +133,7 @@ def test_frame_tagging_provenance(num_modules):
 
 
 def test_frame_tagging_table_of_the_spec():
-  """L = 4, t = 10: the gaps 0, 2, 4, 6 of the table in SIDEWAYS.md."""
+  """L = 4, t = 10: the gaps 0, 2, 4, 6 of the table in docs/algorithm.md."""
   pipe = sideways_tf.Pipeline([Scale() for _ in range(4)], half_square_loss)
   frames = np.arange(1, 11, dtype="float32").reshape(1, -1, 1)
   pipe.allocate_state(1, (1,))

@@ -8,11 +8,9 @@ DIR/eval.json and to TensorBoard (DIR/eval).
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
 
-from absl import app
 from absl import flags
 
 from sideways_tf import cli

@@ -11,7 +11,6 @@ the tables and PNG plots of docs/results.md (written to --report_dir).
 import pathlib
 import sys
 
-from absl import app
 from absl import flags
 
 from sideways_tf import cli

@@ -7,11 +7,9 @@ docs/export.md or `saved_model_cli show --all --dir OUTPUT`.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
 
-from absl import app
 from absl import flags
 
 from sideways_tf import cli

@@ -12,11 +12,9 @@ docs/data.md for the layouts, split files and output format.
 
 import os
 import pathlib
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
 
-from absl import app
 from absl import flags
 
 from sideways_tf import cli

@@ -8,11 +8,9 @@ Rerunning with the same --workdir resumes from its last checkpoint.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 

@@ -21,10 +21,8 @@ from typing import List, Tuple
 import tensorflow as tf
 
 from sideways_tf.data import clips
+from sideways_tf.files import PROJECT_ROOT
 
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
-if not (PROJECT_ROOT / "pyproject.toml").exists():  # installed: no checkout
-  PROJECT_ROOT = pathlib.Path.cwd()
 DATASET_NAMES = ("synthetic", "tfds", "video_folder")
 
 

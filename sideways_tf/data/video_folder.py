@@ -38,6 +38,7 @@ from typing import Dict, List, Optional
 from absl import logging
 
 from sideways_tf.data import splits as splits_lib
+from sideways_tf.files import atomic_write_text
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm")
 METADATA_FILE = "metadata.json"
@@ -224,12 +225,6 @@ def make_plan(input_dir: pathlib.Path, options: PrepareOptions) -> Dict:
 
 
 # ------------------------------------------------------------------ writing
-
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  temporary.write_text(text)
-  os.replace(temporary, path)
-
 
 def _shard_done(output_dir: pathlib.Path, name: str) -> bool:
   return ((output_dir / f"{name}.tfrecord").is_file()

@@ -25,25 +25,13 @@ from __future__ import annotations
 import time
 from typing import List, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from sideways_tf.models import zoo
 from sideways_tf.models.zoo import balanced_split
-
-
-def item_layers(item) -> List[keras.layers.Layer]:
-  """The Keras layers of one item (a layer, a list of layers or a zoo Unit)."""
-  if isinstance(item, keras.layers.Layer):
-    return [item]
-  if hasattr(item, "layers") and not isinstance(item, (list, tuple)):
-    return list(item.layers)
-  layers = list(item)
-  for layer in layers:
-    if not isinstance(layer, keras.layers.Layer):
-      raise ValueError(f"items must be Keras layers, lists of layers or zoo "
-                       f"Units, got an element {layer!r}")
-  return layers
+from sideways_tf.models.zoo import item_layers
+from sideways_tf.models.zoo import split
 
 
 def _apply(layers, inputs, training):
@@ -130,23 +118,9 @@ def balance_by_time(layers: Sequence, num_modules: int, sample_input,
   return balanced_split([max(1, int(c * 1e9)) for c in costs], num_modules)
 
 
-def split(layers: Sequence, sizes: Sequence[int]) -> List[list]:
-  """Consecutive groups of `layers` with the given sizes."""
-  if sum(sizes) != len(layers) or min(sizes) < 1:
-    raise ValueError(f"sizes {list(sizes)} do not cut {len(layers)} items "
-                     "into non-empty groups")
-  groups, start = [], 0
-  for size in sizes:
-    groups.append(list(layers[start:start + size]))
-    start += size
-  return groups
-
-
 def to_stages(layers: Sequence, sizes: Sequence[int]):
   """One ``keras.Sequential`` per group, named ``stage_k``."""
-  return [keras.Sequential([l for item in group for l in item_layers(item)],
-                           name=f"stage_{k}")
-          for k, group in enumerate(split(layers, sizes))]
+  return zoo.to_stages(split(layers, sizes))
 
 
 def group_costs(costs: Sequence[float], sizes: Sequence[int]) -> List[float]:

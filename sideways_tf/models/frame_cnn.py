@@ -9,6 +9,8 @@ from typing import Sequence
 
 import keras
 
+from sideways_tf.models import zoo
+
 
 def frame_cnn_stages(num_classes: int, num_modules: int = 4,
                      widths: Sequence[int] = (16, 32, 64)):
@@ -27,16 +29,8 @@ def frame_cnn_stages(num_classes: int, num_modules: int = 4,
     raise ValueError(
         f"num_modules must be between 1 and {len(layers)} for widths "
         f"{widths}, got {num_modules}")
-  return [keras.Sequential(sum(group, []), name=f"stage_{k}")
-          for k, group in enumerate(_split_evenly(layers, num_modules))]
-
-
-def _split_evenly(items, parts):
-  """Consecutive groups whose sizes differ by at most one, larger ones last."""
-  base, extra = divmod(len(items), parts)
-  sizes = [base + (1 if k >= parts - extra else 0) for k in range(parts)]
-  groups, start = [], 0
-  for size in sizes:
-    groups.append(items[start:start + size])
-    start += size
-  return groups
+  # Consecutive groups whose sizes differ by at most one, larger ones last.
+  base, extra = divmod(len(layers), num_modules)
+  sizes = [base + (1 if k >= num_modules - extra else 0)
+           for k in range(num_modules)]
+  return zoo.to_stages(zoo.split(layers, sizes))

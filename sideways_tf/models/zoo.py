@@ -135,10 +135,18 @@ def group_units(units: Sequence[Unit], granularity: Union[str, int] = "block",
       else:
         groups.append([unit])
     return groups
-  sizes = balanced_split([u.num_params for u in units], granularity)
+  return split(units, balanced_split([u.num_params for u in units],
+                                      granularity))
+
+
+def split(items: Sequence, sizes: Sequence[int]) -> List[list]:
+  """Consecutive groups of `items` with the given sizes."""
+  if sum(sizes) != len(items) or min(sizes) < 1:
+    raise ValueError(f"sizes {list(sizes)} do not cut {len(items)} items "
+                     "into non-empty groups")
   groups, start = [], 0
   for size in sizes:
-    groups.append(list(units[start:start + size]))
+    groups.append(list(items[start:start + size]))
     start += size
   return groups
 
@@ -166,11 +174,25 @@ def balanced_split(costs: Sequence[int], parts: int) -> List[int]:
   return [b - a for a, b in zip(best[:-1], best[1:])]
 
 
-def to_stages(groups: Sequence[Sequence[Unit]]):
-  """One keras.Sequential per group, named ``stage_k``."""
-  return [keras.Sequential([layer for unit in group for layer in unit.layers],
+def to_stages(groups: Sequence[Sequence]):
+  """One keras.Sequential per group of items, named ``stage_k``."""
+  return [keras.Sequential([l for item in group for l in item_layers(item)],
                            name=f"stage_{k}")
           for k, group in enumerate(groups)]
+
+
+def item_layers(item) -> List[keras.layers.Layer]:
+  """The Keras layers of one item (a layer, a list of layers or a Unit)."""
+  if isinstance(item, keras.layers.Layer):
+    return [item]
+  if hasattr(item, "layers") and not isinstance(item, (list, tuple)):
+    return list(item.layers)
+  layers = list(item)
+  for layer in layers:
+    if not isinstance(layer, keras.layers.Layer):
+      raise ValueError(f"items must be Keras layers, lists of layers or zoo "
+                       f"Units, got an element {layer!r}")
+  return layers
 
 
 def module_param_counts(groups: Sequence[Sequence[Unit]]) -> List[int]:

@@ -24,6 +24,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from sideways_tf.configs import default
+from sideways_tf.engine.pipeline import ALGORITHMS
 from sideways_tf import data as data_lib
 from sideways_tf.files import atomic_write_text
 from sideways_tf.training import train_lib
@@ -60,17 +61,17 @@ def runs_for(name: str, steps: int) -> List[Dict]:
   runs = []
   if name == "convergence":
     for seed in (0, 1, 2):
-      for algorithm in ("sideways", "bp"):
+      for algorithm in ALGORITHMS:
         runs.append(dict(label=f"{algorithm}/seed{seed}", seed=seed,
                          algorithm=algorithm))
   elif name == "smoothness":
     for stride in (1, 2, 4, 8):
-      for algorithm in ("sideways", "bp"):
+      for algorithm in ALGORITHMS:
         runs.append(dict(label=f"{algorithm}/stride{stride}",
                          algorithm=algorithm, **{"data.temporal_stride": stride}))
   elif name == "depth":
     for modules in (2, 4, 8):
-      for algorithm in ("sideways", "bp"):
+      for algorithm in ALGORITHMS:
         runs.append(dict(label=f"{algorithm}/L{modules}", algorithm=algorithm,
                          model=dict(name="vgg8", granularity=modules,
                                     num_modules=modules, width=8,
