@@ -108,3 +108,37 @@ def stream_tick(pipe, frame, state):
   new_state = outputs[:-1] + [outputs[j] for m in pipe.modules
                               for j in m.skip_sources]
   return outputs[-1], new_state
+
+
+class InferenceMethods:
+  """The inference methods of :class:`sideways_tf.Pipeline`."""
+
+  @property
+  def receptive_depth(self) -> int:
+    """How many frames past frame s the prediction for frame s looks (D)."""
+    return receptive_depth(self.skip_sources)
+
+  def predict_frames(self, frames) -> tf.Tensor:
+    """Clip inference: every frame through all modules. Returns [B, T, C]."""
+    frames = tf.convert_to_tensor(frames)
+    if frames.shape.rank is None or frames.shape.rank < 3:
+      raise ValueError(
+          f"frames must have shape [B, T, ...frame], got {frames.shape}")
+    self._ensure_built(tuple(frames.shape[2:]), frames.dtype)
+    if "predict" not in self._compiled:
+      self._compiled["predict"] = tf.function(self.frame_logits,
+                                              autograph=False)
+    return self._compiled["predict"](frames)
+
+  def frame_logits(self, frames, training=False) -> tf.Tensor:
+    """Graph-building clip path; see :func:`frame_logits`."""
+    return frame_logits(self, frames, training)
+
+  def stream_state_specs(self, frame_shape, dtype=tf.float32):
+    """[(name, shape without batch, dtype)]; see :func:`stream_state_specs`."""
+    return stream_state_specs(
+        self, self._ensure_built(tuple(frame_shape), dtype))
+
+  def stream_tick(self, frame, state):
+    """Streaming inference, one tick; see :func:`stream_tick`."""
+    return stream_tick(self, frame, state)

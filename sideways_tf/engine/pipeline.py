@@ -34,7 +34,6 @@ import tensorflow as tf
 from sideways_tf.engine import inference
 from sideways_tf.engine import state as state_lib
 from sideways_tf.engine.module import SKIP_COMBINE_MODES
-from sideways_tf.engine.module import SidewaysModule
 
 ALGORITHMS = ("sideways", "bp")
 
@@ -236,8 +235,12 @@ def bp_clip(pipe: "Pipeline", frames, labels, loss_scale) -> ClipResult:
 # --------------------------------------------------------------- the pipeline
 
 
-class Pipeline(tf.Module):
+class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
   """A video model cut into modules, trainable with Sideways or with BP.
+
+  Clip and streaming inference (`predict_frames`, `stream_tick`, ...) come
+  from `inference.py`, the buffers' allocation (`allocate_state`,
+  `reset_state`) from `state.py`.
 
   Args:
     stages: Keras layers, one per Sideways module, in order; the last one emits
@@ -398,39 +401,6 @@ class Pipeline(tf.Module):
           "gradient (module k needs T >= 2L-k); use T >= 2L-1 = %d.",
           num_frames, self.num_modules, starving, 2 * self.num_modules - 1)
 
-  # ------------------------------------------------------ inference (see
-  # inference.py) and profiling
-
-  @property
-  def receptive_depth(self) -> int:
-    """How many frames past frame s the prediction for frame s looks (D)."""
-    return inference.receptive_depth(self.skip_sources)
-
-  def predict_frames(self, frames) -> tf.Tensor:
-    """Clip inference: every frame through all modules. Returns [B, T, C]."""
-    frames = tf.convert_to_tensor(frames)
-    if frames.shape.rank is None or frames.shape.rank < 3:
-      raise ValueError(
-          f"frames must have shape [B, T, ...frame], got {frames.shape}")
-    self._ensure_built(tuple(frames.shape[2:]), frames.dtype)
-    if "predict" not in self._compiled:
-      self._compiled["predict"] = tf.function(self.frame_logits,
-                                              autograph=False)
-    return self._compiled["predict"](frames)
-
-  def frame_logits(self, frames, training=False) -> tf.Tensor:
-    """Graph-building clip path; see :func:`inference.frame_logits`."""
-    return inference.frame_logits(self, frames, training)
-
-  def stream_state_specs(self, frame_shape, dtype=tf.float32):
-    """[(name, shape without batch, dtype)]; see `inference.py`."""
-    return inference.stream_state_specs(
-        self, self._ensure_built(tuple(frame_shape), dtype))
-
-  def stream_tick(self, frame, state):
-    """Streaming inference, one tick; see :func:`inference.stream_tick`."""
-    return inference.stream_tick(self, frame, state)
-
   def stage_tick_seconds(self, frames, labels, repeats: int = 5,
                          ticks_per_call: int = 16) -> List[float]:
     """Median wall time of one tick of each module, each run on its own.
@@ -440,52 +410,3 @@ class Pipeline(tf.Module):
     from sideways_tf.engine import stage_timing  # only profiling needs it
     return stage_timing.stage_tick_seconds(self, frames, labels, repeats,
                                            ticks_per_call)
-
-  # ---------------------------------------------------- the state (state.py)
-
-  def reset_state(self) -> None:
-    """Zeroes every module's buffers and the tick count (a clip boundary)."""
-    for module in self.modules:
-      module.reset_state()
-    self.ticks_seen.assign(0)
-
-  def allocate_state(self, batch_size: int, frame_shape: Sequence[int],
-                     dtype=tf.float32) -> None:
-    """Creates the buffers for a batch size and frame shape ahead of time.
-
-    Call it before restoring a checkpoint that holds pipeline state, so the
-    state variables exist to receive their values.
-    """
-    self._ensure_state(int(batch_size), tuple(frame_shape),
-                       tf.as_dtype(dtype), reset=True)
-
-  def _new_modules(self) -> List[SidewaysModule]:
-    return [SidewaysModule(stage, k, len(self.stages),
-                           skip_sources=self.skip_sources[k],
-                           skip_combine=self.skip_combine)
-            for k, stage in enumerate(self.stages)]
-
-  def _ensure_built(self, frame_shape, dtype) -> List[state_lib.StageShapes]:
-    """Builds unbuilt stages under their devices; returns per-stage shapes."""
-    return state_lib.build_stages(self.modules, self.devices, frame_shape,
-                                  dtype)
-
-  def _ensure_state(self, batch_size, frame_shape, dtype, reset) -> None:
-    signature = (batch_size, tuple(frame_shape))
-    if signature == self._state_signature:
-      return
-    if not reset and self._state_signature is not None:
-      raise ValueError(
-          f"cannot continue a stream whose state was made for batch size "
-          f"{self._state_signature[0]} and frame shape "
-          f"{list(self._state_signature[1])} with frames of batch size "
-          f"{batch_size} and frame shape {list(frame_shape)}; pass reset=True")
-    shapes = self._ensure_built(frame_shape, dtype)
-    if self._state_signature is not None:
-      # New shapes need new buffers: fresh wrappers, and fresh traces that
-      # capture them.
-      self.modules = self._new_modules()
-      self._compiled.clear()
-    state_lib.allocate(self.modules, self.devices, shapes, batch_size)
-    self._state_signature = signature
-    self.ticks_seen.assign(0)

@@ -7,10 +7,12 @@ allocation of every module's buffers for one batch size and frame shape.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Sequence
 
 import keras
 import tensorflow as tf
+
+from sideways_tf.engine.module import SidewaysModule
 
 
 class StageShapes(NamedTuple):
@@ -140,3 +142,53 @@ def allocate(modules, devices, shapes, batch_size) -> None:
           (batch_size,) + shape.input_shape, shape.input_dtype,
           (batch_size,) + shape.output_shape, shape.output_dtype,
           [((batch_size,) + s, d) for s, d in shape.skip_specs])
+
+
+class StateMethods:
+  """The buffer methods of :class:`sideways_tf.Pipeline`."""
+
+  def reset_state(self) -> None:
+    """Zeroes every module's buffers and the tick count (a clip boundary)."""
+    for module in self.modules:
+      module.reset_state()
+    self.ticks_seen.assign(0)
+
+  def allocate_state(self, batch_size: int, frame_shape: Sequence[int],
+                     dtype=tf.float32) -> None:
+    """Creates the buffers for a batch size and frame shape ahead of time.
+
+    Call it before restoring a checkpoint that holds pipeline state, so the
+    state variables exist to receive their values.
+    """
+    self._ensure_state(int(batch_size), tuple(frame_shape),
+                       tf.as_dtype(dtype), reset=True)
+
+  def _new_modules(self) -> List[SidewaysModule]:
+    return [SidewaysModule(stage, k, len(self.stages),
+                           skip_sources=self.skip_sources[k],
+                           skip_combine=self.skip_combine)
+            for k, stage in enumerate(self.stages)]
+
+  def _ensure_built(self, frame_shape, dtype) -> List[StageShapes]:
+    """Builds unbuilt stages under their devices; returns per-stage shapes."""
+    return build_stages(self.modules, self.devices, frame_shape, dtype)
+
+  def _ensure_state(self, batch_size, frame_shape, dtype, reset) -> None:
+    signature = (batch_size, tuple(frame_shape))
+    if signature == self._state_signature:
+      return
+    if not reset and self._state_signature is not None:
+      raise ValueError(
+          f"cannot continue a stream whose state was made for batch size "
+          f"{self._state_signature[0]} and frame shape "
+          f"{list(self._state_signature[1])} with frames of batch size "
+          f"{batch_size} and frame shape {list(frame_shape)}; pass reset=True")
+    shapes = self._ensure_built(frame_shape, dtype)
+    if self._state_signature is not None:
+      # New shapes need new buffers: fresh wrappers, and fresh traces that
+      # capture them.
+      self.modules = self._new_modules()
+      self._compiled.clear()
+    allocate(self.modules, self.devices, shapes, batch_size)
+    self._state_signature = signature
+    self.ticks_seen.assign(0)
