@@ -1,0 +1,47 @@
+"""The pieces every bin/ entry point shares."""
+
+import pathlib
+
+import ml_collections
+import pytest
+
+from sideways_tf import cli
+from sideways_tf import files
+
+
+def test_extra_arguments_are_named():
+  cli.reject_extra_args(["prog"])
+  with pytest.raises(ValueError, match=r"unexpected arguments \['oops'\]"):
+    cli.reject_extra_args(["prog", "oops"])
+
+
+def test_algorithm_shorthand_overrides_and_is_checked():
+  config = ml_collections.ConfigDict({"algorithm": "sideways"})
+  assert cli.with_algorithm(config, None).algorithm == "sideways"
+  assert cli.with_algorithm(config, "bp").algorithm == "bp"
+  with pytest.raises(ValueError, match="'sideways' or 'bp', got 'backprop'"):
+    cli.with_algorithm(ml_collections.ConfigDict({"algorithm": "backprop"}),
+                       None)
+
+
+def test_workdir_is_absolute_or_named_after_the_run(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert cli.resolve_workdir("runs/a", None) == (tmp_path / "runs" / "a")
+  config = ml_collections.ConfigDict({"experiment": "motion_skip",
+                                      "algorithm": "bp"})
+  assert cli.resolve_workdir("", config) == (
+      files.PROJECT_ROOT / "workdir" / "motion_skip_bp")
+
+
+def test_default_config_ships_in_the_package():
+  path = pathlib.Path(cli.default_config_path())
+  assert path.is_file()
+  assert path.parent.parent == pathlib.Path(cli.__file__).resolve().parent
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+  target = tmp_path / "out.json"
+  files.atomic_write_text(target, "first")
+  files.atomic_write_text(target, "second")
+  assert target.read_text() == "second"
+  assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp left
