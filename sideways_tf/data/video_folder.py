@@ -2,8 +2,8 @@
 
 `prepare` (bin/prepare_videos) decodes every video once with PyAV, resizes
 it to a short side of `short_side` pixels and stores each frame as a JPEG in
-a tf.train.Example; `load_source` (config.data.name = "video_folder") reads
-them back. Output directory:
+a tf.train.Example (the decoding: video_decode.py); `load_source`
+(config.data.name = "video_folder") reads them back. Output directory:
 
   metadata.json                      class names, counts, skipped files
   prepare_plan.json                  options + which video goes to which shard
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import multiprocessing
@@ -38,6 +37,7 @@ from typing import Dict, List, Optional
 from absl import logging
 
 from sideways_tf.data import splits as splits_lib
+from sideways_tf.data.video_decode import decode_task
 from sideways_tf.files import atomic_write_text
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm")
@@ -72,72 +72,6 @@ class PrepareOptions:
     if self.videos_per_shard < 1:
       raise ValueError(
           f"videos_per_shard must be >= 1, got {self.videos_per_shard}")
-
-
-# ------------------------------------------------------------------ decoding
-
-class VideoError(Exception):
-  """A video that cannot be used; the message is the reason recorded."""
-
-
-def decode_video(path, short_side: int = 128, num_frames_max: int = 0,
-                 jpeg_quality: int = 90):
-  """(JPEG bytes per frame, (height, width)) of a video file, via PyAV."""
-  import av  # noqa: PLC0415  (only preparing needs PyAV)
-  from PIL import Image  # noqa: PLC0415
-
-  path = pathlib.Path(path)
-  if path.stat().st_size == 0:
-    raise VideoError("empty file (0 bytes)")
-  try:
-    container = av.open(str(path))
-  except Exception as error:  # noqa: BLE001  (any FFmpeg/IO failure)
-    raise VideoError(f"cannot open: {error}") from error
-  encoded = []
-  size = None
-  with container:
-    if not container.streams.video:
-      raise VideoError("no video stream")
-    stream = container.streams.video[0]
-    try:
-      for frame in container.decode(stream):
-        if size is None:
-          size = _target_size(frame.height, frame.width, short_side)
-        rgb = frame.to_ndarray(height=size[0], width=size[1], format="rgb24",
-                               interpolation="AREA")
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="JPEG", quality=jpeg_quality)
-        encoded.append(buffer.getvalue())
-        if num_frames_max and len(encoded) >= num_frames_max:
-          break
-    except Exception as error:  # noqa: BLE001
-      if not encoded:
-        raise VideoError(f"cannot decode: {error}") from error
-      logging.warning("%s: decoding stopped after %d frames (%s); keeping "
-                      "them", path, len(encoded), error)
-  if not encoded:
-    raise VideoError("no decodable frame")
-  return encoded, size
-
-
-def _target_size(height: int, width: int, short_side: int):
-  if not short_side:
-    return height, width
-  scale = short_side / min(height, width)
-  return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _decode_task(task):
-  """Worker: decode one video; never raises (a failure is a skip reason)."""
-  path, options = task
-  try:
-    frames, size = decode_video(path, options.short_side,
-                                options.num_frames_max, options.jpeg_quality)
-    return {"frames": frames, "size": size}
-  except VideoError as error:
-    return {"error": str(error)}
-  except Exception as error:  # noqa: BLE001  (never abort the whole run)
-    return {"error": f"{type(error).__name__}: {error}"}
 
 
 # ------------------------------------------------------------------ planning
@@ -261,17 +195,7 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
   options = options or PrepareOptions()
   input_dir = pathlib.Path(input_dir).expanduser().resolve()
   output_dir = pathlib.Path(output_dir).expanduser().resolve()
-  plan = make_plan(input_dir, options)
-  plan["input_dir"] = str(input_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
-  plan_path = output_dir / PLAN_FILE
-  plan_text = json.dumps(plan, indent=1, sort_keys=True)
-  if plan_path.exists() and plan_path.read_text() != plan_text:
-    raise ValueError(
-        f"{output_dir} was prepared from other videos or options (its "
-        f"{PLAN_FILE} differs); use another --output_dir or delete it")
-  atomic_write_text(plan_path, plan_text)
-
+  plan = _write_plan(input_dir, output_dir, options)
   pending = [shard for shard in plan["shards"]
              if not _shard_done(output_dir, shard["name"])]
   tasks = [(input_dir / relative, options)
@@ -279,15 +203,7 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
   started = time.perf_counter()
   bar = tqdm.tqdm(total=len(tasks), unit="video", disable=not progress,
                   desc=f"Preparing {input_dir.name}")
-  pool = None
-  if num_workers > 1 and len(tasks) > 1:
-    # Fork: workers use only PyAV and PIL, and no TensorFlow op has run yet.
-    method = ("fork" if "fork" in multiprocessing.get_all_start_methods()
-              else "spawn")
-    pool = multiprocessing.get_context(method).Pool(num_workers)
-    results = pool.imap(_decode_task, tasks, chunksize=1)
-  else:
-    results = map(_decode_task, tasks)
+  pool, results = _decode_all(tasks, num_workers)
   videos_written = videos_skipped = 0
   try:
     for shard in pending:
@@ -318,6 +234,32 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
           "seconds": seconds,
           "videos_per_second": len(tasks) / seconds if seconds else 0.0,
           "metadata": metadata}
+
+
+def _write_plan(input_dir, output_dir, options) -> Dict:
+  """The plan of this run, written to output_dir; refuses another run's."""
+  plan = make_plan(input_dir, options)
+  plan["input_dir"] = str(input_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  plan_path = output_dir / PLAN_FILE
+  plan_text = json.dumps(plan, indent=1, sort_keys=True)
+  if plan_path.exists() and plan_path.read_text() != plan_text:
+    raise ValueError(
+        f"{output_dir} was prepared from other videos or options (its "
+        f"{PLAN_FILE} differs); use another --output_dir or delete it")
+  atomic_write_text(plan_path, plan_text)
+  return plan
+
+
+def _decode_all(tasks, num_workers):
+  """(pool or None, iterator of decoded videos in task order)."""
+  if num_workers > 1 and len(tasks) > 1:
+    # Fork: workers use only PyAV and PIL, and no TensorFlow op has run yet.
+    method = ("fork" if "fork" in multiprocessing.get_all_start_methods()
+              else "spawn")
+    pool = multiprocessing.get_context(method).Pool(num_workers)
+    return pool, pool.imap(decode_task, tasks, chunksize=1)
+  return None, map(decode_task, tasks)
 
 
 def _write_shard(shard, path, results, record, bar, input_dir):
