@@ -12,6 +12,9 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
+  """Every config key with its default, in one piece on purpose: the one
+  place defaults are written (configs build on it; `with_defaults` fills a
+  partial config or an older run's config.json from it)."""
   config = ml_collections.ConfigDict()
   config.experiment = "default"
   config.seed = 0
