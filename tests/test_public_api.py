@@ -13,5 +13,5 @@ def test_public_names_are_the_engine_and_trainer_objects():
   assert sideways_tf.Pipeline is pipeline.Pipeline
   assert sideways_tf.Trainer is trainer.Trainer
   assert sideways_tf.SidewaysModule is module.SidewaysModule
-  assert sideways_tf.ALGORITHMS == ("sideways", "bp")
+  assert {"sideways", "bp"} <= set(sideways_tf.ALGORITHMS)
   assert callable(sideways_tf.Pipeline.compute_gradients)
