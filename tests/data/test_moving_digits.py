@@ -232,3 +232,14 @@ def test_mp4_folders_round_trip_through_prepare_videos(tmp_path):
     errors = [np.abs(video * 255 - r).mean() for r in rendered]
     assert np.argmin(errors) == label
     assert errors[label] < 10.0  # measured 6.3 (yuv420p chroma); others ~30
+
+
+def test_the_config_file_matches_the_settings_defaults():
+  from configs import moving_digits as config_file
+  config = config_file.get_config()
+  assert config.data.name == "moving_digits"
+  assert "speed" not in config.data  # the moving shapes' field: gone
+  settings = moving_digits.settings_from_config(config.data)
+  assert settings == moving_digits.Settings()
+  assert (settings.image_size, settings.num_frames, settings.object_size,
+          settings.speed_min, settings.speed_max) == (32, 16, 16, 1.0, 2.0)
