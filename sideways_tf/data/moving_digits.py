@@ -30,10 +30,12 @@ like the moving-shapes set (synthetic.py).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
 import math
+import pathlib
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
@@ -378,9 +380,18 @@ def settings_from_config(data_config) -> Settings:
 
 
 def prepare(settings: Settings, data_dir) -> MovingDigits:
-  """The builder, generating the data set first unless it is cached."""
-  builder = MovingDigits(settings=settings, data_dir=str(data_dir))
-  builder.download_and_prepare()  # a no-op when already prepared
+  """The builder, generating the data set first unless it is cached.
+
+  A file lock per setting lets several runs start at once (e.g. seeds in
+  parallel): TFDS alone would have them write the same temporary files.
+  """
+  lock_path = (pathlib.Path(data_dir)
+               / f".moving_digits-{settings.config_name}.lock")
+  lock_path.parent.mkdir(parents=True, exist_ok=True)
+  with open(lock_path, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    builder = MovingDigits(settings=settings, data_dir=str(data_dir))
+    builder.download_and_prepare()  # a no-op when already prepared
   return builder
 
 

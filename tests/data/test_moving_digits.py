@@ -243,3 +243,29 @@ def test_the_config_file_matches_the_settings_defaults():
   assert settings == moving_digits.Settings()
   assert (settings.image_size, settings.num_frames, settings.object_size,
           settings.speed_min, settings.speed_max) == (32, 16, 16, 1.0, 2.0)
+
+
+_PREPARE_IN_A_PROCESS = """
+import random, sys
+random.seed(0)  # as bin/train does: TFDS's temporary names then collide
+from sideways_tf.data import moving_digits
+settings = moving_digits.Settings(num_train=20, num_test=10, seed=5)
+builder = moving_digits.prepare(settings, sys.argv[1])
+print(builder.info.splits["train"].num_examples)
+"""
+
+
+def test_runs_started_together_prepare_the_set_once(tmp_path):
+  import os
+  import subprocess
+  import sys
+  root = str(moving_digits.pathlib.Path(moving_digits.__file__).parents[2])
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=root)
+  processes = [subprocess.Popen(
+      [sys.executable, "-c", _PREPARE_IN_A_PROCESS, str(tmp_path)],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+               for _ in range(2)]
+  for process in processes:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == "20"
