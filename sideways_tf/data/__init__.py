@@ -5,6 +5,8 @@
 
 Sources (config.data.name):
   "synthetic"     moving shapes drawn offline (synthetic.py), cached by TFDS;
+  "moving_digits" real handwritten digits moving over real photos, made
+                  offline from scikit-learn's bundled data (moving_digits.py);
   "tfds"          any TFDS video data set, e.g. ucf101 (tfds_video.py);
   "video_folder"  class-named folders of video files, prepared once into
                   TFRecords with bin/prepare_videos (video_folder.py).
@@ -23,7 +25,7 @@ import tensorflow as tf
 from sideways_tf.data import clips
 from sideways_tf.files import PROJECT_ROOT
 
-DATASET_NAMES = ("synthetic", "tfds", "video_folder")
+DATASET_NAMES = ("synthetic", "tfds", "video_folder", "moving_digits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,9 @@ def load_source(data_config, seed: int = 0) -> clips.Source:
   if name == "synthetic":
     from sideways_tf.data import synthetic  # noqa: PLC0415
     return synthetic.load_source(data_config, data_dir)
+  if name == "moving_digits":
+    from sideways_tf.data import moving_digits  # noqa: PLC0415
+    return moving_digits.load_source(data_config, data_dir)
   if name == "tfds":
     from sideways_tf.data import tfds_video  # noqa: PLC0415
     return tfds_video.load_source(data_config, data_dir, seed)
