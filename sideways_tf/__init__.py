@@ -5,6 +5,8 @@ The algorithm lives in `pipeline.py` (the tick engine and the BP baseline) and
 docs/algorithm.md for the spec it implements.
 """
 
+from sideways_tf import callbacks
+from sideways_tf.keras_model import SidewaysModel
 from sideways_tf.module import SidewaysModule
 from sideways_tf.pipeline import ALGORITHMS
 from sideways_tf.pipeline import ClipResult
@@ -15,7 +17,9 @@ __all__ = [
     "ALGORITHMS",
     "ClipResult",
     "Pipeline",
+    "SidewaysModel",
     "SidewaysModule",
+    "callbacks",
     "sparse_softmax_cross_entropy",
 ]
 
