@@ -53,6 +53,8 @@ class GradientFidelity(keras.callbacks.Callback):
     if step % self.every_n_steps or self.model.last_batch is None:
       return
     frames, labels = self.model.last_batch
+    if int(frames.shape[0]) != self.model.state_batch_size:
+      return  # a BP model's partial batch: the Sideways buffers don't fit it
     pipeline = self.model.pipeline
     sideways = pipeline.compute_gradients(frames, labels, "sideways")
     bp = pipeline.compute_gradients(frames, labels, "bp")

@@ -261,15 +261,22 @@ class SidewaysModel(keras.Model):
 
   @property
   def metrics(self):
-    return [self._train_loss, self._train_accuracy, self._eval_loss,
+    # One metric per name (evaluate's "loss" is listed as the train one's).
+    return [self._train_loss, self._train_accuracy,
             self._eval_clip_accuracy, self._eval_frame_accuracy,
             *self._clip_metrics]
+
+  def reset_metrics(self):
+    super().reset_metrics()
+    self._eval_loss.reset_state()
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, callbacks=None,
           **kwargs):
     self._assert_compile_called("fit")
     self._build_from(x, y, batch_size)
     callbacks = [_EpochPosition()] + list(callbacks or [])
+    if isinstance(x, tf.data.Dataset):
+      kwargs.setdefault("shuffle", False)  # a dataset shuffles itself
     return super().fit(x, y, batch_size=batch_size, epochs=epochs,
                        callbacks=callbacks, **kwargs)
 
