@@ -22,6 +22,7 @@ class-id order), so a server needs nothing from the training workdir.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 from typing import Optional, Sequence
@@ -118,3 +119,30 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
     shutil.rmtree(output_dir)
   tmp.rename(output_dir)
   return output_dir
+
+
+TFLITE_DIR = "tflite"
+
+
+def export_tflite(saved_model_dir, output_path=None) -> pathlib.Path:
+  """Converts the streaming `step` signature to a TFLite (LiteRT) flatbuffer.
+
+  TFLite builtin ops only (the converter fails otherwise); the state stays
+  explicit inputs/outputs, as in the SavedModel. Default output:
+  SAVED_MODEL/tflite/step.tflite, with class_names.txt beside it.
+  """
+  saved_model_dir = pathlib.Path(saved_model_dir)
+  output_path = pathlib.Path(output_path or
+                             saved_model_dir / TFLITE_DIR / "step.tflite")
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+      str(saved_model_dir), signature_keys=["step"])
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  flatbuffer = converter.convert()
+  output_path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = output_path.with_name(f".{output_path.name}.tmp")
+  tmp.write_bytes(flatbuffer)
+  os.replace(tmp, output_path)
+  names = saved_model_dir / CLASS_NAMES_FILE
+  if names.exists():
+    shutil.copyfile(names, output_path.parent / "class_names.txt")
+  return output_path

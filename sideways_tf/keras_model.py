@@ -371,9 +371,11 @@ class SidewaysModel(keras.Model):
   # ------------------------------------------------------------ export
 
   def export(self, filepath, format="sideways_saved_model",
-             overwrite: bool = False, class_names=None, **kwargs):
+             overwrite: bool = False, class_names=None, tflite: bool = False,
+             **kwargs):
     """The SavedModel of bin/export: clip `serving_default`, streaming
-    `init_state` / `step`, class names inside (docs/export.md).
+    `init_state` / `step`, class names inside (docs/export.md). With
+    `tflite`, also FILEPATH/tflite/step.tflite (as bin/export --tflite).
 
     ``format="tf_saved_model"`` etc. fall through to ``keras.Model.export``.
     """
@@ -383,6 +385,9 @@ class SidewaysModel(keras.Model):
     if self.frame_shape is None:
       raise ValueError("the model has not seen a frame yet: build, fit or "
                        "predict first so the export knows the frame shape")
-    return export_lib.export_saved_model(
+    path = export_lib.export_saved_model(
         self.pipeline, self.frame_shape, pathlib.Path(filepath),
         overwrite=overwrite, class_names=class_names or self.class_names)
+    if tflite:
+      export_lib.export_tflite(path)
+    return path

@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -320,3 +321,71 @@ def test_backup_and_restore_resumes_after_kill_9(tmp_path):
   for key, value in expected.items():
     np.testing.assert_allclose(final[key], value, rtol=1e-5, atol=1e-6,
                                err_msg=key)
+
+
+# --------------------------------------------------------------- export
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """A trained model exported with class names and TFLite, then moved away
+  from everything it was made in."""
+  keras.utils.set_random_seed(7)
+  tmp = tmp_path_factory.mktemp("keras_export")
+  video, label = clips(4)
+  model = sideways_tf.SidewaysModel(util.conv_stages(3),
+                                    class_names=["ant", "bee", "cat"])
+  model.compile(keras.optimizers.Adam(0.01))
+  model.fit(dataset(video, label), epochs=2, verbose=0)
+  path = model.export(tmp / "work" / "model", tflite=True)
+  moved = tmp / "served"
+  path.rename(moved)
+  (tmp / "work").rmdir()
+  frames = np.random.RandomState(0).randint(
+      0, 256, size=(2, NUM_FRAMES) + SHAPE).astype(np.uint8)
+  expected = np.asarray(model.pipeline.predict_frames(frames / 255.0))
+  return moved, frames, expected
+
+
+def test_exported_model_carries_its_class_names(exported):
+  path, frames, expected = exported
+  assert (path / "assets.extra" / "class_names.txt").read_text().split(
+      "\n") == ["ant", "bee", "cat", ""]
+  model = tf.saved_model.load(str(path))
+  out = model.signatures["serving_default"](video=tf.constant(frames))
+  np.testing.assert_allclose(out["frame_logits"], expected, rtol=1e-5,
+                             atol=1e-5)
+  names = np.array(["ant", "bee", "cat"])
+  assert [s.decode() for s in out["labels"].numpy()] == list(
+      names[expected.mean(1).argmax(-1)])
+
+
+def test_tflite_step_streams_like_the_saved_model_clip(exported):
+  path, frames, _ = exported
+  clip = tf.saved_model.load(str(path)).signatures["serving_default"](
+      video=tf.constant(frames))["frame_logits"].numpy()
+  assert (path / "tflite" / "class_names.txt").read_text().split() == [
+      "ant", "bee", "cat"]
+  with warnings.catch_warnings():  # "use ai_edge_litert" deprecation note
+    warnings.simplefilter("ignore")
+    interpreter = tf.lite.Interpreter(str(path / "tflite" / "step.tflite"))
+  step = interpreter.get_signature_runner("step")
+  inputs = step.get_input_details()
+  assert set(inputs) == {"frame", "activation_2", "activation_3", "ticks"}
+  batch, num_frames, num_modules = frames.shape[0], frames.shape[1], 3
+  state = {name: np.zeros([batch] + list(d["shape_signature"][1:]),
+                          d["dtype"])
+           for name, d in inputs.items() if name != "frame"}
+  streamed, valid = [], []
+  for t in range(num_frames + num_modules - 1):  # then L-1 padding frames
+    frame = frames[:, t] if t < num_frames else np.zeros_like(frames[:, 0])
+    out = step(frame=frame, **state)
+    state = {name: out[name] for name in state}  # state: explicit in/out
+    valid.append(bool(out["valid"].all()))
+    if valid[-1]:
+      streamed.append(out["logits"])
+  assert valid == [False] * (num_modules - 1) + [True] * num_frames
+  streamed = np.stack(streamed, axis=1)
+  assert streamed.shape == clip.shape
+  print("max |tflite stream - saved model clip| =",
+        np.abs(streamed - clip).max())
+  assert np.abs(streamed - clip).max() <= 1e-4
