@@ -168,10 +168,14 @@ class SidewaysModel(keras.Model):
     """`loss`: None (per-frame sparse cross-entropy on logits), a
     ``keras.losses.Loss`` or ``fn(labels, logits) -> [B]``. `metrics`: extra
     Keras metrics of (labels, clip logits), reported by evaluate."""
-    for key in ("run_eagerly", "jit_compile", "steps_per_execution"):
-      if kwargs.get(key) not in (None, False, 1, "auto"):
-        raise ValueError(f"compile({key}={kwargs[key]!r}) is not supported: "
-                         "the steps run the Pipeline's own compiled functions")
+    defaults = {"run_eagerly": (False,), "jit_compile": ("auto", False),
+                "steps_per_execution": (1,)}
+    for key, value in kwargs.items():
+      if not any(type(value) is type(d) and value == d
+                 for d in defaults.get(key, ())):
+        raise ValueError(
+            f"compile({key}={value!r}) is not supported by SidewaysModel: "
+            f"the steps run the Pipeline's own compiled functions")
     if isinstance(loss, str):
       raise ValueError(
           f"loss={loss!r}: give None (per-frame sparse cross-entropy on "

@@ -156,6 +156,10 @@ def test_bad_input_gets_a_clear_value_error():
   model = sideways_tf.SidewaysModel(util.conv_stages(3))
   with pytest.raises(ValueError, match="loss='mse'"):
     model.compile("sgd", loss="mse")
+  with pytest.raises(ValueError, match="run_eagerly=True"):
+    model.compile("sgd", run_eagerly=True)
+  with pytest.raises(ValueError, match="steps_per_execution=4"):
+    model.compile("sgd", steps_per_execution=4)
   model = new_model()
   with pytest.raises(ValueError, match=r"shape \[B, T, H, W, C\]"):
     model.fit(tf.data.Dataset.from_tensor_slices(
@@ -164,6 +168,9 @@ def test_bad_input_gets_a_clear_value_error():
     model.fit(dataset((video * 10).astype(np.uint8), label), verbose=0)
   with pytest.raises(ValueError, match=r"missing \['label'\]"):
     model.fit(tf.data.Dataset.from_tensor_slices({"video": video}).batch(2),
+              verbose=0)
+  with pytest.raises(ValueError, match="sample weights"):
+    model.fit(video, label, sample_weight=np.ones(4), batch_size=2,
               verbose=0)
   with pytest.raises(ValueError, match="need labels"):
     model.evaluate(tf.data.Dataset.from_tensor_slices(video).batch(2),
