@@ -396,3 +396,37 @@ def test_tflite_step_streams_like_the_saved_model_clip(exported):
   print("max |tflite stream - saved model clip| =",
         np.abs(streamed - clip).max())
   assert np.abs(streamed - clip).max() <= 1e-4
+
+
+def test_compiled_loss_is_the_pipeline_loss():
+  """A Keras Loss gives the default gradient; a doubled loss doubles it."""
+  video, label = clips(2)
+  reference = new_model()
+  reference.build((2, NUM_FRAMES) + SHAPE)
+  grads = reference.pipeline.compute_gradients(video, label)
+  for loss, factor in [
+      (keras.losses.SparseCategoricalCrossentropy(from_logits=True), 1.0),
+      (lambda y, logits: 2.0 * sideways_tf.sparse_softmax_cross_entropy(
+          y, logits), 2.0)]:
+    model = sideways_tf.SidewaysModel(util.conv_stages(3))
+    model.compile(keras.optimizers.SGD(0.5), loss=loss)
+    model.build((2, NUM_FRAMES) + SHAPE)
+    model.set_weights(reference.get_weights())
+    model.fit(dataset(video, label), epochs=1, verbose=0)
+    for w, w0, g in zip(model.pipeline.trainable_variables,
+                        reference.pipeline.trainable_variables, grads):
+      np.testing.assert_allclose(w, np.asarray(w0) - 0.5 * factor *
+                                 np.asarray(g), rtol=1e-5, atol=1e-6)
+
+
+def test_skip_sideways_model_steps_with_the_pipeline_gradient():
+  video, label = clips(2)
+  model = new_model(skips={2: [0]}, optimizer=keras.optimizers.SGD(0.5))
+  model.build((2, NUM_FRAMES) + SHAPE)
+  assert model.pipeline.skip_sources[2] == (0,)
+  grads = model.pipeline.compute_gradients(video, label)
+  before = numpy_list(model.pipeline.trainable_variables)
+  model.fit(dataset(video, label), epochs=1, verbose=0)
+  for w, w0, g in zip(model.pipeline.trainable_variables, before, grads):
+    np.testing.assert_allclose(w, w0 - 0.5 * np.asarray(g), rtol=1e-5,
+                               atol=1e-6)
