@@ -192,11 +192,21 @@ class SidewaysModel(keras.Model):
     super().compile(optimizer=optimizer, loss=None, metrics=None)
     self.pipeline.loss_fn = loss_fn
     self.pipeline._compiled.clear()  # traces captured the old loss
-    self._clip_metrics = [keras.metrics.get(m) for m in (metrics or [])]
-    for metric in self._clip_metrics:
+    self._clip_metrics = []
+    for metric in metrics or []:
+      if metric in ("accuracy", "acc"):
+        raise ValueError(
+            f"metrics={metric!r}: accuracy is always reported (fit: "
+            f"'accuracy', evaluate: 'clip_accuracy' and 'frame_accuracy')")
+      metric = keras.metrics.get(metric)
       if not isinstance(metric, keras.metrics.Metric):
         raise ValueError(f"metrics must be names or keras.metrics.Metric "
                          f"instances, got {metric!r}")
+      if metric.name in ("loss", "accuracy", "clip_accuracy",
+                         "frame_accuracy"):
+        raise ValueError(f"metric name {metric.name!r} is taken by the "
+                         f"model's own logs; name the metric otherwise")
+      self._clip_metrics.append(metric)
     self.trainer = Trainer(self.pipeline, self.optimizer, self.algorithm,
                            update_every_ticks=self.update_every_ticks)
     if self.built:

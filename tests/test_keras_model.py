@@ -139,12 +139,21 @@ def test_evaluate_gives_the_trainer_evaluate_numbers(as_dict):
 def test_compiled_metrics_see_the_clip_logits():
   video, label = clips(4)
   model = sideways_tf.SidewaysModel(util.conv_stages(3))
-  model.compile("sgd", metrics=[keras.metrics.SparseTopKCategoricalAccuracy(
-      k=3, name="top3")])
+  model.compile("sgd", metrics=[
+      "sparse_categorical_accuracy",
+      keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3")])
   got = model.evaluate(dataset(video, label), return_dict=True, verbose=0)
   assert got["top3"] == 1.0  # 3 classes: top-3 always hits
+  # Of the clip logits: the clip accuracy again.
+  assert got["sparse_categorical_accuracy"] == got["clip_accuracy"]
+  assert 0 < got["loss"]
   metrics = model.evaluate(dataset(video, label), verbose=0)
-  assert len(metrics) == 4
+  assert metrics[0] == got["loss"] and len(metrics) == 5
+  with pytest.raises(ValueError, match="accuracy is always reported"):
+    model.compile("sgd", metrics=["accuracy"])
+  with pytest.raises(ValueError, match="'clip_accuracy' is taken"):
+    model.compile("sgd", metrics=[keras.metrics.SparseCategoricalAccuracy(
+        name="clip_accuracy")])
 
 
 # ----------------------------------------------------------- bad input
