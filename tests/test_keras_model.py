@@ -81,8 +81,8 @@ def test_one_sgd_step_of_fit_is_w_minus_lr_times_pipeline_gradient(
 
 
 def test_algorithm_switches_the_same_model():
-  assert set(sideways_tf.pipeline.ALGORITHMS) >= {"sideways", "bp"}
-  for algorithm in sideways_tf.pipeline.ALGORITHMS:
+  assert set(sideways_tf.ALGORITHMS) >= {"sideways", "bp"}
+  for algorithm in sideways_tf.ALGORITHMS:
     assert new_model(algorithm).trainer.algorithm == algorithm
 
 
