@@ -6,6 +6,8 @@ implements is docs/algorithm.md. `training/` trains with it, `export.py` makes
 SavedModels, `benchmark/` and `paper_experiments/` measure it.
 """
 
+from sideways_tf import callbacks
+from sideways_tf.keras_model import SidewaysModel
 from sideways_tf.engine.module import SidewaysModule
 from sideways_tf.engine.pipeline import ALGORITHMS
 from sideways_tf.engine.pipeline import ClipResult
@@ -17,8 +19,10 @@ __all__ = [
     "ALGORITHMS",
     "ClipResult",
     "Pipeline",
+    "SidewaysModel",
     "SidewaysModule",
     "Trainer",
+    "callbacks",
     "sparse_softmax_cross_entropy",
 ]
 

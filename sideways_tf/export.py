@@ -5,7 +5,8 @@ Signatures (inspect with `saved_model_cli show --all --dir DIR`):
 * ``serving_default(video)``: uint8 ``[B, T, H, W, C]`` (B, T, H, W free; frames
   are scaled to [0, 1] and resized to the model's size inside) ->
   ``logits [B, classes]`` (mean of per-frame logits), ``frame_logits
-  [B, T, classes]``, ``probabilities [B, classes]``.
+  [B, T, classes]``, ``probabilities [B, classes]``, ``labels [B]`` (the
+  top class's name).
 * ``init_state(batch_size)`` -> the streaming state: ``activation_k`` (the
   input held by module k = 2..L), ``skip_k_from_j`` (Skip-Sideways models
   only) and ``ticks`` ``[B]`` (frames seen).
@@ -14,13 +15,17 @@ Signatures (inspect with `saved_model_cli show --all --dir DIR`):
   t-L+1), ``valid`` (True once a real frame has left it, t >= L) and the new
   state under the same names. The state is explicit input/output, as in
   MoViNet's streaming exports, so the batch size stays free.
+
+The class names also sit in ``assets.extra/class_names.txt`` (one a line, in
+class-id order), so a server needs nothing from the training workdir.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
-from typing import Sequence
+from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -40,9 +45,18 @@ def preprocess(video_uint8, image_size: Sequence[int]):
       [shape[:-3], image_size, shape[-1:]], axis=0))
 
 
+CLASS_NAMES_FILE = "assets.extra/class_names.txt"
+
+
 def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
-                       output_dir, overwrite: bool = False) -> pathlib.Path:
-  """Writes the SavedModel to `output_dir` (atomically: temp dir, rename)."""
+                       output_dir, overwrite: bool = False,
+                       class_names: Optional[Sequence[str]] = None
+                       ) -> pathlib.Path:
+  """Writes the SavedModel to `output_dir` (atomically: temp dir, rename).
+
+  `class_names` (default "0", "1", ...) become the `labels` output and
+  assets.extra/class_names.txt.
+  """
   output_dir = pathlib.Path(output_dir)
   if output_dir.exists() and not overwrite:
     raise ValueError(f"{output_dir} exists; pass overwrite=True to replace it")
@@ -50,12 +64,22 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
   image_size = [height, width]
   state_specs = pipeline.stream_state_specs((height, width, channels))
   state_names = [name for name, _, _ in state_specs]
+  num_classes = int(pipeline._ensure_built(  # pylint: disable=protected-access
+      (height, width, channels), tf.float32)[-1].output_shape[-1])
+  class_names = ([str(i) for i in range(num_classes)] if class_names is None
+                 else [str(c) for c in class_names])
+  if len(class_names) != num_classes or any("\n" in c for c in class_names):
+    raise ValueError(f"class_names must be {num_classes} names without line "
+                     f"breaks (the model has {num_classes} classes), got "
+                     f"{class_names!r}")
 
   def serve(video):
     frame_logits = pipeline.frame_logits(preprocess(video, image_size))
     logits = tf.reduce_mean(frame_logits, axis=1)
     return {"logits": logits, "frame_logits": frame_logits,
-            "probabilities": tf.nn.softmax(logits)}
+            "probabilities": tf.nn.softmax(logits),
+            "labels": tf.gather(tf.constant(class_names),
+                                tf.argmax(logits, axis=-1))}
 
   def init_state(batch_size):
     state = {name: tf.zeros(tf.concat([[batch_size], shape], axis=0), dtype)
@@ -89,7 +113,36 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
   tmp = output_dir.with_name(f".{output_dir.name}.tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   archive.write_out(str(tmp), verbose=False)
+  (tmp / CLASS_NAMES_FILE).parent.mkdir(exist_ok=True)
+  (tmp / CLASS_NAMES_FILE).write_text("".join(c + "\n" for c in class_names))
   if output_dir.exists():
     shutil.rmtree(output_dir)
   tmp.rename(output_dir)
   return output_dir
+
+
+TFLITE_DIR = "tflite"
+
+
+def export_tflite(saved_model_dir, output_path=None) -> pathlib.Path:
+  """Converts the streaming `step` signature to a TFLite (LiteRT) flatbuffer.
+
+  TFLite builtin ops only (the converter fails otherwise); the state stays
+  explicit inputs/outputs, as in the SavedModel. Default output:
+  SAVED_MODEL/tflite/step.tflite, with class_names.txt beside it.
+  """
+  saved_model_dir = pathlib.Path(saved_model_dir)
+  output_path = pathlib.Path(output_path or
+                             saved_model_dir / TFLITE_DIR / "step.tflite")
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+      str(saved_model_dir), signature_keys=["step"])
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  flatbuffer = converter.convert()
+  output_path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = output_path.with_name(f".{output_path.name}.tmp")
+  tmp.write_bytes(flatbuffer)
+  os.replace(tmp, output_path)
+  names = saved_model_dir / CLASS_NAMES_FILE
+  if names.exists():
+    shutil.copyfile(names, output_path.parent / "class_names.txt")
+  return output_path

@@ -192,13 +192,20 @@ def test_evaluate_and_export_from_a_workdir(tmp_path, data_dir):
   metrics = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
   assert set(metrics) == {"clip_accuracy", "frame_accuracy", "loss"}
   exported = run_bin(["bin/export", f"--workdir={workdir}",
-                      f"--output={tmp_path / 'saved'}"])
+                      f"--output={tmp_path / 'saved'}", "--tflite"])
   assert exported.returncode == 0, exported.stderr[-3000:]
+  class_names = json.loads((workdir / "model_info.json").read_text())[
+      "class_names"]
+  for names in ("assets.extra/class_names.txt", "tflite/class_names.txt"):
+    assert (tmp_path / "saved" / names).read_text().splitlines() == (
+        class_names)
+  assert (tmp_path / "saved" / "tflite" / "step.tflite").stat().st_size > 0
   model = tf.saved_model.load(str(tmp_path / "saved"))
   assert set(model.signatures) >= {"serving_default", "init_state", "step"}
   out = model.signatures["serving_default"](
       video=tf.zeros([1, 6, 16, 16, 3], tf.uint8))
   assert out["frame_logits"].shape == (1, 6, 4)
+  assert out["labels"].numpy()[0].decode() in class_names
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,9 +1,11 @@
 """Exports the latest checkpoint of a workdir as a TF-only SavedModel.
 
-  bin/export --workdir=DIR --output=DIR [--overwrite]
+  bin/export --workdir=DIR --output=DIR [--overwrite] [--tflite]
 
 Signatures: serving_default (clip), init_state and step (streaming); see
-docs/export.md or `saved_model_cli show --all --dir OUTPUT`.
+docs/export.md or `saved_model_cli show --all --dir OUTPUT`. The class names
+go to OUTPUT/assets.extra/class_names.txt and the `labels` output. --tflite
+also writes the streaming `step` as OUTPUT/tflite/step.tflite.
 """
 
 import os
@@ -20,6 +22,9 @@ _OUTPUT = flags.DEFINE_string(
     "output", None, "Directory to write the SavedModel to.", required=True)
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace --output if it exists.")
+_TFLITE = flags.DEFINE_bool(
+    "tflite", False, "Also convert the streaming `step` signature to "
+    "TFLite: OUTPUT/tflite/step.tflite (+ class_names.txt).")
 
 
 def main(argv):
@@ -28,11 +33,14 @@ def main(argv):
   from sideways_tf.training import workdir  # noqa: PLC0415
   from sideways_tf import export
   exp = train_lib.restore_for_inference(_WORKDIR.value)
-  frame_shape = workdir.load_model_info(_WORKDIR.value)["frame_shape"]
-  path = export.export_saved_model(exp.pipeline, frame_shape, _OUTPUT.value,
-                                   overwrite=_OVERWRITE.value)
+  info = workdir.load_model_info(_WORKDIR.value)
+  path = export.export_saved_model(exp.pipeline, info["frame_shape"],
+                                   _OUTPUT.value, overwrite=_OVERWRITE.value,
+                                   class_names=info.get("class_names"))
   print(f"SavedModel written to {path} (step {int(exp.step)}). Inspect it "
         f"with: saved_model_cli show --all --dir {path}")
+  if _TFLITE.value:
+    print(f"TFLite streaming model written to {export.export_tflite(path)}")
 
 
 def run():
