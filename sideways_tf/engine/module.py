@@ -90,7 +90,7 @@ class SidewaysModule(keras.layers.Layer):
 
   def __init__(self, stage: keras.layers.Layer, index: int, num_modules: int,
                skip_sources: Sequence[int] = (), skip_combine: str = "concat",
-               **kwargs):
+               replay_length: int = 0, **kwargs):
     kwargs.setdefault("name", f"sideways_module_{index}")
     super().__init__(**kwargs)
     if not 0 <= index < num_modules:
@@ -104,6 +104,10 @@ class SidewaysModule(keras.layers.Layer):
     self.input_buffer = None
     self.gradient_buffer = None
     self.skip_buffers = []
+    # Replay (docs/engine.md, "Replay"): keep the last `replay_length` inputs
+    # and take the backward step at the one the gradient belongs to.
+    self.replay_length = int(replay_length)
+    self.input_history = None
     self._has_state = False
 
   @property
@@ -116,9 +120,11 @@ class SidewaysModule(keras.layers.Layer):
 
   @property
   def state_variables(self) -> list:
-    """The buffers this module owns (zero, one or two variables)."""
+    """The buffers this module owns (input, gradient, skips, replay)."""
     return [v for v in (self.input_buffer, self.gradient_buffer)
-            if v is not None] + list(self.skip_buffers)
+            if v is not None] + list(self.skip_buffers) + (
+                [self.input_history] if self.input_history is not None
+                else [])
 
   def allocate_state(self, input_shape: Sequence[int], input_dtype,
                      output_shape: Sequence[int], output_dtype,
@@ -143,6 +149,10 @@ class SidewaysModule(keras.layers.Layer):
         self.add_weight(shape=tuple(shape), dtype=dtype, initializer="zeros",
                         trainable=False, name=f"skip_buffer_from_{source}")
         for source, (shape, dtype) in zip(self.skip_sources, skip_specs)]
+    if self.replay_length:
+      self.input_history = self.add_weight(
+          shape=(self.replay_length,) + tuple(input_shape), dtype=input_dtype,
+          initializer="zeros", trainable=False, name="input_history")
     self._has_state = True
     self.built = True
 
@@ -160,7 +170,8 @@ class SidewaysModule(keras.layers.Layer):
            inputs: tf.Tensor,
            output_gradient: Optional[tf.Tensor] = None,
            loss_of_outputs: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
-           training=True, skip_inputs: Sequence[tf.Tensor] = ()) -> TickResult:
+           training=True, skip_inputs: Sequence[tf.Tensor] = (),
+           backward_inputs: Optional[tf.Tensor] = None) -> TickResult:
     """One Sideways tick of this module: forward, then backward at `inputs`.
 
     Exactly one of `output_gradient` (modules below the top: `d_k`, the
@@ -177,12 +188,19 @@ class SidewaysModule(keras.layers.Layer):
     `skip_inputs` (Skip-Sideways) are the outputs of `skip_sources` held
     since the previous tick; the Jacobian is taken at them too, and their
     gradients come back in `skip_gradients`.
+
+    `backward_inputs` (replay): take the backward step at this input instead
+    of `inputs`, i.e. recompute the stage on it; the forward output is still
+    that of `inputs`. Only for modules below the top, without skips.
     """
     if (output_gradient is None) == (loss_of_outputs is None):
       raise ValueError(
           "tick needs exactly one of output_gradient and loss_of_outputs")
     variables = self.stage.trainable_variables
     skip_inputs = list(skip_inputs)
+    if backward_inputs is not None:
+      return self._replay_tick(inputs, backward_inputs, output_gradient,
+                               training)
     with tf.GradientTape() as tape:
       tape.watch([inputs] + skip_inputs)
       outputs = self._forward(
@@ -205,6 +223,23 @@ class SidewaysModule(keras.layers.Layer):
     parameter_grads = grads[len(skip_inputs):]
     return TickResult(outputs, emitted, list(parameter_grads), loss,
                       list(skip_grads))
+
+  def _replay_tick(self, inputs, backward_inputs, output_gradient, training):
+    """Forward at `inputs`; backward (a recomputed forward) at the old input."""
+    if output_gradient is None or self.skip_sources:
+      raise ValueError(
+          f"{self.name}: replay is for modules below the top without skip "
+          "inputs")
+    outputs = self._forward(inputs, training)
+    variables = list(self.stage.trainable_variables)
+    with tf.GradientTape() as tape:
+      tape.watch(backward_inputs)
+      replayed = self._forward(backward_inputs, training)
+    sources = variables if self.is_first else [backward_inputs] + variables
+    grads = tape.gradient(replayed, sources, output_gradients=output_gradient,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    emitted = None if self.is_first else grads.pop(0)
+    return TickResult(outputs, emitted, list(grads), None, [])
 
   def _forward(self, inputs, training):
     if isinstance(training, bool) or not _has_moving_statistics(self.stage):

@@ -73,6 +73,7 @@ class TickState(NamedTuple):
   loss_sum: tf.Tensor
   correct_sum: tf.Tensor
   valid_ticks: tf.Tensor
+  histories: list  # replay: the last 2(L-k) inputs of modules 1..replay_modules
 
 
 def sideways_clip(pipe: "Pipeline", frames, labels, reset: bool,
@@ -94,7 +95,9 @@ def sideways_clip(pipe: "Pipeline", frames, labels, reset: bool,
       skips=[[read(b) for b in m.skip_buffers] for m in modules],
       accumulators=[[tf.zeros_like(v) for v in m.stage.trainable_variables]
                     for m in modules],
-      loss_sum=zero, correct_sum=zero, valid_ticks=zero)
+      loss_sum=zero, correct_sum=zero, valid_ticks=zero,
+      histories=[read(m.input_history)
+                 for m in modules[:pipe.replay_modules]])
   ticks_before = (tf.constant(0, tf.int64) if reset
                   else pipe.ticks_seen.read_value())
   end, = tf.while_loop(
@@ -120,16 +123,25 @@ def tick(pipe: "Pipeline", s: TickState, frames, labels, ticks_before,
     return tf.reduce_sum(per_example) * (loss_mask * loss_scale)
 
   results = [None] * pipe.num_modules
+  histories = list(s.histories)
   after = []  # control inputs; only non-empty to force a test order
   for k in pipe.evaluation_order or range(pipe.num_modules):
     module = modules[k]
     with tf.device(devices[k]), tf.name_scope(f"stage_{k}"), \
         tf.control_dependencies(after):
+      module_input = (tf.gather(frames, s.t, axis=1) if k == 0
+                      else s.inputs[k - 1])
+      replayed = None
+      if k < pipe.replay_modules:
+        # The oldest held input is the one this tick's gradient belongs to.
+        replayed = s.histories[k][0]
+        histories[k] = tf.concat([s.histories[k][1:], module_input[None]], 0)
       results[k] = module.tick(
-          tf.gather(frames, s.t, axis=1) if k == 0 else s.inputs[k - 1],
+          module_input,
           output_gradient=None if module.is_top else s.grads[k],
           loss_of_outputs=masked_loss if module.is_top else None,
-          training=global_tick >= k + 1, skip_inputs=s.skips[k])
+          training=global_tick >= k + 1, skip_inputs=s.skips[k],
+          backward_inputs=replayed)
       accumulators = [acc + g for acc, g in zip(
           s.accumulators[k], results[k].parameter_gradients)]
       results[k] = (results[k], accumulators)
@@ -145,7 +157,7 @@ def tick(pipe: "Pipeline", s: TickState, frames, labels, ticks_before,
       [acc for _, acc in results],
       s.loss_sum + top.loss,
       s.correct_sum + tf.reduce_sum(correct) * loss_mask,
-      s.valid_ticks + loss_mask)
+      s.valid_ticks + loss_mask, histories)
 
 
 def _route(pipe: "Pipeline", results) -> tuple:
@@ -182,6 +194,9 @@ def write_back(pipe: "Pipeline", s: TickState, num_ticks, reset) -> list:
     with tf.device(devices[k]):
       updates.extend(b.assign(v) for b, v in zip(module.skip_buffers,
                                                  s.skips[k]))
+  for k, history in enumerate(s.histories):
+    with tf.device(devices[k]):
+      updates.append(modules[k].input_history.assign(history))
   return updates
 
 
@@ -259,6 +274,12 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       input. ``None``/``{}`` is plain Sideways.
     skip_combine: how a stage joins its skip inputs: "concat" (channels) or
       "add"; larger skip feature maps are average-pooled to the input size.
+    replay_modules: Sideways only (docs/engine.md, "Replay"). The bottom
+      `replay_modules` modules keep their last 2(L-k) inputs and take their
+      backward step at the input their gradient belongs to (one extra forward
+      of each such module per tick), which removes the approximation in them.
+      0 = plain Sideways; L-1 = the exact gradient of the frames whose
+      gradient reaches every module within the clip.
   """
 
   def __init__(self,
@@ -268,6 +289,7 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
                evaluation_order: Optional[Sequence[int]] = None,
                skips: Optional[Dict[int, Sequence[int]]] = None,
                skip_combine: str = "concat",
+               replay_modules: int = 0,
                name: str = "pipeline"):
     super().__init__(name=name)
     stages = list(stages)
@@ -279,6 +301,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       raise ValueError(f"unknown skip_combine {skip_combine!r}; expected one "
                        f"of {SKIP_COMBINE_MODES}")
     self.skip_sources = state_lib.skip_sources(skips, len(stages))
+    self.replay_modules = state_lib.check_replay(replay_modules,
+                                                 self.skip_sources)
     self.skip_combine = skip_combine
     self.stages = stages
     self.loss_fn = loss_fn

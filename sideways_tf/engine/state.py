@@ -72,6 +72,23 @@ def skip_sources(skips, num_modules) -> List[tuple]:
   return sources
 
 
+def check_replay(replay_modules, sources) -> int:
+  """Validated number of replayed modules (the bottom ones, below the top)."""
+  num_modules = len(sources)
+  if (isinstance(replay_modules, bool) or int(replay_modules) != replay_modules
+      or not 0 <= replay_modules < num_modules):
+    raise ValueError(
+        f"replay_modules must be an integer in [0, L-1] = [0, "
+        f"{num_modules - 1}] (the top module needs no replay), got "
+        f"{replay_modules!r}")
+  with_skips = [k for k in range(int(replay_modules)) if sources[k]]
+  if with_skips:
+    raise ValueError(
+        f"replay_modules={replay_modules} would replay stage(s) {with_skips}, "
+        "which take Skip-Sideways inputs; replay supports plain modules only")
+  return int(replay_modules)
+
+
 def check_clip(frames, labels, state_signature):
   """Frames and labels as tensors of consistent, fully known shapes."""
   frames = tf.convert_to_tensor(frames)
@@ -164,9 +181,12 @@ class StateMethods:
                        tf.as_dtype(dtype), reset=True)
 
   def _new_modules(self) -> List[SidewaysModule]:
-    return [SidewaysModule(stage, k, len(self.stages),
+    num_modules = len(self.stages)
+    return [SidewaysModule(stage, k, num_modules,
                            skip_sources=self.skip_sources[k],
-                           skip_combine=self.skip_combine)
+                           skip_combine=self.skip_combine,
+                           replay_length=(2 * (num_modules - 1 - k)
+                                          if k < self.replay_modules else 0))
             for k, stage in enumerate(self.stages)]
 
   def _ensure_built(self, frame_shape, dtype) -> List[StageShapes]:
@@ -184,6 +204,13 @@ class StateMethods:
           f"{list(self._state_signature[1])} with frames of batch size "
           f"{batch_size} and frame shape {list(frame_shape)}; pass reset=True")
     shapes = self._ensure_built(frame_shape, dtype)
+    for module in self.modules[:self.replay_modules]:
+      if module.stage.non_trainable_variables:
+        raise ValueError(
+            f"replay_modules={self.replay_modules}: stage {module.index} "
+            f"({module.stage.name}) has moving statistics (batch norm), which "
+            "a replayed forward would update twice; use group/layer norm or "
+            "fewer replayed modules")
     if self._state_signature is not None:
       # New shapes need new buffers: fresh wrappers, and fresh traces that
       # capture them.
