@@ -133,3 +133,15 @@ def _preconditioners(optimizer, variables) -> List[np.ndarray]:
     return [np.ones(v.shape) for v in variables]
   return [1.0 / (np.sqrt(np.asarray(v, np.float64)) + epsilon + 1e-30)
           for v in second_moments]
+
+
+def risk(pipeline, fidelity) -> "float | None":
+  """The largest lag_change of a module Sideways approximates, or None.
+
+  Replayed modules (``Pipeline(replay_modules=N)``) take their backward step
+  at the right input, so their lag does not count.
+  """
+  values = [measures["lag_change"] for module, measures in fidelity.items()
+            if "lag_change" in measures
+            and int(module.split("_")[1]) > pipeline.replay_modules]
+  return max(values) if values else None

@@ -94,3 +94,15 @@ def test_update_cosine_divides_by_adam_second_moment():
   np.testing.assert_allclose(got["module_1"],
                              a @ b / np.linalg.norm(a) / np.linalg.norm(b),
                              rtol=1e-6)
+
+
+def test_risk_is_the_largest_lag_change_of_the_approximated_modules():
+  fidelity = {"module_1": {"cosine": 0.9, "lag_change": 0.6},
+              "module_2": {"cosine": 1.0, "lag_change": 0.3},
+              "module_3": {"cosine": 1.0, "lag_change": 0.1},
+              "module_4": {"cosine": 1.0}}
+  plain = sideways_tf.Pipeline(util.dense_stages(4))
+  assert diagnostics.risk(plain, fidelity) == 0.6
+  replayed = sideways_tf.Pipeline(util.dense_stages(4), replay_modules=1)
+  assert diagnostics.risk(replayed, fidelity) == 0.3  # module 1 is exact
+  assert diagnostics.risk(plain, {"module_4": {"cosine": 1.0}}) is None

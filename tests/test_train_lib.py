@@ -59,7 +59,9 @@ def test_train_writes_the_named_tensorboard_tags(tmp_path, data_dir):
               "train/frames_per_second", "config"}
   expected |= {f"stages/{k}/seconds" for k in range(1, 5)}
   expected |= {f"fidelity/{m}/module_{k}" for k in range(1, 5)
-               for m in ("cosine", "norm_ratio")}
+               for m in ("cosine", "norm_ratio", "update_cosine")}
+  expected |= {f"fidelity/lag_change/module_{k}" for k in range(1, 4)}
+  expected.add("fidelity/risk")
   assert expected <= train_tags, expected - train_tags
   assert any(t.startswith("input/clips") for t in train_tags), train_tags
   # Fidelity is a real comparison: the top module's per-tick gradients are

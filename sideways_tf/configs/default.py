@@ -72,6 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
   # stage 0's output of the previous tick; "" = plain Sideways.
   config.skips = ""
   config.skip_combine = "concat"  # or "add"
+  # Replay (docs/fidelity.md): the bottom N modules keep their last 2(L-k)
+  # inputs and take their backward step at the input their gradient belongs
+  # to; one extra forward of each such module per tick, memory still flat in
+  # T. 0 = plain Sideways.
+  config.replay_modules = 0
 
   # Optimisation: one optimizer step per clip unless update_every_ticks > 0.
   config.train = ml_collections.ConfigDict()

@@ -68,7 +68,8 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   devices = resolve_devices(config.devices, len(stages))
   pipeline = Pipeline(stages, devices=devices,
                       skips=parse_skips(config.skips),
-                      skip_combine=config.skip_combine)
+                      skip_combine=config.skip_combine,
+                      replay_modules=config.replay_modules)
   optimizer = make_optimizer(config.train)
   trainer = Trainer(
       pipeline, optimizer, config.algorithm,

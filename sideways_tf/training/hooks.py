@@ -17,6 +17,9 @@ from typing import Dict
 import keras
 import numpy as np
 
+from absl import logging
+
+from sideways_tf import diagnostics
 from sideways_tf import summaries
 from sideways_tf.files import atomic_write_text
 from sideways_tf.training import workdir as workdir_lib
@@ -48,19 +51,54 @@ class Hook:
 
 
 class FidelityHook(Hook):
-  """Cosine and norm ratio of the Sideways and BP gradients of the clip."""
+  """How close Sideways is to BP on this run's data (docs/fidelity.md).
+
+  Per module: the cosine and norm ratio of the two clip gradients, the
+  cosine of the steps the optimizer would take with each (`update_cosine`),
+  and `lag_change`, how much the module's input changes over its gradient
+  lag. `fidelity/risk` is the largest lag_change of a module that Sideways
+  approximates (replayed modules are exact); above `RISK_THRESHOLD` a
+  Sideways run warns once: on the moving-digits map such runs trail BP by
+  more than 10 points (docs/results.md).
+  """
+
+  RISK_THRESHOLD = 0.25
 
   def __init__(self, every: int):
     self.every = every
+    self.warned = False
 
   def before_step(self, ctx, step, frames, labels):
     if due(step, self.every):
       pipeline = ctx.setup.pipeline
       sideways = pipeline.compute_gradients(frames, labels, "sideways")
       bp = pipeline.compute_gradients(frames, labels, "bp")
-      summaries.write_fidelity(
-          ctx.train_writer, step,
-          summaries.gradient_fidelity(pipeline, sideways, bp))
+      fidelity = summaries.gradient_fidelity(pipeline, sideways, bp)
+      for module, value in diagnostics.update_cosine(
+          pipeline, ctx.setup.optimizer, sideways, bp).items():
+        fidelity[module]["update_cosine"] = value
+      if frames.shape[0] > 1 and frames.shape[1] > 2 * (
+          pipeline.num_modules - 1):
+        for module, value in diagnostics.lag_change(pipeline, frames).items():
+          fidelity.setdefault(module, {})["lag_change"] = value
+      summaries.write_fidelity(ctx.train_writer, step, fidelity)
+      risk = diagnostics.risk(pipeline, fidelity)
+      if risk is not None:
+        summaries.write_scalars(ctx.train_writer, step, {"fidelity/risk": risk})
+        self._warn(ctx, step, risk)
+
+  def _warn(self, ctx, step, risk):
+    if (self.warned or risk <= self.RISK_THRESHOLD
+        or ctx.setup.config.algorithm != "sideways"):
+      return
+    self.warned = True
+    logging.warning(
+        "step %d: fidelity/risk = %.2f > %.2f: over their gradient lag, the "
+        "inputs of the Sideways modules change by a large fraction of the "
+        "difference between two videos, so Sideways is likely to trail BP "
+        "here. Try --config.replay_modules=%d, fewer modules, or a higher "
+        "frame rate (docs/fidelity.md).", step, risk, self.RISK_THRESHOLD,
+        max(ctx.setup.pipeline.replay_modules + 1, 1))
 
 
 class StageTimeHook(Hook):

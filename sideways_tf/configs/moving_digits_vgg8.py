@@ -1,0 +1,25 @@
+"""Moving digits with a small VGG-8 (8 weight layers): the depth study.
+
+Hardware: a 2-core CPU (minutes). Same data as configs/moving_digits.py; the
+model is VGG-8 at width 8 without normalisation, cut into
+`model.num_modules` = `model.granularity` modules (2, 4 or 8), so depth L
+can be varied on one model (docs/results.md, "Where Sideways is safe").
+
+Run:  bin/train --config=configs/moving_digits_vgg8.py --config.model.granularity=8 --config.model.num_modules=8
+"""
+
+import ml_collections
+
+from sideways_tf.configs import moving_digits
+
+
+def get_config():
+  config = moving_digits.get_config()
+  config.experiment = "moving_digits_vgg8"
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "vgg8"
+  config.model.width = 8
+  config.model.norm = "none"
+  config.model.granularity = "8"  # "layer", "block" or a number of modules
+  config.model.num_modules = 8
+  return config

@@ -1,0 +1,206 @@
+"""Where does Sideways trail BP? The map on the moving-digits benchmark.
+
+Every cell of the map is a setting of configs/moving_digits.py (motion speed,
+depth, temporal stride, optimizer, training-set size, replay); every run is
+`bin/train` itself, in its own process, so the map measures exactly what a
+user gets. Runs are cached (OUTDIR/gap/<cell>/<algorithm>-seed<s>/result.json),
+so an interrupted map resumes where it stopped, and `--jobs` runs several at
+once with one core each.
+
+  bin/experiments --only=gap --jobs=2 --gap_seeds=3 --steps=4000
+
+The report (paper_experiments/gap_report.py) gives Sideways - BP test clip
+accuracy per cell, mean and 95% interval over seeds, and how well the
+diagnostics logged in the first 1000 steps predict that gap.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Dict, List, Sequence
+
+from sideways_tf.files import PROJECT_ROOT
+from sideways_tf.files import atomic_write_text
+
+CONFIG = "configs/moving_digits.py"
+EARLY_STEP = 1000  # diagnostics up to here count as "early"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One setting of the map: config overrides, run with both algorithms."""
+  group: str
+  name: str
+  overrides: Dict[str, str]
+  algorithms: Sequence[str] = ("sideways", "bp")
+  bp_from: str = ""  # share the BP runs of another cell (same BP model)
+  config: str = CONFIG
+
+
+def _vgg(modules: int) -> Dict[str, str]:
+  return {"model.granularity": str(modules), "model.num_modules": str(modules)}
+
+
+VGG = "configs/moving_digits_vgg8.py"
+
+
+# In priority order: the map runs top to bottom, so a partial map has the
+# most useful cells.
+CELLS = (
+    Cell("speed", "1-2 px/frame (default)", {}),
+    Cell("speed", "static", {"data.speed_range": "(0.0, 0.0)"}),
+    Cell("speed", "0.25-0.5 px/frame", {"data.speed_range": "(0.25, 0.5)"}),
+    Cell("speed", "2-4 px/frame", {"data.speed_range": "(2.0, 4.0)"}),
+    Cell("improvement", "replay_modules=1", {"replay_modules": "1"},
+         ("sideways",), bp_from="1-2 px/frame (default)"),
+    Cell("improvement", "replay_modules=2", {"replay_modules": "2"},
+         ("sideways",), bp_from="1-2 px/frame (default)"),
+    Cell("depth", "L=2", {"model.num_modules": "2"}, ("sideways",),
+         bp_from="1-2 px/frame (default)"),
+    Cell("train set", "100 training videos", {"data.num_train": "100"}),
+    Cell("improvement", "slow + replay_modules=1",
+         {"data.speed_range": "(0.25, 0.5)", "replay_modules": "1"},
+         ("sideways",), bp_from="0.25-0.5 px/frame"),
+    Cell("stride", "stride 2", {"data.temporal_stride": "2"}),
+    Cell("optimizer", "SGD lr 0.05",
+         {"train.optimizer": "sgd", "train.learning_rate": "0.05"}),
+    Cell("optimizer", "Adam lr 3e-4", {"train.learning_rate": "0.0003"}),
+    Cell("depth", "VGG-8 L=8", _vgg(8), config=VGG),
+    Cell("depth", "VGG-8 L=4", _vgg(4), ("sideways",), bp_from="VGG-8 L=8",
+         config=VGG),
+    Cell("depth", "VGG-8 L=2", _vgg(2), ("sideways",), bp_from="VGG-8 L=8",
+         config=VGG),
+    Cell("stride", "stride 4", {"data.temporal_stride": "4"}),
+)
+
+
+def cell_by_name(name: str) -> Cell:
+  for cell in CELLS:
+    if cell.name == name:
+      return cell
+  raise ValueError(f"unknown cell {name!r}")
+
+
+def run_dir(outdir, cell: Cell, algorithm: str, seed: int) -> pathlib.Path:
+  slug = "".join(c if c.isalnum() or c in "-.=" else "_" for c in cell.name)
+  return pathlib.Path(outdir) / "gap" / slug / f"{algorithm}-seed{seed}"
+
+
+def plan(outdir, seeds: int, only_groups: Sequence[str] = ()) -> List[tuple]:
+  """(cell, algorithm, seed, run_dir) of every run, in priority order."""
+  runs = []
+  for cell in CELLS:
+    if only_groups and cell.group not in only_groups:
+      continue
+    for seed in range(seeds):
+      for algorithm in cell.algorithms:
+        runs.append((cell, algorithm, seed,
+                     run_dir(outdir, cell, algorithm, seed)))
+  return runs
+
+
+def train_command(cell: Cell, algorithm: str, seed: int, workdir, steps: int,
+                  data_dir: str = "") -> List[str]:
+  """The bin/train command line of one run (what the map measures)."""
+  overrides = {"algorithm": algorithm, "seed": str(seed),
+               "train.num_steps": str(steps),
+               "train.eval_every": str(EARLY_STEP),
+               "train.fidelity_every": "250",
+               "train.stage_time_every": "0",
+               "train.checkpoint_every": str(steps)}
+  if data_dir:
+    overrides["data.data_dir"] = data_dir
+  overrides.update(cell.overrides)
+  command = [sys.executable, str(PROJECT_ROOT / "bin" / "train"),
+             f"--config={PROJECT_ROOT / cell.config}", f"--workdir={workdir}",
+             "--overwrite"]
+  for key, value in overrides.items():
+    command.append(f"--config.{key}={value}")
+  return command
+
+
+def run_one(cell: Cell, algorithm: str, seed: int, workdir: pathlib.Path,
+            steps: int, data_dir: str = "") -> Dict:
+  """Runs bin/train (one core) unless its result is cached; returns it."""
+  result_path = workdir / "result.json"
+  if result_path.exists():
+    cached = json.loads(result_path.read_text())
+    if cached.get("steps") == steps:
+      return cached
+  workdir.mkdir(parents=True, exist_ok=True)
+  env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1",
+             TF_NUM_INTEROP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+  command = train_command(cell, algorithm, seed, workdir, steps, data_dir)
+  started = time.time()
+  with open(workdir / "train.log", "w") as log:
+    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+                           env=env)
+  if code:
+    raise RuntimeError(f"{' '.join(command)} failed with exit code {code}; "
+                       f"see {workdir / 'train.log'}")
+  result = dict(read_run(workdir), cell=cell.name, group=cell.group,
+                algorithm=algorithm, seed=seed, steps=steps,
+                seconds=time.time() - started, command=" ".join(command[1:]))
+  atomic_write_text(result_path, json.dumps(result, indent=2))
+  return result
+
+
+def read_run(workdir: pathlib.Path) -> Dict:
+  """Final test accuracy, its curve and the early diagnostics of a run."""
+  from sideways_tf.paper_experiments.runs import scalars  # noqa: PLC0415
+  evaluation = json.loads((workdir / "eval.json").read_text())
+  train_dir = workdir / "train"
+  early = {}
+  for measure in ("cosine", "update_cosine", "lag_change"):
+    for k in range(1, 9):
+      values = [v for step, v in scalars(
+          train_dir, f"fidelity/{measure}/module_{k}") if step <= EARLY_STEP]
+      if values:
+        early[f"{measure}/module_{k}"] = sum(values) / len(values)
+  risk = [v for step, v in scalars(train_dir, "fidelity/risk")
+          if step <= EARLY_STEP]
+  if risk:
+    early["risk"] = sum(risk) / len(risk)
+  return dict(test_accuracy=evaluation["clip_accuracy"],
+              test_frame_accuracy=evaluation["frame_accuracy"],
+              curve=scalars(workdir / "eval", "eval/accuracy"),
+              train_accuracy_last=[v for _, v in scalars(
+                  train_dir, "train/accuracy")][-1:],
+              early=early)
+
+
+def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
+            only_groups: Sequence[str] = (), data_dir: str = "") -> List[Dict]:
+  """Runs (or loads) every run of the map; writes OUTDIR/gap.json."""
+  outdir = pathlib.Path(outdir)
+  todo = plan(outdir, seeds, only_groups)
+  results, done = [], 0
+  started = time.time()
+  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+    futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps,
+                           data_dir): (cell, algorithm, seed)
+               for cell, algorithm, seed, workdir in todo}
+    for future in concurrent.futures.as_completed(futures):
+      cell, algorithm, seed = futures[future]
+      done += 1
+      try:
+        result = future.result()
+      except RuntimeError as error:  # keep the map going; say what failed
+        print(f"[gap {done}/{len(todo)}] {cell.name} {algorithm} seed {seed}: "
+              f"FAILED: {error}", flush=True)
+        continue
+      results.append(result)
+      elapsed = time.time() - started
+      print(f"[gap {done}/{len(todo)}, {elapsed / 60:.0f} min] {cell.name} "
+            f"{algorithm} seed {seed}: test clip acc. "
+            f"{result['test_accuracy']:.3f}; ETA "
+            f"{elapsed / done * (len(todo) - done) / 60:.0f} min", flush=True)
+      atomic_write_text(outdir / "gap.json", json.dumps(results, indent=2))
+  return results
