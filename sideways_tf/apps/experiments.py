@@ -3,6 +3,7 @@
   bin/experiments                          # all four, ~25 min on a 2-core CPU
   bin/experiments --only=skip --steps=500
   bin/experiments --base_config=configs/ucf101_vgg8.py --steps=30000  # GPUs
+  bin/experiments --only=gap --steps=4000 --jobs=2   # where Sideways is safe
 
 Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
 the tables and PNG plots of docs/results.md (written to --report_dir).
@@ -27,6 +28,13 @@ _BASE_CONFIG = flags.DEFINE_string(
     "base_config", "", "Config file every run starts from ('' = "
     "configs/default.py, the reduced scale); e.g. configs/ucf101_vgg8.py with "
     "more --steps for the paper's scale on GPUs.")
+_JOBS = flags.DEFINE_integer(
+    "jobs", 1, "gap: runs at once, one core each.", lower_bound=1)
+_GAP_SEEDS = flags.DEFINE_integer(
+    "gap_seeds", 3, "gap: seeds per cell (>= 3 for intervals).", lower_bound=1)
+_GAP_GROUPS = flags.DEFINE_list(
+    "gap_groups", [], "gap: only these groups of cells (speed, improvement, "
+    "depth, train set, stride, optimizer); [] = all, in priority order.")
 _REPORT_DIR = flags.DEFINE_string(
     "report_dir", str(cli.PROJECT_ROOT / "docs"),
     "Where results.md and its PNG plots go ('' = no report).")
@@ -36,17 +44,26 @@ def main(argv):
   cli.start(argv)
   from sideways_tf.paper_experiments import report  # noqa: PLC0415
   from sideways_tf.paper_experiments import runs  # noqa: PLC0415
+  from sideways_tf.paper_experiments import gap_map  # noqa: PLC0415
+  from sideways_tf.paper_experiments import gap_report  # noqa: PLC0415
   outdir = pathlib.Path(_OUTDIR.value)
   for name in _ONLY.value:
-    if name not in runs.EXPERIMENTS:
+    if name not in runs.EXPERIMENTS + ("gap",):
       raise ValueError(f"unknown experiment {name!r}; expected some of "
-                       f"{runs.EXPERIMENTS}")
+                       f"{runs.EXPERIMENTS + ('gap',)}")
   for name in _ONLY.value:
-    runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
+    if name == "gap":
+      gap_map.run_map(outdir, _STEPS.value, _GAP_SEEDS.value, _JOBS.value,
+                      _GAP_GROUPS.value)
+    else:
+      runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
   if _REPORT_DIR.value:
-    command = "bin/experiments " + " ".join(argv[1:] or sys.argv[1:])
-    path = report.write(outdir, pathlib.Path(_REPORT_DIR.value),
-                                command.strip())
+    command = ("bin/experiments " + " ".join(argv[1:] or sys.argv[1:])).strip()
+    if _ONLY.value == ["gap"]:  # keep the other sections of results.md
+      path = gap_report.update(outdir, pathlib.Path(_REPORT_DIR.value),
+                               command)
+    else:
+      path = report.write(outdir, pathlib.Path(_REPORT_DIR.value), command)
     print(f"Report written to {path}")
 
 

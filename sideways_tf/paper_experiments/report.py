@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sideways_tf.paper_experiments import gap_report  # noqa: E402
+
 
 def _load(outdir, name):
   path = pathlib.Path(outdir) / f"{name}.json"
@@ -122,6 +124,7 @@ def write(outdir, report_dir, command) -> pathlib.Path:
       "## 4. Depth: the same VGG-8 cut into 2, 4, 8 modules",
       "VGG-8 (width 8, no normalisation); module k's gradient lags 2(L−k) "
       "frames behind BP's.", "modules")
+  lines += gap_report.section(outdir, report_dir, command)
   results = _load(outdir, "skip")
   if results:
     lines += ["## 5. Skip-Sideways vs Sideways vs BP", "",

@@ -1,0 +1,218 @@
+"""The gap map's section of docs/results.md: tables, plots, correlations.
+
+Reads the results that `gap_map.run_map` writes (one result.json per run)
+and reports, per cell, Sideways - BP test clip accuracy as the mean over
+seeds with a 95% t-interval (paired by seed with the BP run of the same
+data), and how well each early diagnostic (steps <= 1000) predicts the gap.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import pathlib
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sideways_tf.paper_experiments import gap_map  # noqa: E402
+
+# Two-sided 95% Student t quantiles by degrees of freedom (n - 1).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
+        7: 2.365, 8: 2.306, 9: 2.262}
+PREDICTORS = ("risk", "lag_change/module_1", "cosine/module_1",
+              "update_cosine/module_1")
+
+
+def interval(values) -> tuple:
+  """(mean, half-width of the 95% t-interval); half-width nan for n < 2."""
+  values = np.asarray(values, float)
+  if len(values) < 2:
+    return float(values.mean()), float("nan")
+  half = _T95.get(len(values) - 1, 1.96) * values.std(ddof=1) / math.sqrt(
+      len(values))
+  return float(values.mean()), float(half)
+
+
+def load(outdir) -> List[Dict]:
+  """Every finished run of the map under OUTDIR/gap."""
+  return [json.loads(p.read_text())
+          for p in sorted((pathlib.Path(outdir) / "gap").glob("*/*/result.json"))]
+
+
+def cells(results: List[Dict]) -> List[Dict]:
+  """Per cell: accuracies, paired gaps and early diagnostics, in map order."""
+  by_key = {(r["cell"], r["algorithm"], r["seed"]): r for r in results}
+  rows = []
+  for cell in gap_map.CELLS:
+    bp_cell = cell.bp_from or cell.name
+    seeds = sorted({s for (c, a, s) in by_key if c == cell.name
+                    and a == "sideways"} & {s for (c, a, s) in by_key
+                                            if c == bp_cell and a == "bp"})
+    if not seeds:
+      continue
+    sideways = [by_key[(cell.name, "sideways", s)] for s in seeds]
+    bp = [by_key[(bp_cell, "bp", s)] for s in seeds]
+    gaps = [a["test_accuracy"] - b["test_accuracy"]
+            for a, b in zip(sideways, bp)]
+    row = dict(cell=cell.name, group=cell.group, seeds=seeds,
+               sideways=interval([r["test_accuracy"] for r in sideways]),
+               bp=interval([r["test_accuracy"] for r in bp]),
+               gap=interval(gaps),
+               early={k: float(np.mean([r["early"].get(k, np.nan)
+                                        for r in sideways]))
+                      for k in PREDICTORS},
+               seconds=float(np.mean([r["seconds"] for r in sideways])))
+    if cell.group == "train set":
+      row["train_minus_test"] = {
+          a: interval([r["train_accuracy_last"][0] - r["test_accuracy"]
+                       for r in runs if r["train_accuracy_last"]])
+          for a, runs in (("sideways", sideways), ("bp", bp))}
+    rows.append(row)
+  return rows
+
+
+def correlations(rows: List[Dict]) -> Dict[str, Dict[str, float]]:
+  """Pearson and Spearman correlation of each early diagnostic with the gap,
+  across cells (cell means)."""
+  out = {}
+  for name in PREDICTORS:
+    pairs = [(r["early"][name], r["gap"][0]) for r in rows
+             if np.isfinite(r["early"][name])]
+    if len(pairs) < 3:
+      continue
+    x, y = (np.asarray(v) for v in zip(*pairs))
+    if x.std() == 0 or y.std() == 0:
+      continue
+    out[name] = dict(pearson=float(np.corrcoef(x, y)[0, 1]),
+                     spearman=float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]),
+                     cells=len(pairs))
+  return out
+
+
+def _ranks(values):
+  order = np.argsort(values)
+  ranks = np.empty(len(values))
+  ranks[order] = np.arange(len(values))
+  return ranks
+
+
+def _fmt(pair, digits=3):
+  mean, half = pair
+  return (f"{mean:+.{digits}f} ± {half:.{digits}f}" if np.isfinite(half)
+          else f"{mean:+.{digits}f}")
+
+
+def _acc(pair):
+  mean, half = pair
+  return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
+
+
+def section(outdir, report_dir, command: str) -> List[str]:
+  """Markdown lines of the gap map (and its two plots in report_dir)."""
+  rows = cells(load(outdir))
+  if not rows:
+    return []
+  report_dir = pathlib.Path(report_dir)
+  lines = [
+      "## Where Sideways is safe: the gap map (moving digits)", "",
+      "Real handwriting (UCI digits via scikit-learn) moving over real photos, "
+      "test videos of unseen digit images (`configs/moving_digits.py`, "
+      "docs/data.md). Each run is `bin/train` for the same number of steps; "
+      "gap = Sideways − BP test clip accuracy, paired by seed, mean ± 95% "
+      "t-interval over the seeds listed. Early diagnostics are the means of "
+      "the TensorBoard `fidelity/*` values logged at steps ≤ 1000 of the "
+      "Sideways runs.", "",
+      "| group | cell | seeds | Sideways | BP | gap | risk | cos module 1 "
+      "| update cos module 1 | s/run |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    e = r["early"]
+    lines.append(
+        f"| {r['group']} | {r['cell']} | {len(r['seeds'])} | "
+        f"{_acc(r['sideways'])} | {_acc(r['bp'])} | {_fmt(r['gap'])} | "
+        f"{e['risk']:.2f} | {e['cosine/module_1']:.2f} | "
+        f"{e['update_cosine/module_1']:.2f} | {r['seconds']:.0f} |")
+  lines.append("")
+  generalisation = [r for r in rows if "train_minus_test" in r]
+  for r in generalisation:
+    lines += [
+        f"Train − test (last logged train accuracy − test clip accuracy), "
+        f"{r['cell']}: Sideways {_fmt(r['train_minus_test']['sideways'])}, "
+        f"BP {_fmt(r['train_minus_test']['bp'])}.", ""]
+  found = correlations(rows)
+  if found:
+    lines += ["Does an early diagnostic predict the gap? Correlation across "
+              "cells of the early value with the cell's mean gap:", "",
+              "| diagnostic | Pearson r | Spearman ρ | cells |",
+              "|---|---|---|---|"]
+    lines += [f"| `{name}` | {c['pearson']:+.2f} | {c['spearman']:+.2f} | "
+              f"{c['cells']} |" for name, c in found.items()]
+    lines.append("")
+  _plot_gaps(rows, report_dir / "results_gap_map.png")
+  _plot_risk(rows, report_dir / "results_gap_risk.png")
+  lines += ["![gap map](results_gap_map.png)", "",
+            "![risk vs gap](results_gap_risk.png)", "",
+            f"*Command: `{command}`*", ""]
+  return lines
+
+
+def _plot_gaps(rows, path):
+  fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+  labels = [f"{r['group']}: {r['cell']}" for r in rows][::-1]
+  means = [r["gap"][0] for r in rows][::-1]
+  halves = [r["gap"][1] if np.isfinite(r["gap"][1]) else 0 for r in rows][::-1]
+  ax.barh(labels, means, xerr=halves, color=[
+      "tab:red" if m < -0.10 else "tab:orange" if m < -0.05 else "tab:green"
+      for m in means])
+  ax.axvline(0, color="k", lw=0.8)
+  ax.axvline(-0.05, color="gray", ls="--", lw=0.8)
+  ax.set_xlabel("Sideways − BP test clip accuracy (mean, 95% interval)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_risk(rows, path):
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  groups = collections.OrderedDict()
+  for r in rows:
+    groups.setdefault(r["group"], []).append(r)
+  for group, members in groups.items():
+    ax.errorbar([m["early"]["risk"] for m in members],
+                [m["gap"][0] for m in members],
+                yerr=[m["gap"][1] if np.isfinite(m["gap"][1]) else 0
+                      for m in members], fmt="o", label=group)
+  ax.axhline(-0.10, color="gray", ls="--", lw=0.8)
+  ax.set(xlabel="fidelity/risk (mean over steps ≤ 1000)",
+         ylabel="Sideways − BP test clip acc.")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+BEGIN, END = "<!-- gap map: begin -->", "<!-- gap map: end -->"
+
+
+def update(outdir, report_dir, command: str) -> pathlib.Path:
+  """Writes the gap map into report_dir/results.md between its markers,
+  keeping the rest of the file (appends the section the first time)."""
+  from sideways_tf.files import atomic_write_text  # noqa: PLC0415
+  report_dir = pathlib.Path(report_dir)
+  report_dir.mkdir(parents=True, exist_ok=True)
+  path = report_dir / "results.md"
+  text = path.read_text() if path.exists() else "# Results\n\n"
+  block = "\n".join([BEGIN, ""] + section(outdir, report_dir, command)
+                    + [END])
+  if BEGIN in text and END in text:
+    text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+  else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+  atomic_write_text(path, text)
+  return path
