@@ -46,7 +46,8 @@ def test_interval_is_the_student_t_interval():
 
 def _result(cell, algorithm, seed, accuracy, risk=0.0):
   return {"cell": cell, "algorithm": algorithm, "seed": seed,
-          "test_accuracy": accuracy, "seconds": 1.0,
+          "test_accuracy": accuracy, "test_frame_accuracy": accuracy,
+          "seconds": 1.0,
           "train_accuracy_last": [accuracy],
           "early": {"risk": risk, "cosine/module_1": 0.9,
                     "update_cosine/module_1": 0.8,

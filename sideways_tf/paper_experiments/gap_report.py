@@ -70,7 +70,7 @@ def cells(results: List[Dict]) -> List[Dict]:
                seconds=float(np.mean([r["seconds"] for r in sideways])))
     if cell.group == "train set":
       row["train_minus_test"] = {
-          a: interval([r["train_accuracy_last"][0] - r["test_accuracy"]
+          a: interval([r["train_accuracy_last"][0] - r["test_frame_accuracy"]
                        for r in runs if r["train_accuracy_last"]])
           for a, runs in (("sideways", sideways), ("bp", bp))}
     rows.append(row)
@@ -143,7 +143,8 @@ def section(outdir, report_dir, command: str) -> List[str]:
   generalisation = [r for r in rows if "train_minus_test" in r]
   for r in generalisation:
     lines += [
-        f"Train − test (last logged train accuracy − test clip accuracy), "
+        f"Train − test (per-frame accuracy on the training clips over the "
+        f"last log window − per-frame test accuracy), "
         f"{r['cell']}: Sideways {_fmt(r['train_minus_test']['sideways'])}, "
         f"BP {_fmt(r['train_minus_test']['bp'])}.", ""]
   found = correlations(rows)
