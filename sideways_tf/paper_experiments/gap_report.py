@@ -171,13 +171,13 @@ def section(outdir, report_dir, command: str) -> List[str]:
   return lines
 
 
-def _series(workdir, tag):
+def _series(logdir, tag):
   from sideways_tf.paper_experiments.runs import scalars  # noqa: PLC0415
-  return dict(scalars(workdir, tag))
+  return dict(scalars(logdir, tag)) if pathlib.Path(logdir).is_dir() else {}
 
 
 def _mean_curve(dirs, tag):
-  curves = [_series(d, tag) for d in dirs]
+  curves = [c for c in (_series(d, tag) for d in dirs) if c]
   steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
   return steps, [float(np.mean([c[s] for c in curves])) for s in steps]
 
@@ -190,6 +190,8 @@ def _plot_diagnostics(outdir, rows, path) -> bool:
     return False
   dirs = {a: [gap_map.run_dir(outdir, default, a, s) for s in row["seeds"]]
           for a in ("sideways", "bp")}
+  if not all((d / "eval").is_dir() for runs in dirs.values() for d in runs):
+    return False
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
   for algorithm, runs in dirs.items():
     steps, values = _mean_curve([d / "eval" for d in runs], "eval/accuracy")
