@@ -35,6 +35,9 @@ _GAP_SEEDS = flags.DEFINE_integer(
 _GAP_GROUPS = flags.DEFINE_list(
     "gap_groups", [], "gap: only these groups of cells (speed, improvement, "
     "depth, train set, stride, optimizer); [] = all, in priority order.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Run nothing: write the report from the runs "
+    "already under --outdir (a map stopped early reports what it has).")
 _REPORT_DIR = flags.DEFINE_string(
     "report_dir", str(cli.PROJECT_ROOT / "docs"),
     "Where results.md and its PNG plots go ('' = no report).")
@@ -51,7 +54,7 @@ def main(argv):
     if name not in runs.EXPERIMENTS + ("gap",):
       raise ValueError(f"unknown experiment {name!r}; expected some of "
                        f"{runs.EXPERIMENTS + ('gap',)}")
-  for name in _ONLY.value:
+  for name in [] if _REPORT_ONLY.value else _ONLY.value:
     if name == "gap":
       gap_map.run_map(outdir, _STEPS.value, _GAP_SEEDS.value, _JOBS.value,
                       _GAP_GROUPS.value)
