@@ -7,6 +7,12 @@ import pathlib
 from absl import flags
 from absl import logging
 
+from sideways_tf import user_errors
+
+flags.DEFINE_bool("verbose", False, "Show the traceback of a user error "
+                  "(a bad flag, config, workdir or data) instead of a short "
+                  "message.")
+
 _PACKAGE_PARENT = pathlib.Path(__file__).resolve().parent.parent
 # The checkout (it holds pyproject.toml); for an installed package (pip
 # install .) the working directory: the default home of workdir/.
@@ -69,5 +75,5 @@ def run_app(main, module_name: str, usage: str) -> None:
   sys.modules["__main__"].__doc__ = usage
   for flag in flags.FLAGS.get_key_flags_for_module(module_name):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main)
+  app.run(user_errors.guard(main), flags_parser=user_errors.parse_flags)
 

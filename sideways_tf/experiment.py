@@ -27,10 +27,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from sideways_tf import checkpoints
 from sideways_tf import data as data_lib
 from sideways_tf import distributed
 from sideways_tf import models
 from sideways_tf import summaries
+from sideways_tf import workdir_lock
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.trainer import DynamicLossScale, Trainer
 
@@ -38,7 +40,7 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Keys that may change between a run and its resumption (how long, how often,
 # how loud); anything else changing means a different experiment.
-RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.eval_every",
+RESUMABLE_KEYS = ("train.num_steps", "train.learning_rate", "train.log_every", "train.eval_every",
                   "train.checkpoint_every", "train.fidelity_every",
                   "train.stage_time_every", "train.keep_checkpoints",
                   "eval.batch_size", "eval.num_batches", "data.data_dir",
@@ -170,23 +172,43 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
 
   With config.distributed, this process is one worker of the TF_CONFIG
   cluster (docs/scaling.md): only the chief writes to `workdir`; every
-  worker resumes from the chief's checkpoints (a shared filesystem).
+  worker resumes from the chief's checkpoints (a shared filesystem). The
+  chief holds an exclusive lock on `workdir` while it runs.
   """
   workdir = pathlib.Path(workdir)
+  with workdir_lock.hold(workdir, enabled=workdir_lock.is_chief_from_env()
+                         if config.get("distributed", False) else True):
+    return _train(config, workdir, overwrite)
+
+
+def _train(config, workdir: pathlib.Path, overwrite: bool):
   # MultiWorkerMirroredStrategy must start before any other TF op.
   cluster = (distributed.Cluster(config.get("collective_timeout_seconds", 300))
              if config.get("distributed", False) else None)
   is_chief = cluster is None or cluster.is_chief
   if cluster is not None:
     print(f"{cluster}; {distributed.tf_config_summary()}", flush=True)
-  if is_chief:
-    _prepare_workdir(config, workdir, overwrite)
   manager_dir = workdir / "checkpoints"
-  latest = tf.train.latest_checkpoint(str(manager_dir))
+  if is_chief:  # nothing is written before the config is validated
+    checkpoints.clean_temp_files(workdir)
+    delete = _check_workdir(config, workdir, overwrite)
+    latest = None if delete else checkpoints.newest_readable(
+        manager_dir, overwrite)[0]
+    delete = delete or (overwrite and not latest and
+                        bool(checkpoints.checkpoint_steps(manager_dir)))
+  else:
+    latest = tf.train.latest_checkpoint(str(manager_dir))
   start_step = _checkpoint_step(latest) if latest else 0
+  if start_step >= config.train.num_steps and cluster is None:
+    print(f"Already at step {start_step} >= num_steps "
+          f"{config.train.num_steps} ({latest}); nothing to do. Raise "
+          f"--config.train.num_steps to train further.", flush=True)
+    return {"step": start_step, "nothing_to_do": True}
   # A resumed run draws a new, still deterministic, data order.
   exp = build(config, data_seed_offset=start_step, cluster=cluster)
+  _check_clip_length(exp, config)
   if is_chief:
+    _prepare_workdir(config, workdir, delete)
     atomic_write_text(workdir / "model_info.json", json.dumps({
         "num_classes": exp.datasets.num_classes,
         "frame_shape": list(exp.datasets.frame_shape),
@@ -196,6 +218,8 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
       max_to_keep=config.train.keep_checkpoints)
   if latest:
     exp.checkpoint.restore(latest).assert_existing_objects_matched()
+    # A resumable key: a resumed run may lower it (e.g. after a NaN stop).
+    exp.optimizer.learning_rate.assign(config.train.learning_rate)
     print(f"Resumed from {latest} at step {int(exp.step)}.", flush=True)
   if cluster is not None:
     _sync_workers(exp, cluster, latest)
@@ -245,7 +269,8 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
         raise FloatingPointError(
             f"loss is {metrics['loss']} at step {step}; stopping. The weights "
             f"of this step were not saved; the last good checkpoint is "
-            f"{manager.latest_checkpoint or '(none)'}")
+            f"{manager.latest_checkpoint or '(none)'}: rerun with a smaller "
+            f"--config.train.learning_rate to resume from it.")
       exp.step.assign(step)
       window.add(metrics, frames_per_clip, elapsed)
       if step == 1:
@@ -284,11 +309,11 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
           f"shard. The chief writes checkpoints, logs and evaluations.",
           flush=True)
     return {"step": step, "interrupted": stop.requested,
-            "train_loss": last_train["loss"]}
+            "signal": stop.signum, "train_loss": last_train["loss"]}
   if stop.requested:
-    print(f"\nStopped by signal at step {step}; checkpoint saved. Rerun the "
-          f"same command to resume.", flush=True)
-    return {"step": step, "interrupted": True}
+    print(f"\nStopped by signal {stop.signum} at step {step}; checkpoint "
+          f"saved. Rerun the same command to resume.", flush=True)
+    return {"step": step, "interrupted": True, "signal": stop.signum}
   if not eval_metrics:
     eval_metrics = _evaluate(exp, eval_writer, step, workdir)
   steps_run = step - first_step
@@ -353,7 +378,11 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise ValueError(f"{path} not found: is {workdir} a training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except ValueError as error:
+    raise ValueError(f"{path} is not valid JSON ({error}); fix it, or pass "
+                     f"--overwrite to start the run again") from None
 
 
 # ------------------------------------------------------------------ helpers
@@ -399,13 +428,27 @@ def _log_fidelity(exp, writer, step, frames, labels):
 
 
 def _save(exp, manager, step):
-  """Saves unless a weight is NaN/Inf: a bad checkpoint is worse than none."""
-  for variable in exp.pipeline.trainable_variables:
-    if not bool(tf.reduce_all(tf.math.is_finite(variable))):
-      raise FloatingPointError(
-          f"weight {variable.path} is not finite at step {step}; not saving. "
-          f"The last good checkpoint is {manager.latest_checkpoint or '(none)'}")
+  """Saves unless a saved variable (weights, buffers, optimizer slots) is
+  NaN/Inf: a bad checkpoint is worse than none."""
+  checkpoints.check_finite(_saved_variables(exp), step,
+                           manager.latest_checkpoint)
   manager.save(checkpoint_number=step)
+
+
+def _saved_variables(exp):
+  stages = exp.pipeline.stages
+  return (list(exp.pipeline.trainable_variables)
+          + [v for s in stages for v in s.non_trainable_variables]
+          + list(exp.pipeline.state_variables) + list(exp.optimizer.variables))
+
+
+def _check_clip_length(exp, config):
+  """Fails now, before anything is written, if a clip cannot be trained on."""
+  spec = exp.datasets.train.element_spec["video"]
+  shape = [config.train.batch_size] + [
+      d if d is not None else 1 for d in spec.shape[1:]]
+  exp.pipeline.prepare_inputs(tf.zeros(shape, spec.dtype),
+                              tf.zeros(shape[:1], tf.int32), config.algorithm)
 
 
 def _checkpoint_step(path: str) -> int:
@@ -432,22 +475,33 @@ def _hparams(config) -> Dict[str, object]:
           "seed": config.seed}
 
 
-def _prepare_workdir(config, workdir: pathlib.Path, overwrite: bool) -> None:
-  """Creates the workdir, or checks that it belongs to this experiment."""
+def _check_workdir(config, workdir: pathlib.Path, overwrite: bool) -> bool:
+  """Checks that the workdir belongs to this experiment (writes nothing);
+  True if --overwrite must delete the previous run."""
   config_path = workdir / "config.json"
   if config_path.exists():
-    saved = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    saved = load_config(workdir)
     differences = _config_differences(saved, config)
     if differences and not overwrite:
       shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:8])
       raise ValueError(
           f"workdir {workdir} holds a run with another config ({shown}). Use "
           f"another --workdir, or pass --overwrite to delete that run.")
-    if differences:
-      print(f"--overwrite: deleting the previous run in {workdir}", flush=True)
-      shutil.rmtree(workdir)
+    return bool(differences)
+  return False
+
+
+def _prepare_workdir(config, workdir: pathlib.Path, delete: bool) -> None:
+  """Creates the workdir (deleting the previous run if `delete`) and records
+  the config."""
+  if delete:
+    print(f"--overwrite: deleting the previous run in {workdir}", flush=True)
+    for child in workdir.iterdir():
+      if child.name != workdir_lock.LOCK_NAME:
+        (shutil.rmtree if child.is_dir() else os.remove)(child)
   workdir.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(config_path, config.to_json_best_effort(indent=2))
+  atomic_write_text(workdir / "config.json",
+                    config.to_json_best_effort(indent=2))
 
 
 def _config_differences(saved, config):
@@ -506,6 +560,7 @@ class _StopFlag:
 
   def __init__(self):
     self.requested = False
+    self.signum = None
     self._previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
@@ -523,3 +578,4 @@ class _StopFlag:
       raise KeyboardInterrupt
     logging.warning("signal %d: saving a checkpoint and stopping", signum)
     self.requested = True
+    self.signum = signum

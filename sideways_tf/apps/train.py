@@ -40,7 +40,9 @@ def main(argv):
   print(f"Training {config.experiment} with {config.algorithm}; workdir: "
         f"{workdir}", flush=True)
   from sideways_tf import experiment  # imports TensorFlow
-  experiment.train(config, workdir, overwrite=_OVERWRITE.value)
+  result = experiment.train(config, workdir, overwrite=_OVERWRITE.value)
+  if result.get("interrupted"):  # never 0: `bin/train && bin/export` stops
+    sys.exit(cli.user_errors.signal_exit_code(result.get("signal") or 15))
 
 
 def run():
