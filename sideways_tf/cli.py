@@ -57,10 +57,16 @@ def with_algorithm(config, algorithm):
   return config
 
 
-def resolve_workdir(workdir, config) -> pathlib.Path:
+def resolve_workdir(workdir, config, argv=None) -> pathlib.Path:
+  """--workdir, else workdir/<experiment>_<algorithm>[-<overrides>]: runs
+  with non-resumable --config overrides get their own default workdir."""
   if workdir:
     return pathlib.Path(workdir).expanduser().resolve()
-  return PROJECT_ROOT / "workdir" / f"{config.experiment}_{config.algorithm}"
+  import sys  # noqa: PLC0415
+  from sideways_tf import run_keys  # noqa: PLC0415
+  suffix = run_keys.override_suffix(sys.argv if argv is None else argv)
+  name = f"{config.experiment}_{config.algorithm}"
+  return PROJECT_ROOT / "workdir" / (f"{name}-{suffix}" if suffix else name)
 
 
 def run_app(main, module_name: str, usage: str) -> None:

@@ -34,18 +34,10 @@ from sideways_tf import models
 from sideways_tf import summaries
 from sideways_tf import workdir_lock
 from sideways_tf.pipeline import Pipeline
+from sideways_tf.run_keys import RESUMABLE_KEYS  # noqa: F401  (public)
 from sideways_tf.trainer import DynamicLossScale, Trainer
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-# Keys that may change between a run and its resumption (how long, how often,
-# how loud); anything else changing means a different experiment.
-RESUMABLE_KEYS = ("train.num_steps", "train.learning_rate", "train.log_every", "train.eval_every",
-                  "train.checkpoint_every", "train.fidelity_every",
-                  "train.stage_time_every", "train.keep_checkpoints",
-                  "eval.batch_size", "eval.num_batches", "data.data_dir",
-                  "data.path", "devices", "distributed",
-                  "collective_timeout_seconds")
 
 
 @dataclasses.dataclass
