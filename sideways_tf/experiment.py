@@ -33,6 +33,7 @@ from sideways_tf import distributed
 from sideways_tf import models
 from sideways_tf import summaries
 from sideways_tf import workdir_lock
+from sideways_tf.data import shard_check
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.run_keys import RESUMABLE_KEYS  # noqa: F401  (public)
 from sideways_tf.trainer import DynamicLossScale, Trainer
@@ -238,7 +239,8 @@ def _train(config, workdir: pathlib.Path, overwrite: bool):
   first_step = int(exp.step)
   try:
     while int(exp.step) < train_cfg.num_steps and not stop.requested:
-      batch = next(iterator)
+      with shard_check.named_data_errors(config.data):
+        batch = next(iterator)
       step = int(exp.step) + 1
       frames, labels = batch["video"], batch["label"]
       frames_per_clip = int(frames.shape[0]) * int(frames.shape[1])
@@ -384,7 +386,8 @@ def _evaluate(exp, writer, step, workdir, num_batches=None):
   batches = exp.datasets.eval
   if num_batches:
     batches = batches.take(num_batches)
-  metrics = exp.trainer.evaluate(batches)
+  with shard_check.named_data_errors(exp.config.data):
+    metrics = exp.trainer.evaluate(batches)
   summaries.write_scalars(writer, step, {
       "eval/loss": metrics["loss"],
       "eval/accuracy": metrics["clip_accuracy"],

@@ -273,3 +273,82 @@ def test_sigint_during_start_up_exits_130_without_traceback(
   out, err = process.communicate(timeout=300)
   assert process.returncode == 130, err
   assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+# ------------------------------------------------ 7: bad prepared data
+
+
+@pytest.fixture
+def prepared_videos(tmp_path):
+  from tests.data.conftest import write_video
+  from sideways_tf.data import video_folder
+  root = tmp_path / "videos"
+  for name in ("a", "b"):
+    for index in range(4):
+      write_video(root / name / f"{name}{index}.avi", 8, height=16, width=16)
+  output_dir = tmp_path / "records"
+  options = video_folder.PrepareOptions(short_side=0, videos_per_shard=2,
+                                        test_fraction=0.5)
+  summary = video_folder.prepare(root, output_dir, options, progress=False)
+  assert summary["shards_written"] >= 2
+  return root, output_dir, options
+
+
+def _video_config(data_dir, path):
+  cfg = config(data_dir, num_steps=2, eval_every=2, checkpoint_every=2)
+  cfg.data.update(dict(name="video_folder", path=str(path), num_classes=0,
+                       label_key="label", data_dir=""))
+  return cfg
+
+
+def test_bad_eval_shard_is_named_and_prepare_rewrites_it(
+    prepared_videos, tmp_path, data_dir):
+  from sideways_tf.data import shard_check
+  from sideways_tf.data import video_folder
+  root, output_dir, options = prepared_videos
+  metadata = json.loads((output_dir / "metadata.json").read_text())
+  bad = output_dir / metadata["splits"]["test"]["shards"][0]
+  _flip(bad)
+  checked, found = shard_check.verify_folder(output_dir)
+  assert checked == sum(len(s["shards"]) for s in metadata["splits"].values())
+  assert [path for path, _ in found] == [str(bad)]
+  # Training reaches the final eval, which names the shard and the repair.
+  with pytest.raises(shard_check.DataError,
+                     match=rf"bad shard {bad}.*rerun bin/prepare_videos"):
+    experiment.train(_video_config(data_dir, output_dir), tmp_path / "run")
+  # The step before the eval is not lost.
+  assert checkpoints.checkpoint_steps(tmp_path / "run" / "checkpoints") == [2]
+  # A rerun of prepare rewrites the bad shard (and only it).
+  summary = video_folder.prepare(root, output_dir, options, progress=False)
+  assert summary["shards_written"] == 1
+  assert shard_check.verify_folder(output_dir)[1] == []
+
+
+def test_invalid_json_names_the_file(prepared_videos, run):
+  from sideways_tf.data import shard_check
+  from sideways_tf.data import video_folder
+  _, output_dir, _ = prepared_videos
+  (output_dir / "metadata.json").write_text('{"format_version": ')
+  with pytest.raises(shard_check.DataError,
+                     match=f"{output_dir / 'metadata.json'} is not valid JSON"):
+    video_folder.read_metadata(output_dir)
+  (run / "config.json").write_text("{ not json")
+  with pytest.raises(ValueError,
+                     match=f"{run / 'config.json'} is not valid JSON"):
+    experiment.load_config(run)
+
+
+def test_prepare_videos_verify_flag(prepared_videos):
+  _, output_dir, _ = prepared_videos
+  ok = subprocess.run([sys.executable, str(ROOT / "bin" / "prepare_videos"),
+                       "--verify", f"--output_dir={output_dir}"],
+                      capture_output=True, text=True, timeout=300)
+  assert ok.returncode == 0 and "shards OK" in ok.stdout, ok.stderr
+  shard = sorted(output_dir.glob("*.tfrecord"))[0]
+  _truncate(shard)
+  bad = subprocess.run([sys.executable, str(ROOT / "bin" / "prepare_videos"),
+                        "--verify", f"--output_dir={output_dir}"],
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == user_errors.EXIT_USER
+  assert f"BAD {shard}" in bad.stdout and "truncated" in bad.stdout
+  assert "Traceback" not in bad.stderr

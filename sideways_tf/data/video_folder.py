@@ -37,6 +37,7 @@ from typing import Dict, List, Optional
 
 from absl import logging
 
+from sideways_tf.data import shard_check
 from sideways_tf.data import splits as splits_lib
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm")
@@ -278,7 +279,8 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
   atomic_write_text(plan_path, plan_text)
 
   pending = [shard for shard in plan["shards"]
-             if not _shard_done(output_dir, shard["name"])]
+             if not (_shard_done(output_dir, shard["name"]) and
+                     shard_check.kept_shard_ok(output_dir, shard["name"]))]
   tasks = [(input_dir / relative, options)
            for shard in pending for relative, _ in shard["videos"]]
   started = time.perf_counter()
@@ -305,6 +307,7 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
       except BaseException:
         temporary.unlink(missing_ok=True)  # e.g. Ctrl-C: no stale temp file
         raise
+      record.update(shard_check.digest(temporary))  # checked on a rerun
       videos_written += record["videos"]
       videos_skipped += len(record["skipped"])
       atomic_write_text(output_dir / f"{shard['name']}.json",
@@ -352,7 +355,7 @@ def write_metadata(output_dir: pathlib.Path, plan: Dict) -> Dict:
   split_info: Dict[str, Dict] = {}
   skipped = list(plan["skipped"])
   for shard in plan["shards"]:
-    record = json.loads((output_dir / f"{shard['name']}.json").read_text())
+    record = shard_check.load_json(output_dir / f"{shard['name']}.json")
     info = split_info.setdefault(shard["split"], {
         "num_videos": 0, "num_frames": 0,
         "per_class": {name: 0 for name in class_names}, "shards": []})
@@ -389,7 +392,7 @@ def read_metadata(path) -> Dict:
     raise ValueError(
         f"{metadata_path} not found: is {path} an --output_dir of "
         f"bin/prepare_videos?")
-  metadata = json.loads(metadata_path.read_text())
+  metadata = shard_check.load_json(metadata_path)
   if metadata.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{metadata_path} has format version "
                      f"{metadata.get('format_version')}, expected "
