@@ -352,3 +352,38 @@ def test_prepare_videos_verify_flag(prepared_videos):
   assert bad.returncode == user_errors.EXIT_USER
   assert f"BAD {shard}" in bad.stdout and "truncated" in bad.stdout
   assert "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------ 8: which videos are read
+
+
+def test_video_extensions_ignored_files_downscale_and_split_warning(
+    tmp_path, capfd):
+  from tests.data.conftest import write_video
+  from sideways_tf.data import video_folder
+  root = tmp_path / "videos"
+  write_video(root / "phone" / "clip0.MOV", 8, height=16, width=24)
+  write_video(root / "phone" / "clip1.m4v", 8, height=16, width=24)
+  write_video(root / "other" / "clip2.mpg", 8, height=16, width=24,
+              codec="mpeg1video")
+  (root / "other" / "readme.txt").write_text("x")
+  output_dir = tmp_path / "records"
+  video_folder.prepare(root, output_dir, video_folder.PrepareOptions(
+      short_side=128, test_fraction=0.01), progress=False)
+  out, err = capfd.readouterr()
+  metadata = json.loads((output_dir / "metadata.json").read_text())
+  counts = {split: info["num_videos"]
+            for split, info in metadata["splits"].items()}
+  assert sum(counts.values()) == 3, (counts, metadata["skipped"])
+  assert "Ignored 1 file" in out and "other/readme.txt" in out
+  assert "with no test video" in err
+  # Only ever downscale: 16x24 frames stay 16x24 with --short_side=128.
+  shard = next(output_dir.glob("*-of-*.tfrecord"))
+  example = tf.train.Example.FromString(
+      next(iter(tf.data.TFRecordDataset(str(shard)))).numpy())
+  sizes = [example.features.feature[k].int64_list.value[0]
+           for k in ("height", "width")]
+  assert sizes == [16, 24]
+  assert video_folder._target_size(256, 512, 128) == (128, 256)
+  record = json.loads(shard.with_suffix(".json").read_text())
+  assert len(record["sha256"]) == 64 and record["bytes"] == shard.stat().st_size

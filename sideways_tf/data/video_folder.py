@@ -40,7 +40,11 @@ from absl import logging
 from sideways_tf.data import shard_check
 from sideways_tf.data import splits as splits_lib
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm")
+# Containers FFmpeg (PyAV) opens, matched case-insensitively (.MOV from phones).
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg",
+                    ".mpeg", ".3gp", ".3g2", ".flv", ".wmv", ".asf", ".ts",
+                    ".mts", ".m2ts", ".ogv", ".vob", ".mxf", ".dv", ".divx",
+                    ".f4v", ".qt")
 METADATA_FILE = "metadata.json"
 PLAN_FILE = "prepare_plan.json"
 FORMAT_VERSION = 1
@@ -121,7 +125,8 @@ def decode_video(path, short_side: int = 128, num_frames_max: int = 0,
 
 
 def _target_size(height: int, width: int, short_side: int):
-  if not short_side:
+  """Only ever downscale: a video already smaller keeps its size."""
+  if not short_side or min(height, width) <= short_side:
     return height, width
   scale = short_side / min(height, width)
   return max(1, round(height * scale)), max(1, round(width * scale))
@@ -158,7 +163,7 @@ def find_videos(input_dir: pathlib.Path):
   split_folders = all(p.name.lower() in splits_lib.SPLIT_FOLDER_NAMES
                       for p in top)
   roots = [(p.name, p) for p in top] if split_folders else [(None, input_dir)]
-  videos, class_names, ignored = [], set(), 0
+  videos, class_names, ignored = [], set(), []
   for split, root in roots:
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()
                             and not p.name.startswith(".")):
@@ -166,7 +171,7 @@ def find_videos(input_dir: pathlib.Path):
         if not path.is_file() or path.name.startswith("."):
           continue
         if path.suffix.lower() not in VIDEO_EXTENSIONS:
-          ignored += 1
+          ignored.append(path.relative_to(input_dir).as_posix())
           continue
         class_names.add(class_dir.name)
         videos.append((split, class_dir.name,
@@ -175,7 +180,24 @@ def find_videos(input_dir: pathlib.Path):
     raise ValueError(
         f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in the class "
         f"folders of {input_dir}")
-  return sorted(class_names), videos, ignored, split_folders
+  if ignored:
+    shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+    print(f"Ignored {len(ignored)} file(s) whose extension is not a video "
+          f"container ({shown}); known: {' '.join(VIDEO_EXTENSIONS)}",
+          flush=True)
+  return sorted(class_names), videos, len(ignored), split_folders
+
+
+def _warn_classes_without_test(class_names, by_split) -> None:
+  """A hash split of few videos can leave a class out of 'test'."""
+  tested = {class_name for class_name, _ in by_split.get("test", [])}
+  missing = [name for name in class_names if name not in tested]
+  if missing:
+    import sys  # noqa: PLC0415
+    print(f"WARNING: the hash split left {len(missing)} class(es) with no "
+          f"test video: {', '.join(missing[:10])}. Add videos, raise "
+          f"--test_fraction, or give a --split_file", file=sys.stderr,
+          flush=True)
 
 
 def _shuffled(videos):
@@ -205,6 +227,8 @@ def make_plan(input_dir: pathlib.Path, options: PrepareOptions) -> Dict:
     unused = by_split.pop(splits_lib.UNUSED, [])
     skipped += [{"path": relative, "reason": "unused in this split (0)"}
                 for _, relative in unused]
+  if assignment is None and not split_folders:
+    _warn_classes_without_test(class_names, by_split)
   label_of = {name: index for index, name in enumerate(class_names)}
   shards = []
   for split in sorted(by_split):
