@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.learning_rate = 1e-3
   config.train.update_every_ticks = 0
   config.train.log_every = 50
-  config.train.eval_every = 500
+  config.train.eval_every = 100  # 10 points on the eval charts
   config.train.checkpoint_every = 100
   config.train.keep_checkpoints = 3
   config.train.fidelity_every = 100  # Sideways-vs-BP gradient cosine; 0 = off
