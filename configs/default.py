@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   # gradients are averaged across workers, train.batch_size is per worker.
   config.distributed = False
   config.collective_timeout_seconds = 300.0  # bound on one all-reduce
+  # Bound on waiting for every worker to start (0 = forever); then the
+  # workers that never started are named.
+  config.start_timeout_seconds = 600.0
   # "" (float32), "mixed_bfloat16", or "mixed_float16" (with dynamic loss
   # scaling). Keras computes in 16 bits, keeps float32 weights.
   config.mixed_precision = ""

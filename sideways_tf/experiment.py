@@ -30,6 +30,7 @@ from absl import logging
 from sideways_tf import checkpoints
 from sideways_tf import data as data_lib
 from sideways_tf import distributed
+from sideways_tf import distributed_start
 from sideways_tf import models
 from sideways_tf import summaries
 from sideways_tf import workdir_lock
@@ -176,7 +177,9 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
 
 def _train(config, workdir: pathlib.Path, overwrite: bool):
   # MultiWorkerMirroredStrategy must start before any other TF op.
-  cluster = (distributed.Cluster(config.get("collective_timeout_seconds", 300))
+  cluster = (distributed_start.start_cluster(
+      lambda: distributed.Cluster(config.get("collective_timeout_seconds", 300)),
+      config.get("start_timeout_seconds", 600))
              if config.get("distributed", False) else None)
   is_chief = cluster is None or cluster.is_chief
   if cluster is not None:
@@ -256,8 +259,12 @@ def _train(config, workdir: pathlib.Path, overwrite: bool):
       except distributed.COLLECTIVE_ERRORS as error:
         if cluster is None:
           raise
+        if is_chief and int(exp.step) > 0 and not os.path.exists(
+            manager_dir / f"ckpt-{int(exp.step)}.index"):
+          _save(exp, manager, int(exp.step))  # the last complete step
         raise distributed.WorkerLostError(distributed.lost_worker_message(
-            cluster, step, manager.latest_checkpoint, error)) from error
+            cluster, step, tf.train.latest_checkpoint(str(manager_dir)),
+            error)) from error
       elapsed = time.perf_counter() - started
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(

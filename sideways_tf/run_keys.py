@@ -10,7 +10,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.learning_rate", "train.log_every",
                   "train.stage_time_every", "train.keep_checkpoints",
                   "eval.batch_size", "eval.num_batches", "data.data_dir",
                   "data.path", "devices", "distributed",
-                  "collective_timeout_seconds")
+                  "collective_timeout_seconds", "start_timeout_seconds")
 
 
 def override_suffix(argv) -> str:

@@ -387,3 +387,68 @@ def test_video_extensions_ignored_files_downscale_and_split_warning(
   assert video_folder._target_size(256, 512, 128) == (128, 256)
   record = json.loads(shard.with_suffix(".json").read_text())
   assert len(record["sha256"]) == 64 and record["bytes"] == shard.stat().st_size
+
+
+# ------------------------------------------------ 5: distributed workers
+
+
+def _worker_env(ports, index):
+  env = dict(os.environ, TF_CONFIG=json.dumps({
+      "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+      "task": {"type": "worker", "index": index}}))
+  return env
+
+
+def _free_ports(count):
+  import socket
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_a_worker_whose_peers_never_start_names_them(tmp_path, data_dir):
+  ports = _free_ports(2)
+  result = subprocess.run(
+      _train_cmd(tmp_path / "run", data_dir, "--config.distributed=True",
+                 "--config.start_timeout_seconds=5"),
+      env=_worker_env(ports, 0), capture_output=True, text=True, timeout=300)
+  assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+  assert (f"workers not started: worker:1 (127.0.0.1:{ports[1]})"
+          in result.stderr)
+  assert "Traceback" not in result.stderr and "I0000" not in result.stderr
+
+
+def test_sigterm_on_one_worker_stops_it_nonzero_and_the_chief_saves(
+    tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  ports = _free_ports(2)
+  args = ("--config.distributed=True", "--config.train.num_steps=100000",
+          "--config.train.checkpoint_every=100000",
+          "--config.train.eval_every=0", "--config.train.log_every=1",
+          "--config.collective_timeout_seconds=10")
+  workers = [subprocess.Popen(_train_cmd(workdir, data_dir, *args),
+                              env=_worker_env(ports, i), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  try:
+    _wait_for(lambda: (workdir / "model_info.json").exists(), workers[0])
+    time.sleep(8.0)  # a few steps
+    workers[1].send_signal(signal.SIGTERM)
+    other_out, other_err = workers[1].communicate(timeout=300)
+    chief_out, chief_err = workers[0].communicate(timeout=300)
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+  assert workers[1].returncode == 143, other_err[-2000:]
+  assert workers[0].returncode == user_errors.EXIT_WORKER_LOST, \
+      chief_err[-2000:]
+  newest = checkpoints.checkpoint_steps(workdir / "checkpoints")[0]
+  assert newest > 0
+  assert checkpoints.verify(ckpt(workdir, newest, "")) is None
+  assert f"ckpt-{newest})" in chief_err  # the newest, saved on the way out
+  assert "Traceback" not in chief_err
