@@ -215,7 +215,8 @@ def _train(config, workdir: pathlib.Path, overwrite: bool):
   if latest:
     exp.checkpoint.restore(latest).assert_existing_objects_matched()
     # A resumable key: a resumed run may lower it (e.g. after a NaN stop).
-    exp.optimizer.learning_rate.assign(config.train.learning_rate)
+    if hasattr(exp.optimizer.learning_rate, "assign"):
+      exp.optimizer.learning_rate.assign(config.train.learning_rate)
     print(f"Resumed from {latest} at step {int(exp.step)}.", flush=True)
   if cluster is not None:
     _sync_workers(exp, cluster, latest)
@@ -312,8 +313,9 @@ def _train(config, workdir: pathlib.Path, overwrite: bool):
     return {"step": step, "interrupted": stop.requested,
             "signal": stop.signum, "train_loss": last_train["loss"]}
   if stop.requested:
-    print(f"\nStopped by signal {stop.signum} at step {step}; checkpoint "
-          f"saved. Rerun the same command to resume.", flush=True)
+    print(f"\nStopped by signal at step {step} ({signal.Signals(stop.signum).name}"
+          f"); checkpoint saved. Rerun the same command to resume.",
+          flush=True)
     return {"step": step, "interrupted": True, "signal": stop.signum}
   if not eval_metrics:
     eval_metrics = _evaluate(exp, eval_writer, step, workdir)
@@ -482,7 +484,12 @@ def _check_workdir(config, workdir: pathlib.Path, overwrite: bool) -> bool:
   True if --overwrite must delete the previous run."""
   config_path = workdir / "config.json"
   if config_path.exists():
-    saved = load_config(workdir)
+    try:
+      saved = load_config(workdir)
+    except ValueError:
+      if overwrite:  # an unreadable config.json: --overwrite deletes the run
+        return True
+      raise
     differences = _config_differences(saved, config)
     if differences and not overwrite:
       shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:8])
