@@ -189,3 +189,15 @@ def _alive(pid: int) -> bool:
   except PermissionError:
     return True
   return True
+
+
+def newest_verified(directory) -> Optional[str]:
+  """For readers (bin/evaluate, bin/export): the newest checkpoint that
+  verifies, warning about (but not moving) newer bad ones; None if none."""
+  for step in checkpoint_steps(directory):
+    prefix = str(pathlib.Path(directory) / f"ckpt-{step}")
+    problem = verify(prefix)
+    if problem is None:
+      return prefix
+    warn(f"checkpoint {prefix} is unusable: {problem}; using an older one")
+  return None

@@ -345,9 +345,10 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None):
   workdir = pathlib.Path(workdir)
   if config is None:
     config = load_config(workdir)
-  latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  latest = checkpoints.newest_verified(workdir / "checkpoints")
   if not latest:
-    raise ValueError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+    raise ValueError(f"no readable checkpoint in {workdir / 'checkpoints'}; "
+                     f"train first")
   exp = build(config)
   exp.checkpoint.restore(latest).expect_partial()
   writer = tf.summary.create_file_writer(str(workdir / "eval"))
@@ -361,9 +362,10 @@ def restore_for_inference(workdir) -> Experiment:
   workdir = pathlib.Path(workdir)
   config = load_config(workdir)
   info = load_model_info(workdir)
-  latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  latest = checkpoints.newest_verified(workdir / "checkpoints")
   if not latest:
-    raise ValueError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+    raise ValueError(f"no readable checkpoint in {workdir / 'checkpoints'}; "
+                     f"train first")
   exp = build_model(config, info["num_classes"], info["frame_shape"])
   exp.checkpoint.restore(latest).expect_partial()
   return exp

@@ -114,6 +114,17 @@ def test_missing_or_garbage_state_file_resumes_from_the_newest(
       "ckpt-6")
 
 
+def test_evaluate_and_export_use_the_newest_readable_checkpoint(run, capfd):
+  _truncate(ckpt(run, 4, ".data"))
+  metrics = experiment.evaluate(run, num_batches=1)
+  assert 0 <= metrics["clip_accuracy"] <= 1
+  exp = experiment.restore_for_inference(run)
+  assert int(exp.step) == 2
+  err = capfd.readouterr().err
+  assert f"checkpoint {ckpt(run, 4, '')} is unusable" in err
+  assert ckpt(run, 4).exists()  # readers move nothing
+
+
 def test_no_readable_checkpoint_refuses_to_start_from_scratch(run, data_dir):
   for step in (2, 4):
     _truncate(ckpt(run, step, ".data"))
