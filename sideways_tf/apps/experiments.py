@@ -1,11 +1,12 @@
-"""Runs the paper's experiments at reduced scale and writes docs/results.md.
+"""Runs the paper's experiments at reduced scale and writes OUTDIR/report/results.md.
 
   bin/experiments                          # all four, ~25 min on a 2-core CPU
   bin/experiments --only=skip --steps=500
   bin/experiments --base_config=configs/ucf101_vgg8.py --steps=30000  # GPUs
 
 Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
-the tables and PNG plots of docs/results.md (written to --report_dir).
+the tables and PNG plots of results.md in OUTDIR/report (--report_dir=docs
+updates the checkout's docs/results.md).
 """
 
 import pathlib
@@ -28,8 +29,9 @@ _BASE_CONFIG = flags.DEFINE_string(
     "configs/default.py, the reduced scale); e.g. configs/ucf101_vgg8.py with "
     "more --steps for the paper's scale on GPUs.")
 _REPORT_DIR = flags.DEFINE_string(
-    "report_dir", str(cli.PROJECT_ROOT / "docs"),
-    "Where results.md and its PNG plots go ('' = no report).")
+    "report_dir", None, "Where results.md and its PNG plots go (default: "
+    "--outdir/report; --report_dir=docs updates the checkout's docs; '' = "
+    "no report).")
 
 
 def main(argv):
@@ -43,9 +45,11 @@ def main(argv):
                        f"{runs.EXPERIMENTS}")
   for name in _ONLY.value:
     runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
-  if _REPORT_DIR.value:
+  report_dir = (str(outdir / "report") if _REPORT_DIR.value is None
+                else _REPORT_DIR.value)
+  if report_dir:
     command = "bin/experiments " + " ".join(argv[1:] or sys.argv[1:])
-    path = report.write(outdir, pathlib.Path(_REPORT_DIR.value),
+    path = report.write(outdir, pathlib.Path(report_dir),
                                 command.strip())
     print(f"Report written to {path}")
 
