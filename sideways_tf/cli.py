@@ -8,6 +8,11 @@ from absl import logging
 
 from sideways_tf.engine.pipeline import ALGORITHMS
 from sideways_tf.files import PROJECT_ROOT
+from sideways_tf import user_errors
+
+flags.DEFINE_bool("verbose", False, "Show the traceback of a user error "
+                  "(a bad flag, config, workdir or data) instead of a short "
+                  "message.")
 
 
 def default_config_path() -> str:
@@ -45,10 +50,16 @@ def with_algorithm(config, algorithm):
   return config
 
 
-def resolve_workdir(workdir, config) -> pathlib.Path:
+def resolve_workdir(workdir, config, argv=None) -> pathlib.Path:
+  """--workdir, else workdir/<experiment>_<algorithm>[-<overrides>]: runs
+  with non-resumable --config overrides get their own default workdir."""
   if workdir:
     return pathlib.Path(workdir).expanduser().resolve()
-  return PROJECT_ROOT / "workdir" / f"{config.experiment}_{config.algorithm}"
+  import sys  # noqa: PLC0415
+  from sideways_tf import run_keys  # noqa: PLC0415
+  suffix = run_keys.override_suffix(sys.argv if argv is None else argv)
+  name = f"{config.experiment}_{config.algorithm}"
+  return PROJECT_ROOT / "workdir" / (f"{name}-{suffix}" if suffix else name)
 
 
 def run_app(main, module_name: str, usage: str) -> None:
@@ -63,5 +74,5 @@ def run_app(main, module_name: str, usage: str) -> None:
   sys.modules["__main__"].__doc__ = usage
   for flag in flags.FLAGS.get_key_flags_for_module(module_name):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main)
+  app.run(user_errors.guard(main), flags_parser=user_errors.parse_flags)
 

@@ -59,7 +59,8 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
   """
   output_dir = pathlib.Path(output_dir)
   if output_dir.exists() and not overwrite:
-    raise ValueError(f"{output_dir} exists; pass overwrite=True to replace it")
+    raise ValueError(f"{output_dir} exists; pass --overwrite (bin/export) or overwrite=True "
+                     f"(export_saved_model) to replace it")
   height, width, channels = (int(d) for d in frame_shape)
   image_size = [height, width]
   state_specs = pipeline.stream_state_specs((height, width, channels))

@@ -4,12 +4,16 @@ import sideways_tf
 from sideways_tf.engine import pipeline
 from sideways_tf.engine import module
 from sideways_tf.training import trainer
+from sideways_tf import callbacks
+from sideways_tf import keras_model
 
 
 def test_public_names_are_the_engine_and_trainer_objects():
   assert set(sideways_tf.__all__) == {
-      "ALGORITHMS", "ClipResult", "Pipeline", "SidewaysModule", "Trainer",
-      "sparse_softmax_cross_entropy"}
+      "ALGORITHMS", "ClipResult", "Pipeline", "SidewaysModel",
+      "SidewaysModule", "Trainer", "callbacks", "sparse_softmax_cross_entropy"}
+  assert sideways_tf.SidewaysModel is keras_model.SidewaysModel
+  assert sideways_tf.callbacks is callbacks
   assert sideways_tf.Pipeline is pipeline.Pipeline
   assert sideways_tf.Trainer is trainer.Trainer
   assert sideways_tf.SidewaysModule is module.SidewaysModule

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from sideways_tf import checkpoints
 from sideways_tf.configs import default
 from sideways_tf.training import train_lib
 from sideways_tf.training.trainer import Trainer
@@ -175,11 +176,16 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, data_dir, how):
   finally:
     if process.poll() is None:
       process.kill()
-  latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  # The resume rule (docs/robustness.md): the newest readable checkpoint. A
+  # kill -9 between writing ckpt-N and the `checkpoint` file leaves that file
+  # one checkpoint behind; the resumed run still starts from ckpt-N.
+  latest = checkpoints.newest_verified(workdir / "checkpoints")
   stopped_at = int(latest.rsplit("-", 1)[1])
-  if how == "sigterm":
-    assert process.returncode == 0, stdout
-    assert f"Stopped by signal at step {stopped_at}" in stdout
+  if how == "sigterm":  # a clean save: the `checkpoint` file agrees
+    assert latest == tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    # Non-zero (128 + SIGTERM): `bin/train && bin/export` must not export.
+    assert process.returncode == 143, stdout
+    assert f"Stopped by signal at step {stopped_at} (SIGTERM)" in stdout
   resumed = run_bin(tiny_flags(data_dir, workdir, stopped_at + 2))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resumed from {latest} at step {stopped_at}." in resumed.stdout

@@ -1,4 +1,4 @@
-"""Sideways vs BP benchmark: writes BENCH_DIR/benchmark.json and docs/benchmarks.md.
+"""Sideways vs BP benchmark: writes BENCH_DIR/benchmark.json and BENCH_DIR/benchmarks.md.
 
   bin/benchmark                                  # the default config (slow: minutes)
   bin/benchmark --batch_size=2 --num_frames=8 --image_size=16 --doc=
@@ -9,6 +9,7 @@ see sideways_tf/benchmark/ and docs/performance.md.
 """
 
 import os
+import pathlib
 import shlex
 import sys
 
@@ -56,8 +57,9 @@ _BENCH_DIR = flags.DEFINE_string(
     "bench_dir", str(cli.PROJECT_ROOT / "workdir" / "benchmark"),
     "Where benchmark.json goes.")
 _DOC = flags.DEFINE_string(
-    "doc", str(cli.PROJECT_ROOT / "docs" / "benchmarks.md"),
-    "Markdown report to write ('' = none).")
+    "doc", None, "Markdown report to write (default: benchmarks.md in "
+    "--bench_dir; --doc=docs/benchmarks.md updates the checkout's docs; "
+    "'' = none).")
 
 
 def main(argv):
@@ -79,7 +81,9 @@ def main(argv):
   if unknown:
     raise ValueError(f"unknown --figures {sorted(unknown)}")
   command = "bin/benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-  runner.run(config, _BENCH_DIR.value, doc_path=_DOC.value or None,
+  doc = (str(pathlib.Path(_BENCH_DIR.value) / "benchmarks.md")
+         if _DOC.value is None else _DOC.value)
+  runner.run(config, _BENCH_DIR.value, doc_path=doc or None,
                 command=command.strip())
 
 

@@ -1,4 +1,4 @@
-"""Runs the paper's experiments at reduced scale and writes docs/results.md.
+"""Runs the paper's experiments at reduced scale and writes OUTDIR/report/results.md.
 
   bin/experiments                          # all four, ~25 min on a 2-core CPU
   bin/experiments --only=skip --steps=500
@@ -6,7 +6,8 @@
   bin/experiments --only=gap --steps=4000 --jobs=2   # where Sideways is safe
 
 Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
-the tables and PNG plots of docs/results.md (written to --report_dir).
+the tables and PNG plots of results.md in OUTDIR/report (--report_dir=docs
+updates the checkout's docs/results.md).
 """
 
 import pathlib
@@ -39,8 +40,9 @@ _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Run nothing: write the report from the runs "
     "already under --outdir (a map stopped early reports what it has).")
 _REPORT_DIR = flags.DEFINE_string(
-    "report_dir", str(cli.PROJECT_ROOT / "docs"),
-    "Where results.md and its PNG plots go ('' = no report).")
+    "report_dir", None, "Where results.md and its PNG plots go (default: "
+    "--outdir/report; --report_dir=docs updates the checkout's docs; '' = "
+    "no report).")
 
 
 def main(argv):
@@ -60,13 +62,14 @@ def main(argv):
                       _GAP_GROUPS.value)
     else:
       runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
-  if _REPORT_DIR.value:
+  report_dir = (str(outdir / "report") if _REPORT_DIR.value is None
+                else _REPORT_DIR.value)
+  if report_dir:
     command = ("bin/experiments " + " ".join(argv[1:] or sys.argv[1:])).strip()
     if _ONLY.value == ["gap"]:  # keep the other sections of results.md
-      path = gap_report.update(outdir, pathlib.Path(_REPORT_DIR.value),
-                               command)
+      path = gap_report.update(outdir, pathlib.Path(report_dir), command)
     else:
-      path = report.write(outdir, pathlib.Path(_REPORT_DIR.value), command)
+      path = report.write(outdir, pathlib.Path(report_dir), command)
     print(f"Report written to {path}")
 
 

@@ -21,10 +21,14 @@ from sideways_tf import cli
 
 _INPUT_DIR = flags.DEFINE_string(
     "input_dir", None, "Folder of <class>/<videos> (or <split>/<class>/"
-    "<videos>, split in train/val/validation/valid/test).", required=True)
+    "<videos>, split in train/val/validation/valid/test). Not needed with "
+    "--verify.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where the TFRecords and metadata.json go; "
     "config.data.path for training.", required=True)
+_VERIFY = flags.DEFINE_bool(
+    "verify", False, "Only check the prepared shards in --output_dir against "
+    "the sizes and checksums in their JSON records; exit 2 if one is bad.")
 _SPLIT_FILE = flags.DEFINE_string(
     "split_file", "", "Official split list: UCF101 trainlist01.txt/"
     "testlist01.txt or an HMDB51 <class>_test_split1.txt (its siblings are "
@@ -48,6 +52,19 @@ _NUM_WORKERS = flags.DEFINE_integer(
 
 def main(argv):
   cli.start(argv)
+  if _VERIFY.value:
+    from sideways_tf.data import shard_check  # noqa: PLC0415
+    checked, bad = shard_check.verify_folder(_OUTPUT_DIR.value)
+    for path, problem in bad:
+      print(f"BAD {path}: {problem}", flush=True)
+    if bad:
+      raise shard_check.DataError(
+          f"{len(bad)} of {checked} shards are bad; "
+          f"{shard_check.repair_hint(_OUTPUT_DIR.value)}")
+    print(f"{checked} shards OK in {_OUTPUT_DIR.value}", flush=True)
+    return
+  if not _INPUT_DIR.value:
+    raise ValueError("--input_dir is required (unless --verify)")
   from sideways_tf.data import video_folder  # imports TF
   options = video_folder.PrepareOptions(
       short_side=_SHORT_SIDE.value, num_frames_max=_NUM_FRAMES_MAX.value,

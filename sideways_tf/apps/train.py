@@ -8,6 +8,7 @@ Rerunning with the same --workdir resumes from its last checkpoint.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
 
@@ -39,7 +40,9 @@ def main(argv):
   print(f"Training {config.experiment} with {config.algorithm}; workdir: "
         f"{workdir}", flush=True)
   from sideways_tf.training import train_lib  # noqa: PLC0415
-  train_lib.train(config, workdir, overwrite=_OVERWRITE.value)
+  result = train_lib.train(config, workdir, overwrite=_OVERWRITE.value)
+  if result.get("interrupted"):  # never 0: `bin/train && bin/export` stops
+    sys.exit(cli.user_errors.signal_exit_code(result.get("signal") or 15))
 
 
 def run():

@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   # gradients are averaged across workers, train.batch_size is per worker.
   config.distributed = False
   config.collective_timeout_seconds = 300.0  # bound on one all-reduce
+  # Bound on waiting for every worker to start (0 = forever); then the
+  # workers that never started are named.
+  config.start_timeout_seconds = 600.0
   # "" (float32), "mixed_bfloat16", or "mixed_float16" (with dynamic loss
   # scaling). Keras computes in 16 bits, keeps float32 weights.
   config.mixed_precision = ""
@@ -86,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.learning_rate = 1e-3
   config.train.update_every_ticks = 0
   config.train.log_every = 50
-  config.train.eval_every = 500
+  config.train.eval_every = 100  # 10 points on the eval charts
   config.train.checkpoint_every = 100
   config.train.keep_checkpoints = 3
   config.train.fidelity_every = 100  # Sideways-vs-BP gradient cosine; 0 = off

@@ -258,6 +258,15 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def settings(self) -> Settings:
     return self.builder_config.settings
 
+  # Offline and generated: one line instead of TFDS's "Downloading and
+  # preparing dataset Unknown size ..." and its nested progress bars.
+  def _log_download_bytes(self) -> None:
+    print(f"Generating the synthetic data set once in {self.data_dir} ...",
+          flush=True)
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.settings
     return self.dataset_info_from_configs(
@@ -327,8 +336,22 @@ def settings_from_config(data_config) -> Settings:
 
 def prepare(settings: Settings, data_dir) -> MovingShapes:
   """The builder, generating the data set first unless it is cached."""
-  builder = MovingShapes(settings=settings, data_dir=str(data_dir))
-  builder.download_and_prepare()  # a no-op when already prepared
+  from absl import logging as absl_logging  # noqa: PLC0415
+  verbosity = absl_logging.get_verbosity()
+  if verbosity > absl_logging.ERROR:  # TFDS's "Using custom data config"
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    builder = MovingShapes(settings=settings, data_dir=str(data_dir))
+    if not builder.is_prepared():
+      from tensorflow_datasets.core.utils import tqdm_utils  # noqa: PLC0415
+      shown = getattr(tqdm_utils, "_active", True)
+      tfds.display_progress_bar(False)  # no nested bars, no [A codes in logs
+      try:
+        builder.download_and_prepare()
+      finally:
+        tfds.display_progress_bar(shown)
+  finally:
+    absl_logging.set_verbosity(verbosity)
   return builder
 
 

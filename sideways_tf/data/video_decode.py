@@ -54,7 +54,8 @@ def decode_video(path, short_side: int = 128, num_frames_max: int = 0,
 
 
 def _target_size(height: int, width: int, short_side: int):
-  if not short_side:
+  """Only ever downscale: a video already smaller keeps its size."""
+  if not short_side or min(height, width) <= short_side:
     return height, width
   scale = short_side / min(height, width)
   return max(1, round(height * scale)), max(1, round(width * scale))

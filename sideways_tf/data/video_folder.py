@@ -36,11 +36,16 @@ from typing import Dict, List, Optional
 
 from absl import logging
 
+from sideways_tf.data import shard_check
 from sideways_tf.data import splits as splits_lib
 from sideways_tf.data.video_decode import decode_task
 from sideways_tf.files import atomic_write_text
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm")
+# Containers FFmpeg (PyAV) opens, matched case-insensitively (.MOV from phones).
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg",
+                    ".mpeg", ".3gp", ".3g2", ".flv", ".wmv", ".asf", ".ts",
+                    ".mts", ".m2ts", ".ogv", ".vob", ".mxf", ".dv", ".divx",
+                    ".f4v", ".qt")
 METADATA_FILE = "metadata.json"
 PLAN_FILE = "prepare_plan.json"
 FORMAT_VERSION = 1
@@ -92,7 +97,7 @@ def find_videos(input_dir: pathlib.Path):
   split_folders = all(p.name.lower() in splits_lib.SPLIT_FOLDER_NAMES
                       for p in top)
   roots = [(p.name, p) for p in top] if split_folders else [(None, input_dir)]
-  videos, class_names, ignored = [], set(), 0
+  videos, class_names, ignored = [], set(), []
   for split, root in roots:
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()
                             and not p.name.startswith(".")):
@@ -100,7 +105,7 @@ def find_videos(input_dir: pathlib.Path):
         if not path.is_file() or path.name.startswith("."):
           continue
         if path.suffix.lower() not in VIDEO_EXTENSIONS:
-          ignored += 1
+          ignored.append(path.relative_to(input_dir).as_posix())
           continue
         class_names.add(class_dir.name)
         videos.append((split, class_dir.name,
@@ -109,7 +114,24 @@ def find_videos(input_dir: pathlib.Path):
     raise ValueError(
         f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in the class "
         f"folders of {input_dir}")
-  return sorted(class_names), videos, ignored, split_folders
+  if ignored:
+    shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+    print(f"Ignored {len(ignored)} file(s) whose extension is not a video "
+          f"container ({shown}); known: {' '.join(VIDEO_EXTENSIONS)}",
+          flush=True)
+  return sorted(class_names), videos, len(ignored), split_folders
+
+
+def _warn_classes_without_test(class_names, by_split) -> None:
+  """A hash split of few videos can leave a class out of 'test'."""
+  tested = {class_name for class_name, _ in by_split.get("test", [])}
+  missing = [name for name in class_names if name not in tested]
+  if missing:
+    import sys  # noqa: PLC0415
+    print(f"WARNING: the hash split left {len(missing)} class(es) with no "
+          f"test video: {', '.join(missing[:10])}. Add videos, raise "
+          f"--test_fraction, or give a --split_file", file=sys.stderr,
+          flush=True)
 
 
 def _shuffled(videos):
@@ -139,6 +161,8 @@ def make_plan(input_dir: pathlib.Path, options: PrepareOptions) -> Dict:
     unused = by_split.pop(splits_lib.UNUSED, [])
     skipped += [{"path": relative, "reason": "unused in this split (0)"}
                 for _, relative in unused]
+  if assignment is None and not split_folders:
+    _warn_classes_without_test(class_names, by_split)
   label_of = {name: index for index, name in enumerate(class_names)}
   shards = []
   for split in sorted(by_split):
@@ -197,7 +221,8 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
   output_dir = pathlib.Path(output_dir).expanduser().resolve()
   plan = _write_plan(input_dir, output_dir, options)
   pending = [shard for shard in plan["shards"]
-             if not _shard_done(output_dir, shard["name"])]
+             if not (_shard_done(output_dir, shard["name"]) and
+                     shard_check.kept_shard_ok(output_dir, shard["name"]))]
   tasks = [(input_dir / relative, options)
            for shard in pending for relative, _ in shard["videos"]]
   started = time.perf_counter()
@@ -216,6 +241,7 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
       except BaseException:
         temporary.unlink(missing_ok=True)  # e.g. Ctrl-C: no stale temp file
         raise
+      record.update(shard_check.digest(temporary))  # checked on a rerun
       videos_written += record["videos"]
       videos_skipped += len(record["skipped"])
       atomic_write_text(output_dir / f"{shard['name']}.json",
@@ -289,7 +315,7 @@ def write_metadata(output_dir: pathlib.Path, plan: Dict) -> Dict:
   split_info: Dict[str, Dict] = {}
   skipped = list(plan["skipped"])
   for shard in plan["shards"]:
-    record = json.loads((output_dir / f"{shard['name']}.json").read_text())
+    record = shard_check.load_json(output_dir / f"{shard['name']}.json")
     info = split_info.setdefault(shard["split"], {
         "num_videos": 0, "num_frames": 0,
         "per_class": {name: 0 for name in class_names}, "shards": []})
@@ -326,7 +352,7 @@ def read_metadata(path) -> Dict:
     raise ValueError(
         f"{metadata_path} not found: is {path} an --output_dir of "
         f"bin/prepare_videos?")
-  metadata = json.loads(metadata_path.read_text())
+  metadata = shard_check.load_json(metadata_path)
   if metadata.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{metadata_path} has format version "
                      f"{metadata.get('format_version')}, expected "

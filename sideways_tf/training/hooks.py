@@ -21,6 +21,7 @@ from absl import logging
 
 from sideways_tf import diagnostics
 from sideways_tf import summaries
+from sideways_tf.data import shard_check
 from sideways_tf.files import atomic_write_text
 from sideways_tf.training import workdir as workdir_lib
 
@@ -145,7 +146,7 @@ class LogHook(Hook):
 
 
 class CheckpointHook(Hook):
-  """Saves every `every` steps (refusing non-finite weights)."""
+  """Saves every `every` steps (refusing a non-finite saved variable)."""
 
   def __init__(self, every: int):
     self.every = every
@@ -173,7 +174,8 @@ def evaluate(setup, writer, step, workdir, num_batches=None):
   batches = setup.datasets.eval
   if num_batches:
     batches = batches.take(num_batches)
-  metrics = setup.trainer.evaluate(batches)
+  with shard_check.named_data_errors(setup.config.data):
+    metrics = setup.trainer.evaluate(batches)
   summaries.write_scalars(writer, step, {
       "eval/loss": metrics["loss"],
       "eval/accuracy": metrics["clip_accuracy"],

@@ -8,6 +8,7 @@ checkpoint, eval) are the hooks of `hooks.py`.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import signal
 import time
@@ -17,9 +18,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from sideways_tf import checkpoints
 from sideways_tf import configs
 from sideways_tf import distributed
+from sideways_tf import distributed_start
 from sideways_tf import summaries
+from sideways_tf import workdir_lock
+from sideways_tf.data import shard_check
 from sideways_tf.training import builder
 from sideways_tf.training import hooks as hooks_lib
 from sideways_tf.training import workdir as workdir_lib
@@ -30,24 +35,72 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
 
   With config.distributed, this process is one worker of the TF_CONFIG
   cluster (docs/scaling.md): only the chief writes to `workdir`; every
-  worker resumes from the chief's checkpoints (a shared filesystem).
+  worker resumes from the chief's checkpoints (a shared filesystem). The
+  chief holds an exclusive lock on `workdir` while it runs
+  (docs/robustness.md).
   """
   workdir = pathlib.Path(workdir)
   full = configs.with_defaults(config)
+  with workdir_lock.hold(workdir, enabled=workdir_lock.is_chief_from_env()
+                         if full.distributed else True):
+    return _train(config, full, workdir, overwrite)
+
+
+def _train(config, full, workdir: pathlib.Path, overwrite: bool):
   # MultiWorkerMirroredStrategy must start before any other TF op.
-  cluster = (distributed.Cluster(full.collective_timeout_seconds)
-             if full.distributed else None)
+  cluster = (distributed_start.start_cluster(
+      lambda: distributed.Cluster(full.collective_timeout_seconds),
+      full.start_timeout_seconds) if full.distributed else None)
   is_chief = cluster is None or cluster.is_chief
   if cluster is not None:
     print(f"{cluster}; {distributed.tf_config_summary()}", flush=True)
-  if is_chief:
-    workdir_lib.prepare(config, workdir, overwrite)
-  latest = workdir_lib.latest_checkpoint(workdir)
+  latest, delete = _resume_point(config, workdir, overwrite, is_chief)
+  start_step = workdir_lib.checkpoint_step(latest) if latest else 0
+  if start_step >= full.train.num_steps and cluster is None:
+    print(f"Already at step {start_step} >= num_steps "
+          f"{full.train.num_steps} ({latest}); nothing to do. Raise "
+          f"--config.train.num_steps to train further.", flush=True)
+    return {"step": start_step, "nothing_to_do": True}
   # A resumed run draws a new, still deterministic, data order.
-  setup = builder.build(
-      config, data_seed_offset=workdir_lib.checkpoint_step(latest)
-      if latest else 0, cluster=cluster)
+  setup = builder.build(config, data_seed_offset=start_step, cluster=cluster)
+  _check_clip_length(setup)
+  if is_chief:  # written only now: a failed start leaves no config behind
+    workdir_lib.prepare(config, workdir, delete)
   ctx = _start(setup, config, workdir, latest, cluster, is_chief)
+  return _run(ctx, cluster, is_chief)
+
+
+def _resume_point(config, workdir, overwrite, is_chief):
+  """(checkpoint to resume from or None, whether --overwrite deletes the
+  previous run). The chief checks the workdir (writing nothing) and resumes
+  from the newest readable checkpoint; the other workers from the chief's."""
+  manager_dir = workdir / "checkpoints"
+  if not is_chief:
+    return tf.train.latest_checkpoint(str(manager_dir)), False
+  checkpoints.clean_temp_files(workdir)
+  delete = workdir_lib.check(config, workdir, overwrite)
+  latest = None if delete else checkpoints.newest_readable(
+      manager_dir, overwrite)[0]
+  delete = delete or (overwrite and not latest and
+                      bool(checkpoints.checkpoint_steps(manager_dir)))
+  return latest, delete
+
+
+def _check_clip_length(setup):
+  """Fails now, before anything is written, if a clip cannot be trained on
+  (e.g. fewer frames than modules)."""
+  config = setup.config
+  spec = setup.datasets.train.element_spec["video"]
+  shape = [config.train.batch_size] + [
+      d if d is not None else 1 for d in spec.shape[1:]]
+  setup.pipeline.prepare_inputs(tf.zeros(shape, spec.dtype),
+                                tf.zeros(shape[:1], tf.int32),
+                                config.algorithm)
+
+
+def _run(ctx, cluster, is_chief) -> Dict[str, object]:
+  """The loop with its hooks, the final save, then the run's summary."""
+  setup, workdir = ctx.setup, ctx.workdir
   train_cfg = setup.config.train
   log = hooks_lib.LogHook(train_cfg.log_every, train_cfg.num_steps,
                           int(setup.step))
@@ -75,9 +128,10 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   if not is_chief:
     return _worker_result(cluster, step, stop, log.last)
   if stop.requested:
-    print(f"\nStopped by signal at step {step}; checkpoint saved. Rerun the "
-          f"same command to resume.", flush=True)
-    return {"step": step, "interrupted": True}
+    print(f"\nStopped by signal at step {step} "
+          f"({signal.Signals(stop.signum).name}); checkpoint saved. Rerun "
+          f"the same command to resume.", flush=True)
+    return {"step": step, "interrupted": True, "signal": stop.signum}
   eval_metrics = evaluation.metrics or hooks_lib.evaluate(
       setup, ctx.eval_writer, step, workdir)
   return _summary(setup.config, workdir, step, step - first_step, wall,
@@ -94,6 +148,9 @@ def _start(setup, config, workdir, latest, cluster,
       max_to_keep=setup.config.train.keep_checkpoints)
   if latest:
     setup.checkpoint.restore(latest).assert_existing_objects_matched()
+    # A resumable key: a resumed run may lower it (e.g. after a NaN stop).
+    if hasattr(setup.optimizer.learning_rate, "assign"):
+      setup.optimizer.learning_rate.assign(setup.config.train.learning_rate)
     print(f"Resumed from {latest} at step {int(setup.step)}.", flush=True)
   if cluster is not None:
     _sync_workers(setup, cluster, latest)
@@ -112,7 +169,8 @@ def _loop(ctx, hooks, cluster, stop) -> Optional[int]:
   setup, frames_per_clip = ctx.setup, None
   iterator = iter(setup.datasets.train)
   while int(setup.step) < setup.config.train.num_steps and not stop.requested:
-    batch = next(iterator)
+    with shard_check.named_data_errors(setup.config.data):
+      batch = next(iterator)
     step = int(setup.step) + 1
     frames, labels = batch["video"], batch["label"]
     frames_per_clip = int(frames.shape[0]) * int(frames.shape[1])
@@ -124,18 +182,30 @@ def _loop(ctx, hooks, cluster, stop) -> Optional[int]:
     except distributed.COLLECTIVE_ERRORS as error:
       if cluster is None:
         raise
-      raise distributed.WorkerLostError(distributed.lost_worker_message(
-          cluster, step, ctx.manager.latest_checkpoint, error)) from error
+      raise _worker_lost(ctx, cluster, step, error) from error
     elapsed = time.perf_counter() - started
     if not np.isfinite(metrics["loss"]):
       raise FloatingPointError(
           f"loss is {metrics['loss']} at step {step}; stopping. The weights "
           f"of this step were not saved; the last good checkpoint is "
-          f"{ctx.manager.latest_checkpoint or '(none)'}")
+          f"{ctx.manager.latest_checkpoint or '(none)'}: rerun with a smaller "
+          f"--config.train.learning_rate to resume from it.")
     setup.step.assign(step)
     for hook in hooks:
       hook.after_step(ctx, step, frames, metrics, elapsed)
   return frames_per_clip
+
+
+def _worker_lost(ctx, cluster, step, error) -> distributed.WorkerLostError:
+  """The chief saves its last complete step; the error names the newest
+  checkpoint (not the manager's possibly stale view on a non-chief)."""
+  manager_dir = ctx.workdir / "checkpoints"
+  done = int(ctx.setup.step)
+  if cluster.is_chief and done > 0 and not os.path.exists(
+      manager_dir / f"ckpt-{done}.index"):
+    workdir_lib.save_checkpoint(ctx.setup, ctx.manager, done)
+  return distributed.WorkerLostError(distributed.lost_worker_message(
+      cluster, step, tf.train.latest_checkpoint(str(manager_dir)), error))
 
 
 def _worker_result(cluster, step, stop, last_train) -> Dict[str, object]:
@@ -144,7 +214,7 @@ def _worker_result(cluster, step, stop, last_train) -> Dict[str, object]:
         f"shard. The chief writes checkpoints, logs and evaluations.",
         flush=True)
   return {"step": step, "interrupted": stop.requested,
-          "train_loss": last_train["loss"]}
+          "signal": stop.signum, "train_loss": last_train["loss"]}
 
 
 def _summary(config, workdir, step, steps_run, wall, frames_per_clip,
@@ -170,7 +240,8 @@ def _summary(config, workdir, step, steps_run, wall, frames_per_clip,
 
 
 def evaluate(workdir, config=None, num_batches: Optional[int] = None):
-  """Evaluates the latest checkpoint in `workdir` on the eval split."""
+  """Evaluates the newest readable checkpoint in `workdir` on the eval
+  split."""
   workdir = pathlib.Path(workdir)
   if config is None:
     config = workdir_lib.load_config(workdir)
@@ -185,7 +256,8 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None):
 
 
 def restore_for_inference(workdir) -> builder.Setup:
-  """The model of the latest checkpoint in `workdir`, without its data."""
+  """The model of the newest readable checkpoint in `workdir`, without its
+  data."""
   workdir = pathlib.Path(workdir)
   config = workdir_lib.load_config(workdir)
   info = workdir_lib.load_model_info(workdir)
@@ -231,6 +303,7 @@ class _StopFlag:
 
   def __init__(self):
     self.requested = False
+    self.signum = None
     self._previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
@@ -248,3 +321,4 @@ class _StopFlag:
       raise KeyboardInterrupt
     logging.warning("signal %d: saving a checkpoint and stopping", signum)
     self.requested = True
+    self.signum = signum

@@ -6,47 +6,69 @@
                              step, pipeline state)
   workdir/train/, eval/      TensorBoard event files
   workdir/eval.json          the last evaluation
+  workdir/.lock              held by the running `bin/train` (workdir_lock.py)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 from typing import Dict
 
 import ml_collections
-import tensorflow as tf
 
+from sideways_tf import checkpoints
 from sideways_tf import configs
+from sideways_tf import workdir_lock
 from sideways_tf.files import atomic_write_text
 
 # Keys that may change between a run and its resumption (how long, how often,
 # how loud); anything else changing means a different experiment.
-RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.eval_every",
-                  "train.checkpoint_every", "train.fidelity_every",
-                  "train.stage_time_every", "train.keep_checkpoints",
-                  "eval.batch_size", "eval.num_batches", "data.data_dir",
-                  "data.path", "devices", "distributed",
-                  "collective_timeout_seconds")
+# train.learning_rate is one so that a run stopped on a NaN can resume with a
+# smaller one. (run_keys.py re-exports them for the entry points.)
+RESUMABLE_KEYS = ("train.num_steps", "train.learning_rate", "train.log_every",
+                  "train.eval_every", "train.checkpoint_every",
+                  "train.fidelity_every", "train.stage_time_every",
+                  "train.keep_checkpoints", "eval.batch_size",
+                  "eval.num_batches", "data.data_dir", "data.path", "devices",
+                  "distributed", "collective_timeout_seconds",
+                  "start_timeout_seconds")
 
 
-def prepare(config, workdir: pathlib.Path, overwrite: bool) -> None:
-  """Creates the workdir, or checks that it belongs to this experiment."""
+def check(config, workdir: pathlib.Path, overwrite: bool) -> bool:
+  """Checks that the workdir belongs to this experiment (writes nothing);
+  True if --overwrite must delete the previous run."""
   config_path = workdir / "config.json"
   if config_path.exists():
-    saved = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    try:
+      saved = ml_collections.ConfigDict(_read_json(config_path))
+    except ValueError:
+      if overwrite:  # an unreadable config.json: --overwrite deletes the run
+        return True
+      raise
     differences = config_differences(saved, config)
     if differences and not overwrite:
       shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:8])
       raise ValueError(
           f"workdir {workdir} holds a run with another config ({shown}). Use "
           f"another --workdir, or pass --overwrite to delete that run.")
-    if differences:
-      print(f"--overwrite: deleting the previous run in {workdir}", flush=True)
-      shutil.rmtree(workdir)
+    return bool(differences)
+  return False
+
+
+def prepare(config, workdir: pathlib.Path, delete: bool) -> None:
+  """Creates the workdir (deleting the previous run if `delete`, but not the
+  lock this process holds) and records the config."""
+  if delete:
+    print(f"--overwrite: deleting the previous run in {workdir}", flush=True)
+    for child in workdir.iterdir():
+      if child.name != workdir_lock.LOCK_NAME:
+        (shutil.rmtree if child.is_dir() else os.remove)(child)
   workdir.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(config_path, config.to_json_best_effort(indent=2))
+  atomic_write_text(workdir / "config.json",
+                    config.to_json_best_effort(indent=2))
 
 
 def config_differences(saved, config):
@@ -88,16 +110,24 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise ValueError(f"{path} not found: is {workdir} a training workdir?")
-  return configs.with_defaults(
-      ml_collections.ConfigDict(json.loads(path.read_text())))
+  return configs.with_defaults(ml_collections.ConfigDict(_read_json(path)))
+
+
+def _read_json(path: pathlib.Path):
+  try:
+    return json.loads(path.read_text())
+  except ValueError as error:
+    raise ValueError(f"{path} is not valid JSON ({error}); fix it, or pass "
+                     f"--overwrite to start the run again") from None
 
 
 def latest_checkpoint(workdir, required: bool = False):
-  """Path of the newest checkpoint in workdir/checkpoints, or None."""
+  """Path of the newest readable checkpoint in workdir/checkpoints (a warning
+  names any newer unreadable one; nothing is moved), or None."""
   directory = pathlib.Path(workdir) / "checkpoints"
-  latest = tf.train.latest_checkpoint(str(directory))
+  latest = checkpoints.newest_verified(directory)
   if required and not latest:
-    raise ValueError(f"no checkpoint in {directory}; train first")
+    raise ValueError(f"no readable checkpoint in {directory}; train first")
   return latest
 
 
@@ -106,10 +136,16 @@ def checkpoint_step(path: str) -> int:
 
 
 def save_checkpoint(setup, manager, step) -> None:
-  """Saves unless a weight is NaN/Inf: a bad checkpoint is worse than none."""
-  for variable in setup.pipeline.trainable_variables:
-    if not bool(tf.reduce_all(tf.math.is_finite(variable))):
-      raise FloatingPointError(
-          f"weight {variable.path} is not finite at step {step}; not saving. "
-          f"The last good checkpoint is {manager.latest_checkpoint or '(none)'}")
+  """Saves unless a saved variable (weights, buffers, optimizer slots) is
+  NaN/Inf: a bad checkpoint is worse than none."""
+  checkpoints.check_finite(saved_variables(setup), step,
+                           manager.latest_checkpoint)
   manager.save(checkpoint_number=step)
+
+
+def saved_variables(setup):
+  """Every variable a checkpoint holds."""
+  pipeline = setup.pipeline
+  return (list(pipeline.trainable_variables)
+          + [v for s in pipeline.stages for v in s.non_trainable_variables]
+          + list(pipeline.state_variables) + list(setup.optimizer.variables))

@@ -1,0 +1,46 @@
+"""TensorFlow's C++ start-up lines, hidden unless something goes wrong.
+
+TF 2.21 writes "All log messages before absl::InitializeLog()", oneDNN and
+CUDA notes, and on a CPU-only machine "E0000 ... failed call to cuInit ...
+UNKNOWN ERROR (303)" straight to file descriptor 2, before
+TF_CPP_MIN_LOG_LEVEL applies. The bin/ programs import TensorFlow with fd 2
+pointed at a temporary file, and replay that file only if the import fails
+(they are shown with --verbose or --verbosity).
+No package import here: bin/* run this file before importing sideways_tf
+(whose __init__ imports TensorFlow).
+"""
+
+import os
+import sys
+import tempfile
+
+
+def import_tensorflow(show: bool = False):
+  """Imports TensorFlow (and looks for GPUs) without its start-up noise."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if show or "tensorflow" in sys.modules:
+    import tensorflow as tf  # noqa: PLC0415
+    return tf
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow as tf  # noqa: PLC0415
+      tf.config.list_physical_devices("GPU")  # cuInit's line, if any, now
+    except BaseException:
+      os.dup2(saved, 2)
+      captured.seek(0)
+      sys.stderr.write(captured.read().decode(errors="replace"))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+  return tf
+
+
+def quiet_start(argv) -> None:
+  """What bin/* call first: TensorFlow imported quietly unless asked."""
+  show = any(a in ("--verbose", "--verbose=true", "--verbose=True", "-v")
+             or a.startswith("--verbosity") for a in argv[1:])
+  import_tensorflow(show=show)

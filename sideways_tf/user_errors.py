@@ -1,0 +1,180 @@
+"""User errors as short messages, and the exit codes of every bin/ program.
+
+A mistake on the command line, in a config, a workdir or the data prints one
+or two lines that say what to do, without a traceback (--verbose shows it).
+Exit codes (also in README.md):
+
+  0    done (or nothing to do)
+  1    an unexpected error (with its traceback)
+  2    a user error: bad flag, config, workdir, data; the message says what
+       to do
+  3    training stopped on a non-finite loss or variable (last good
+       checkpoint named; rerun with a smaller learning rate to resume)
+  4    a distributed worker was lost or never started
+  75   the workdir is locked by another run (EX_TEMPFAIL: retry later)
+  130  stopped by SIGINT (Ctrl-C) after saving a checkpoint
+  143  stopped by SIGTERM after saving a checkpoint
+
+No TensorFlow import here: the bin/ programs use it before TF loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import sys
+
+EXIT_ERROR = 1
+EXIT_USER = 2
+EXIT_NONFINITE = 3
+EXIT_WORKER_LOST = 4
+EXIT_LOCKED = 75
+
+
+def signal_exit_code(signum: int) -> int:
+  """The shell's convention: 128 + the signal number (130 SIGINT, 143 TERM)."""
+  return 128 + int(signum)
+
+
+def verbose() -> bool:
+  return any(a in ("--verbose", "--verbose=true", "--verbose=True")
+             for a in sys.argv[1:])
+
+
+def _program() -> str:
+  return sys.argv[0].rsplit("/", 1)[-1] if sys.argv else "sideways"
+
+
+def fail(message: str, code: int = EXIT_USER) -> None:
+  """Prints `message` (at most 3 lines in all) and exits with `code`."""
+  lines = [line for line in str(message).strip().splitlines() if line.strip()]
+  if len(lines) > 2:
+    lines = lines[:2]
+  text = "\n".join(lines) or "failed"
+  print(f"{_program()}: error: {text}", file=sys.stderr, flush=True)
+  if not verbose():
+    print("(add --verbose for the traceback)", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _exit_code(error: BaseException):
+  """The exit code of an expected error, None for an unexpected one."""
+  name = type(error).__name__
+  if name == "WorkdirLockedError":
+    return EXIT_LOCKED
+  if isinstance(error, FloatingPointError):
+    return EXIT_NONFINITE
+  if name in ("WorkerLostError", "WorkerStartTimeout"):
+    return EXIT_WORKER_LOST
+  if isinstance(error, (ValueError, FileNotFoundError, FileExistsError,
+                        NotADirectoryError, IsADirectoryError,
+                        PermissionError, KeyError, AttributeError)):
+    return EXIT_USER
+  if name in ("DataLossError", "NotFoundError", "InvalidArgumentError"):
+    return EXIT_USER if getattr(error, "named_file", False) else None
+  return None
+
+
+def _message(error: BaseException) -> str:
+  text = getattr(error, "message", None) or (
+      error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str)
+      else str(error))
+  if isinstance(error, FileExistsError) and error.filename:
+    text = (f"{error.filename} exists and is not a directory: pass a "
+            f"directory path as --workdir")
+  elif isinstance(error, (FileNotFoundError, NotADirectoryError)) and \
+      error.filename:
+    text = f"{error.filename}: {error.strerror or text}"
+  return str(text)
+
+
+def guard(main):
+  """Wraps an absl main: expected errors print a short message and exit with
+  their code; a second Ctrl-C exits quietly with 130."""
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      if verbose():
+        raise
+      print(f"\n{_program()}: interrupted", file=sys.stderr, flush=True)
+      sys.exit(signal_exit_code(2))
+    except Exception as error:  # noqa: BLE001
+      if isinstance(error, OSError) and "config file" in str(error):
+        if verbose():
+          raise
+        fail(_flag_error_message(error))  # ml_collections loads it lazily
+      code = _exit_code(error)
+      if code is None or verbose():
+        raise
+      fail(_message(error), code)
+  return wrapped
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with one-line errors: unknown flags suggest the
+  matching --config.<field>, config errors say which key."""
+  from absl import flags  # noqa: PLC0415
+  try:
+    return flags.FLAGS(argv)
+  except KeyboardInterrupt:
+    print(f"\n{_program()}: interrupted", file=sys.stderr, flush=True)
+    sys.exit(signal_exit_code(2))
+  except flags.UnrecognizedFlagError as error:
+    name = error.flagname
+    hint = suggest_config_flag(name)
+    fail(f"unknown flag --{name}" + (f"; did you mean {hint}?" if hint else
+                                     "; see --help"))
+  except Exception as error:  # noqa: BLE001
+    if verbose():
+      raise
+    fail(_flag_error_message(error))
+  return None
+
+
+def _flag_error_message(error: BaseException) -> str:
+  text = " ".join(str(error).replace("\\n", "\n").split())
+  # ml_collections: a misspelled key arrives as a garbled AttributeError repr:
+  # '\'num_step\'\nDid you mean "num_steps" instead of "num_step"?'
+  mean = re.search(r"""Did you mean ['"]?([\w.]+)['"]? instead of ['"]?([\w.]+)""",
+                   text)
+  if mean:
+    return (f"the config has no field {mean.group(2)!r}; did you mean "
+            f"{mean.group(1)!r}? (--config.<section>.<field>=value)")
+  missing = re.search(r"Attempted \[[^]]*\]: (\S+) \[Errno 2\]", text)
+  if missing:
+    return (f"config file {missing.group(1)} not found; pass "
+            f"--config=configs/NAME.py (one of the files in configs/)")
+  if isinstance(error, (AttributeError, KeyError)):
+    return f"bad --config override: {text[:300]}"
+  return text[:400]
+
+
+def suggest_config_flag(name: str):
+  """--num_steps -> --config.train.num_steps (from configs/default.py)."""
+  try:
+    from sideways_tf.configs import default  # noqa: PLC0415
+    keys = _flatten(json.loads(default.get_config().to_json_best_effort()))
+  except Exception:  # noqa: BLE001
+    return None
+  bare = name.split("=", 1)[0].lstrip("-")
+  exact = [k for k in keys if k.rsplit(".", 1)[-1] == bare]
+  if exact:
+    return f"--config.{exact[0]}"
+  close = difflib.get_close_matches(bare, [k.rsplit(".", 1)[-1] for k in keys],
+                                    n=1)
+  if close:
+    full = [k for k in keys if k.rsplit(".", 1)[-1] == close[0]][0]
+    return f"--config.{full}"
+  return None
+
+
+def _flatten(tree, prefix=""):
+  out = []
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out += _flatten(value, f"{prefix}{key}.")
+    else:
+      out.append(f"{prefix}{key}")
+  return out
