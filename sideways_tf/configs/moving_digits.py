@@ -41,6 +41,10 @@ def get_config():
   data.num_train_instances = 0  # digit images used in training; 0 = all
   data.test_instance_fraction = 0.25  # share of each digit's images kept for test
   data.seed = 0  # generation seed: instance split and videos
+  # Real video moves: the two bottom modules take their backward step at the
+  # input their gradient belongs to (docs/fidelity.md: on moving digits at
+  # 1-2 px/frame this takes Sideways from ~34 to ~5 points behind BP).
+  config.replay_modules = 2
   config.train.num_steps = 4000
   config.train.eval_every = 1000
   config.train.checkpoint_every = 500

@@ -111,7 +111,9 @@ def plan(outdir, seeds: int, only_groups: Sequence[str] = ()) -> List[tuple]:
 def train_command(cell: Cell, algorithm: str, seed: int, workdir, steps: int,
                   data_dir: str = "") -> List[str]:
   """The bin/train command line of one run (what the map measures)."""
+  # Plain Sideways unless the cell says otherwise, whatever the config ships.
   overrides = {"algorithm": algorithm, "seed": str(seed),
+               "replay_modules": "0",
                "train.num_steps": str(steps),
                "train.eval_every": str(EARLY_STEP),
                "train.fidelity_every": "250",
