@@ -25,11 +25,12 @@ import keras
 from absl import logging
 import tensorflow as tf
 
+from sideways_tf import gpipe
 from sideways_tf.module import SKIP_COMBINE_MODES
 from sideways_tf.module import SidewaysModule
 from sideways_tf.module import combine_skips
 
-ALGORITHMS = ("sideways", "bp")
+ALGORITHMS = ("sideways", "bp", "gpipe")
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -102,6 +103,8 @@ class Pipeline(tf.Module):
       input. ``None``/``{}`` is plain Sideways.
     skip_combine: how a stage joins its skip inputs: "concat" (channels) or
       "add"; larger skip feature maps are average-pooled to the input size.
+    gpipe_micro_batch_frames, gpipe_rematerialize: options of
+      ``algorithm="gpipe"`` (see sideways_tf/gpipe.py).
   """
 
   def __init__(self,
@@ -111,6 +114,8 @@ class Pipeline(tf.Module):
                evaluation_order: Optional[Sequence[int]] = None,
                skips: Optional[Dict[int, Sequence[int]]] = None,
                skip_combine: str = "concat",
+               gpipe_micro_batch_frames: int = 1,
+               gpipe_rematerialize: bool = False,
                name: str = "pipeline"):
     super().__init__(name=name)
     stages = list(stages)
@@ -139,6 +144,8 @@ class Pipeline(tf.Module):
                        f"of {SKIP_COMBINE_MODES}")
     self.skip_sources = _skip_sources(skips, len(stages))
     self.skip_combine = skip_combine
+    self.gpipe_options = gpipe.make_options(gpipe_micro_batch_frames,
+                                            gpipe_rematerialize)
     self.stages = stages
     self.loss_fn = loss_fn
     self.devices = devices or [None] * len(stages)
@@ -178,7 +185,8 @@ class Pipeline(tf.Module):
     Args:
       frames: ``[B, T, ...]`` batch-major clip.
       labels: ``[B]`` integer clip labels.
-      algorithm: ``"sideways"`` or ``"bp"``.
+      algorithm: ``"sideways"``, ``"bp"`` or ``"gpipe"`` (BP's exact
+        gradient, pipelined over the stages; sideways_tf/gpipe.py).
       reset: Sideways only. ``True`` (default) starts a clip from zero
         buffers. ``False`` continues the stream from the buffers left by the
         previous call (chunked streaming): the returned gradient is then the
@@ -221,6 +229,8 @@ class Pipeline(tf.Module):
              else tf.cast(loss_scale, tf.float32))
     if algorithm == "sideways":
       return self._sideways_graph(frames, labels, reset, scale)
+    if algorithm == "gpipe":
+      return gpipe.gpipe_graph(self, frames, labels, scale)
     return self._bp_graph(frames, labels, scale)
 
   def prepare_inputs(self, frames, labels, algorithm: str = "sideways",
@@ -274,6 +284,8 @@ class Pipeline(tf.Module):
       if num_frames < 1:
         raise ValueError(f"frames must hold at least one frame, got T = 0")
       self._ensure_built(frame_shape, frames.dtype)
+      if algorithm == "gpipe":
+        gpipe.validate(self, num_frames)
     return frames, tf.cast(labels, tf.int32)
 
   def _warn_if_modules_starve(self, num_frames, reset):
