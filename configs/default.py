@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "default"
   config.seed = 0
-  config.algorithm = "sideways"  # or "bp"
+  config.algorithm = "sideways"  # or "bp", "gpipe" (exact, pipelined)
 
   # Data: see sideways_tf/data. Elements are {"video": [B,T,H,W,C] float32 in
   # [0, 1], "label": [B] int32}.
@@ -69,6 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
   # stage 0's output of the previous tick; "" = plain Sideways.
   config.skips = ""
   config.skip_combine = "concat"  # or "add"
+  # algorithm="gpipe" (sideways_tf/gpipe.py): BP's exact gradient pipelined
+  # over the module devices, the clip's frames as micro-batches.
+  config.gpipe = ml_collections.ConfigDict()
+  config.gpipe.micro_batch_frames = 1  # frames per micro-batch; divides T
+  config.gpipe.rematerialize = False  # keep stage inputs only, recompute
 
   # Optimisation: one optimizer step per clip unless update_every_ticks > 0.
   config.train = ml_collections.ConfigDict()

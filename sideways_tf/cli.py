@@ -44,9 +44,9 @@ def with_algorithm(config, algorithm):
   if algorithm is not None:
     with config.unlocked():
       config.algorithm = algorithm
-  if config.algorithm not in ("sideways", "bp"):
+  if config.algorithm not in ("sideways", "bp", "gpipe"):
     raise ValueError(
-        f"config.algorithm must be 'sideways' or 'bp', got "
+        f"config.algorithm must be 'sideways', 'bp' or 'gpipe', got "
         f"{config.algorithm!r}")
   return config
 

@@ -43,7 +43,9 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.eval_every",
                   "train.stage_time_every", "train.keep_checkpoints",
                   "eval.batch_size", "eval.num_batches", "data.data_dir",
                   "data.path", "devices", "distributed",
-                  "collective_timeout_seconds")
+                  "collective_timeout_seconds",
+                  # GPipe's gradient is exact whatever its micro-batches.
+                  "gpipe.micro_batch_frames", "gpipe.rematerialize")
 
 
 @dataclasses.dataclass
@@ -94,7 +96,8 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   devices = resolve_devices(config.devices, len(stages))
   pipeline = Pipeline(stages, devices=devices,
                       skips=parse_skips(config.get("skips", "")),
-                      skip_combine=config.get("skip_combine", "concat"))
+                      skip_combine=config.get("skip_combine", "concat"),
+                      **_gpipe_options(config))
   optimizer = make_optimizer(config.train)
   trainer = Trainer(
       pipeline, optimizer, config.algorithm,
@@ -113,6 +116,13 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
     checkpoint.loss_scale = trainer.loss_scale
   return Experiment(config, datasets, pipeline, optimizer, trainer, step,
                     checkpoint)
+
+
+def _gpipe_options(config) -> Dict[str, object]:
+  """Pipeline kwargs of config.gpipe (absent in configs saved before it)."""
+  gpipe = config.get("gpipe", None) or {}
+  return {"gpipe_micro_batch_frames": gpipe.get("micro_batch_frames", 1),
+          "gpipe_rematerialize": gpipe.get("rematerialize", False)}
 
 
 def parse_skips(spec: str) -> Dict[int, list]:

@@ -26,7 +26,7 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, TensorBoard logs and results. "
     "Default: workdir/<experiment>_<algorithm> under the project.")
 _ALGORITHM = flags.DEFINE_enum(
-    "algorithm", None, ["sideways", "bp"],
+    "algorithm", None, ["sideways", "bp", "gpipe"],
     "Shorthand for --config.algorithm.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete an existing run in --workdir whose config "
