@@ -534,7 +534,10 @@ def run(config: BenchmarkConfig, bench_dir, doc_path=None,
   (bench_dir / "benchmark.json").write_text(json.dumps(results, indent=2))
   log(f"wrote {bench_dir / 'benchmark.json'}")
   if doc_path:
-    pathlib.Path(doc_path).write_text(markdown(results))
+    from sideways_tf import benchmark_devices  # pylint: disable=g-import-not-at-top
+    # Keep the --simulate_devices table, which another run writes.
+    pathlib.Path(doc_path).write_text(
+        markdown(results) + benchmark_devices.preserved_section(doc_path))
     log(f"wrote {doc_path}")
   return results
 
