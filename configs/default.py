@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "frame_cnn"
   config.model.num_modules = 4
   config.model.widths = (16, 32, 64)
+  # "time": re-cut the layers into num_modules modules of equal measured
+  # tick time at start-up (sideways_tf/auto_balance.py); "params": by
+  # parameter count; "": the model's own split.
+  config.model.balance = ""
   config.devices = ()  # () = default placement; else one device per module
   # ("auto",) = every visible GPU, module k on GPU k*G//L (docs/scaling.md).
   # Scale-out (docs/scaling.md): True = this process is one worker of the

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from sideways_tf import auto_balance
 from sideways_tf import data as data_lib
 from sideways_tf import distributed
 from sideways_tf import models
@@ -58,10 +59,12 @@ class Experiment:
   trainer: Trainer
   step: tf.Variable
   checkpoint: tf.train.Checkpoint
+  split: Optional[dict] = None  # config.model.balance: the chosen split
 
 
 def build(config, data_seed_offset: int = 0,
-          cluster: Optional[distributed.Cluster] = None) -> Experiment:
+          cluster: Optional[distributed.Cluster] = None,
+          stage_sizes=None) -> Experiment:
   """Data, model, pipeline, optimizer and trainer for `config`.
 
   With a `cluster`, each worker trains on its own shard of the batches
@@ -79,12 +82,16 @@ def build(config, data_seed_offset: int = 0,
     datasets = dataclasses.replace(datasets,
                                    train=cluster.shard(datasets.train))
   return build_model(config, datasets.num_classes, datasets.frame_shape,
-                     datasets, cluster)
+                     datasets, cluster, stage_sizes)
 
 
 def build_model(config, num_classes: int, frame_shape, datasets=None,
-                cluster: Optional[distributed.Cluster] = None) -> Experiment:
-  """Everything but the data (for export, or evaluation on other data)."""
+                cluster: Optional[distributed.Cluster] = None,
+                stage_sizes=None) -> Experiment:
+  """Everything but the data (for export, or evaluation on other data).
+
+  `stage_sizes`: a split saved in model_info.json (config.model.balance).
+  """
   keras.utils.set_random_seed(config.seed)
   precision = config.get("mixed_precision", "") or "float32"
   if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
@@ -93,6 +100,8 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
         f"'mixed_float16', got {precision!r}")
   keras.mixed_precision.set_dtype_policy(precision)  # before the stages
   stages = models.build_stages(config.model, num_classes)
+  stages, split = auto_balance.apply(config.model, stages, frame_shape,
+                                     config.train.batch_size, stage_sizes)
   devices = resolve_devices(config.devices, len(stages))
   pipeline = Pipeline(stages, devices=devices,
                       skips=parse_skips(config.get("skips", "")),
@@ -115,7 +124,7 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   if trainer.loss_scale is not None:
     checkpoint.loss_scale = trainer.loss_scale
   return Experiment(config, datasets, pipeline, optimizer, trainer, step,
-                    checkpoint)
+                    checkpoint, split)
 
 
 def _gpipe_options(config) -> Dict[str, object]:
@@ -195,12 +204,14 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   latest = tf.train.latest_checkpoint(str(manager_dir))
   start_step = _checkpoint_step(latest) if latest else 0
   # A resumed run draws a new, still deterministic, data order.
-  exp = build(config, data_seed_offset=start_step, cluster=cluster)
+  exp = build(config, data_seed_offset=start_step, cluster=cluster,
+              stage_sizes=_saved_stage_sizes(workdir) if latest else None)
   if is_chief:
-    atomic_write_text(workdir / "model_info.json", json.dumps({
+    atomic_write_text(workdir / "model_info.json", json.dumps(dict({
         "num_classes": exp.datasets.num_classes,
         "frame_shape": list(exp.datasets.frame_shape),
-        "class_names": list(exp.datasets.class_names)}, indent=2))
+        "class_names": list(exp.datasets.class_names)}, **(exp.split or {})),
+                                                              indent=2))
   manager = tf.train.CheckpointManager(
       exp.checkpoint, str(manager_dir),
       max_to_keep=config.train.keep_checkpoints)
@@ -330,7 +341,7 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None):
   latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
   if not latest:
     raise ValueError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
-  exp = build(config)
+  exp = build(config, stage_sizes=_saved_stage_sizes(workdir))
   exp.checkpoint.restore(latest).expect_partial()
   writer = tf.summary.create_file_writer(str(workdir / "eval"))
   metrics = _evaluate(exp, writer, int(exp.step), workdir, num_batches)
@@ -346,7 +357,8 @@ def restore_for_inference(workdir) -> Experiment:
   latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
   if not latest:
     raise ValueError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
-  exp = build_model(config, info["num_classes"], info["frame_shape"])
+  exp = build_model(config, info["num_classes"], info["frame_shape"],
+                    stage_sizes=info.get("stage_sizes"))
   exp.checkpoint.restore(latest).expect_partial()
   return exp
 
@@ -357,6 +369,13 @@ def load_model_info(workdir) -> Dict[str, object]:
   if not path.exists():
     raise ValueError(f"{path} not found: is {workdir} a training workdir?")
   return json.loads(path.read_text())
+
+
+def _saved_stage_sizes(workdir):
+  """The split a balanced run chose (model_info.json), or None."""
+  path = pathlib.Path(workdir) / "model_info.json"
+  return json.loads(path.read_text()).get("stage_sizes") if path.exists() \
+      else None
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
