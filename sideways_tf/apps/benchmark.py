@@ -73,6 +73,10 @@ _VARIANTS = flags.DEFINE_list(
 _SERIALISED = flags.DEFINE_bool(
     "serialised", True, "--simulate_devices: also run every row with "
     "inter-op threads 1 (its speed-up).")
+_TICK_OVERHEAD = flags.DEFINE_bool(
+    "tick_overhead", False, "Only measure the engine's fixed cost per tick "
+    "(near-empty stages) against the default model's tick "
+    "(sideways_tf/tick_overhead.py); writes BENCH_DIR/tick_overhead.json.")
 _BENCH_DIR = flags.DEFINE_string(
     "bench_dir", str(cli.PROJECT_ROOT / "workdir" / "benchmark"),
     "Where benchmark.json goes.")
@@ -85,6 +89,8 @@ def main(argv):
   cli.start(argv)
   if _SIMULATE.value:
     return simulate_devices()
+  if _TICK_OVERHEAD.value:
+    return tick_overhead()
   from sideways_tf import benchmark  # imports TensorFlow lazily
   config = benchmark.BenchmarkConfig(
       model=_MODEL.value, image_size=_IMAGE_SIZE.value,
@@ -103,6 +109,29 @@ def main(argv):
   command = "bin/benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   benchmark.run(config, _BENCH_DIR.value, doc_path=_DOC.value or None,
                 command=command.strip())
+
+
+def tick_overhead():
+  """bin/benchmark --tick_overhead: prints and saves the figures."""
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from sideways_tf import tick_overhead as overhead  # pylint: disable=g-import-not-at-top
+  tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
+  tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
+  result = overhead.measure(repeats=_REPEATS.value)
+  result["command"] = "bin/benchmark " + " ".join(
+      shlex.quote(a) for a in sys.argv[1:])
+  path = pathlib.Path(_BENCH_DIR.value) / "tick_overhead.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(result, indent=2))
+  os.replace(tmp, path)
+  print(f"empty-stage tick {result['empty_tick_s'] * 1e3:.3f} ms, default "
+        f"model tick {result['model_tick_s'] * 1e3:.3f} ms: ratio "
+        f"{result['ratio']:.3f} (goal <= 0.05); by modules "
+        f"{ {k: round(v * 1e3, 3) for k, v in result['empty_tick_s_by_modules'].items()} } ms."
+        f" Wrote {path}", flush=True)
 
 
 def simulate_devices():
