@@ -83,11 +83,16 @@ class DevicesConfig:
   num_frames: int = 32
   num_classes: int = 10
   micro_batch_frames: int = 1   # GPipe: frames per micro-batch (M = T / this)
-  repeats: int = 3
+  repeats: int = 5
   warmup: int = 1
   memory_frames: Sequence[int] = (16, 128)
   memory_steps: int = 1
   variants: Sequence[str] = tuple(VARIANTS)
+  # "time": cut the model's layers into stages of equal measured time
+  # (balance_by_time, once, in its own process; every row uses that split)
+  # so that idle time is the schedule's, not the model's imbalance.
+  balance: str = "time"
+  stage_sizes: Sequence[int] = ()  # set by the parent from the balancing
   serialised: bool = True       # also run each variant with inter-op 1
   profile: bool = True          # bubble from a profiler trace
 
@@ -123,6 +128,10 @@ def _pipeline(config: DevicesConfig, variant: str, tf):
   keras.utils.set_random_seed(0)  # the same weights in every process
   stages = models.MODELS[config.model](num_classes=config.num_classes,
                                        num_modules=config.modules)
+  if config.stage_sizes:
+    from sideways_tf import balance  # pylint: disable=g-import-not-at-top
+    layers = [layer for stage in stages for layer in stage.layers]
+    stages = balance.to_stages(layers, list(config.stage_sizes))
   devices = [d.name for d in tf.config.list_logical_devices("CPU")]
   placement = ([devices[k * len(devices) // config.modules]
                 for k in range(config.modules)] if placed else None)
@@ -261,7 +270,29 @@ def memory_child(config: DevicesConfig, variant: str, num_frames: int) -> dict:
           "step_mib": (peak - baseline) / 2 ** 20}
 
 
-CHILDREN = {"throughput": throughput_child, "memory": memory_child}
+def split_child(config: DevicesConfig) -> dict:
+  """balance_by_time of the model's layers into config.modules stages."""
+  tf = _setup(config, 1)
+  import keras  # pylint: disable=g-import-not-at-top
+  from sideways_tf import balance  # pylint: disable=g-import-not-at-top
+  from sideways_tf import models  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  stages = models.MODELS[config.model](num_classes=config.num_classes,
+                                       num_modules=config.modules)
+  layers = [layer for stage in stages for layer in stage.layers]
+  sample = tf.random.stateless_uniform(
+      (config.batch_size, config.image_size, config.image_size,
+       config.channels), seed=(0, 0))
+  costs = balance.time_costs(layers, sample)
+  sizes = balance.balanced_split([max(1, int(c * 1e9)) for c in costs],
+                                 config.modules)
+  return {"stage_sizes": [int(s) for s in sizes],
+          "layers": [layer.name for layer in layers], "layer_s": costs,
+          "stage_s": balance.group_costs(costs, sizes)}
+
+
+CHILDREN = {"throughput": throughput_child, "memory": memory_child,
+            "split": split_child}
 
 
 # ------------------------------------------------------------ parent side
@@ -284,6 +315,8 @@ def run_child(kind: str, config: DevicesConfig, **kwargs) -> dict:
 
 
 def validate(config: DevicesConfig) -> None:
+  if config.balance not in ("", "time"):
+    raise ValueError(f"balance must be '' or 'time', got {config.balance!r}")
   if config.num_devices < 1:
     raise ValueError(f"--simulate_devices must be >= 1, got "
                      f"{config.num_devices}")
@@ -314,6 +347,15 @@ def run(config: DevicesConfig, report_dir, command: str = "",
                   "load_average_start": list(os.getloadavg())},
       "goals": GOALS, "rows": {}}
   n = config.num_devices
+  if config.balance == "time" and not config.stage_sizes:
+    log(f"balancing {config.model} into {config.modules} stages by time")
+    split = run_child("split", config)
+    config = dataclasses.replace(config, stage_sizes=tuple(
+        split["stage_sizes"]))
+    results["split"] = split
+    results["config"] = dataclasses.asdict(config)
+    log(f"  layers per stage {split['stage_sizes']}, forward + backward ms "
+        f"{[round(t * 1e3, 2) for t in split['stage_s']]}")
   for variant in config.variants:
     row = {"exact": EXACT[variant]}
     log(f"{variant}: {config.modules} stages, {n} simulated devices "
@@ -420,7 +462,11 @@ def markdown(results: dict) -> str:
       f"1); {c['image_size']}x{c['image_size']}x{c['channels']} frames, "
       f"B = {c['batch_size']}, T = {c['num_frames']}; GPipe micro-batches of "
       f"{c['micro_batch_frames']} frame(s), M = {m}. Median of "
-      f"{c['repeats']} SGD train steps after {c['warmup']} warm-up.",
+      f"{c['repeats']} SGD train steps after {c['warmup']} warm-up. "
+      + (f"Stages cut by measured time (balance_by_time): layers per stage "
+         f"{list(c['stage_sizes'])}, forward + backward ms per stage "
+         f"{[round(t * 1e3, 2) for t in results['split']['stage_s']]}."
+         if results.get("split") else "Stages: the model's own split."),
       "",
       "| algorithm | exact | frames/s | serialised frames/s | speed-up | "
       "/ single-device BP | " + " | ".join(

@@ -9,7 +9,7 @@ With --simulate_devices=N the run is sideways_tf/benchmark_devices.py instead:
 Sideways, GPipe (with/without re-materialisation), model-parallel BP and
 single-device BP, each in its own process with one core per device; it writes
 BENCH_DIR/simulated_devices.{json,md,png} and its table into --doc. Flags left
-at their defaults take that mode's own defaults (L = N, T = 32, 3 repeats,
+at their defaults take that mode's own defaults (L = N, T = 32, 5 repeats,
 memory at T = 16 and 128).
 
 Every figure times the trainer's own engine (Trainer.train_step, Pipeline);
