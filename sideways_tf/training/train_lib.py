@@ -46,7 +46,8 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   # A resumed run draws a new, still deterministic, data order.
   setup = builder.build(
       config, data_seed_offset=workdir_lib.checkpoint_step(latest)
-      if latest else 0, cluster=cluster)
+      if latest else 0, cluster=cluster,
+      stage_sizes=workdir_lib.saved_stage_sizes(workdir) if latest else None)
   ctx = _start(setup, config, workdir, latest, cluster, is_chief)
   train_cfg = setup.config.train
   log = hooks_lib.LogHook(train_cfg.log_every, train_cfg.num_steps,
@@ -88,7 +89,7 @@ def _start(setup, config, workdir, latest, cluster,
            is_chief) -> hooks_lib.Context:
   """Model info, checkpoint manager (restored), worker sync, writers."""
   if is_chief:
-    workdir_lib.write_model_info(workdir, setup.datasets)
+    workdir_lib.write_model_info(workdir, setup.datasets, setup.split)
   manager = tf.train.CheckpointManager(
       setup.checkpoint, str(workdir / "checkpoints"),
       max_to_keep=setup.config.train.keep_checkpoints)
@@ -175,7 +176,8 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None):
   if config is None:
     config = workdir_lib.load_config(workdir)
   latest = workdir_lib.latest_checkpoint(workdir, required=True)
-  setup = builder.build(config)
+  setup = builder.build(config,
+                        stage_sizes=workdir_lib.saved_stage_sizes(workdir))
   setup.checkpoint.restore(latest).expect_partial()
   writer = tf.summary.create_file_writer(str(workdir / "eval"))
   metrics = hooks_lib.evaluate(setup, writer, int(setup.step), workdir,
@@ -190,7 +192,8 @@ def restore_for_inference(workdir) -> builder.Setup:
   config = workdir_lib.load_config(workdir)
   info = workdir_lib.load_model_info(workdir)
   latest = workdir_lib.latest_checkpoint(workdir, required=True)
-  setup = builder.build_model(config, info["num_classes"], info["frame_shape"])
+  setup = builder.build_model(config, info["num_classes"], info["frame_shape"],
+                              stage_sizes=info.get("stage_sizes"))
   setup.checkpoint.restore(latest).expect_partial()
   return setup
 
