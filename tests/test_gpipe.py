@@ -199,3 +199,16 @@ def test_bin_train_runs_gpipe(tmp_path):
   assert saved["gpipe"] == {"micro_batch_frames": 2, "rematerialize": True}
   assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith(
       "ckpt-3")
+
+
+@pytest.mark.parametrize("rematerialize", [False, True])
+def test_gpipe_ignores_replay(rematerialize):
+  """Replay is a Sideways option; GPipe's gradient is BP's with it set."""
+  stages = util.conv_stages(3)
+  frames = util.moving_clip(batch=2, frames=6, shape=SHAPE)
+  labels = util.labels_for(2)
+  bp = sideways_tf.Pipeline(stages).compute_gradients(frames, labels, "bp")
+  pipe = sideways_tf.Pipeline(stages, replay_modules=2,
+                              gpipe_micro_batch_frames=2,
+                              gpipe_rematerialize=rematerialize)
+  assert_exact(pipe.compute_gradients(frames, labels, "gpipe"), bp)
