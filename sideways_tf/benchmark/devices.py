@@ -324,7 +324,10 @@ def validate(config: DevicesConfig) -> None:
 
 def run(config: DevicesConfig, report_dir, command: str = "",
         doc_path: Optional[str] = None) -> dict:
-  """Runs every child, writes the report; returns the results dict."""
+  """Runs every child, writes the report; returns the results dict.
+
+  One piece: the children in order with their progress lines.
+  """
   validate(config)
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,10 @@ def summarise(results: dict) -> dict:
 # ---------------------------------------------------------------- report
 
 def markdown(results: dict) -> str:
+  """The table and the goals, as docs/benchmarks.md shows them.
+
+  One piece: a flat list of lines, read top to bottom like the output.
+  """
   c, rows, summary = results["config"], results["rows"], results["summary"]
   k, m = summary["K"], summary["M"]
   mem_ts = [str(int(t)) for t in c["memory_frames"]]

@@ -225,6 +225,7 @@ class _Schedule:
     Backward clock c: stage k works on micro-batch M-1-c+(K-1-k) (the top
     starts with the last one), re-running its forward pass on the input it
     stored and pushing the output gradient stage k+1 emitted at clock c-1.
+    One piece: the clock body is one while_loop iteration over all stages.
     """
     big_k, num_micro = self.num_stages, self.num_micro
     _, _, stored = self.forward(top_loss, keep_inputs=True, run_top=False)
