@@ -45,8 +45,8 @@ def with_algorithm(config, algorithm):
       config.algorithm = algorithm
   if config.algorithm not in ALGORITHMS:
     raise ValueError(
-        f"config.algorithm must be {' or '.join(map(repr, ALGORITHMS))}, "
-        f"got {config.algorithm!r}")
+        f"config.algorithm must be {', '.join(map(repr, ALGORITHMS[:-1]))} "
+        f"or {ALGORITHMS[-1]!r}, got {config.algorithm!r}")
   return config
 
 

@@ -120,7 +120,7 @@ class SidewaysModel(keras.Model):
 
   Args:
     stages: Keras layers, one per Sideways module; the last emits logits.
-    algorithm: one of ``sideways_tf.pipeline.ALGORITHMS`` ("sideways", "bp").
+    algorithm: one of ``sideways_tf.ALGORITHMS`` ("sideways", "bp", "gpipe").
     devices: ``None`` or one TF device per stage.
     skips: Skip-Sideways skips ``{k: [j, ...]}`` (docs/skip_sideways.md).
     class_names: optional names of the classes; exported with the model.

@@ -19,7 +19,9 @@ def test_algorithm_shorthand_overrides_and_is_checked():
   config = ml_collections.ConfigDict({"algorithm": "sideways"})
   assert cli.with_algorithm(config, None).algorithm == "sideways"
   assert cli.with_algorithm(config, "bp").algorithm == "bp"
-  with pytest.raises(ValueError, match="'sideways' or 'bp', got 'backprop'"):
+  assert cli.with_algorithm(config, "gpipe").algorithm == "gpipe"
+  with pytest.raises(ValueError,
+                     match="'sideways', 'bp' or 'gpipe', got 'backprop'"):
     cli.with_algorithm(ml_collections.ConfigDict({"algorithm": "backprop"}),
                        None)
 

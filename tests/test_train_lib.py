@@ -218,7 +218,7 @@ def test_evaluate_and_export_from_a_workdir(tmp_path, data_dir):
 
 @pytest.mark.parametrize("args,message", [
     (["--config.train.no_such_key=1"], "no_such_key"),
-    (["--config.algorithm=backprop"], "'sideways' or 'bp'"),
+    (["--config.algorithm=backprop"], "'sideways', 'bp' or 'gpipe'"),
     (["--algorithm=backprop"], "backprop"),
     (["stray"], "unexpected arguments"),
     (["--config.model.name=vgg99"], "unknown model 'vgg99'"),

@@ -3,6 +3,14 @@
   bin/benchmark                                  # the default config (slow: minutes)
   bin/benchmark --batch_size=2 --num_frames=8 --image_size=16 --doc=
   bin/benchmark --figures=throughput,stages --profile_dir=/tmp/prof
+  bin/benchmark --simulate_devices=2   # every algorithm on 2 simulated devices
+
+With --simulate_devices=N the run is sideways_tf/benchmark/devices.py instead:
+Sideways, GPipe (with/without re-materialisation), model-parallel BP and
+single-device BP, each in its own process with one core per device; it writes
+BENCH_DIR/simulated_devices.{json,md,png} and its table into --doc. Flags left
+at their defaults take that mode's own defaults (L = N, T = 32, 5 repeats,
+memory at T = 16 and 128).
 
 Every figure times the trainer's own engine (Trainer.train_step, Pipeline);
 see sideways_tf/benchmark/ and docs/performance.md.
@@ -53,6 +61,23 @@ _PROFILE = flags.DEFINE_string(
 _FIGURES = flags.DEFINE_list(
     "figures", ["throughput", "stages", "tracing", "memory", "placement",
                 "balancing", "input_pipeline"], "Figures to produce.")
+_SIMULATE = flags.DEFINE_integer(
+    "simulate_devices", 0, "N > 0: measure every algorithm on N simulated "
+    "devices (one core each) instead; see sideways_tf/benchmark/devices.py.")
+_MICRO = flags.DEFINE_integer(
+    "micro_batch_frames", 1, "--simulate_devices: GPipe frames per "
+    "micro-batch (M = T / this).")
+_VARIANTS = flags.DEFINE_list(
+    "variants", [], "--simulate_devices: rows to run (default all of "
+    "sideways, gpipe, gpipe_remat, mp_bp, bp).")
+_SERIALISED = flags.DEFINE_bool(
+    "serialised", True, "--simulate_devices: also run every row with "
+    "inter-op threads 1 (its speed-up).")
+_TICK_OVERHEAD = flags.DEFINE_bool(
+    "tick_overhead", False, "Only measure the engine's fixed cost per tick "
+    "(near-empty stages) against the default model's tick "
+    "(sideways_tf/benchmark/tick_overhead.py); writes "
+    "BENCH_DIR/tick_overhead.json.")
 _BENCH_DIR = flags.DEFINE_string(
     "bench_dir", str(cli.PROJECT_ROOT / "workdir" / "benchmark"),
     "Where benchmark.json goes.")
@@ -64,6 +89,10 @@ _DOC = flags.DEFINE_string(
 
 def main(argv):
   cli.start(argv)
+  if _SIMULATE.value:
+    return simulate_devices()
+  if _TICK_OVERHEAD.value:
+    return tick_overhead()
   from sideways_tf.benchmark import common  # noqa: PLC0415
   from sideways_tf.benchmark import runner  # noqa: PLC0415
   config = common.BenchmarkConfig(
@@ -85,6 +114,52 @@ def main(argv):
          if _DOC.value is None else _DOC.value)
   runner.run(config, _BENCH_DIR.value, doc_path=doc or None,
                 command=command.strip())
+
+
+def tick_overhead():
+  """bin/benchmark --tick_overhead: prints and saves the figures."""
+  import json  # noqa: PLC0415
+  import pathlib  # noqa: PLC0415
+  import tensorflow as tf  # noqa: PLC0415
+  from sideways_tf.benchmark import tick_overhead as overhead  # noqa: PLC0415
+  tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
+  tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
+  result = overhead.measure(repeats=_REPEATS.value)
+  result["command"] = "bin/benchmark " + " ".join(
+      shlex.quote(a) for a in sys.argv[1:])
+  path = pathlib.Path(_BENCH_DIR.value) / "tick_overhead.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(result, indent=2))
+  os.replace(tmp, path)
+  print(f"empty-stage tick {result['empty_tick_s'] * 1e3:.3f} ms, default "
+        f"model tick {result['model_tick_s'] * 1e3:.3f} ms: ratio "
+        f"{result['ratio']:.3f} (goal <= 0.05); by modules "
+        f"{ {k: round(v * 1e3, 3) for k, v in result['empty_tick_s_by_modules'].items()} } ms."
+        f" Wrote {path}", flush=True)
+
+
+def simulate_devices():
+  """bin/benchmark --simulate_devices=N (sideways_tf/benchmark/devices.py)."""
+  from sideways_tf.benchmark import devices as benchmark_devices  # noqa: PLC0415
+  overrides = {"num_devices": _SIMULATE.value,
+               "micro_batch_frames": _MICRO.value,
+               "serialised": _SERIALISED.value}
+  for name, flag in (("model", _MODEL), ("image_size", _IMAGE_SIZE),
+                     ("channels", _CHANNELS), ("batch_size", _BATCH),
+                     ("num_frames", _FRAMES), ("num_modules", _MODULES),
+                     ("repeats", _REPEATS), ("warmup", _WARMUP)):
+    if flag.present:
+      overrides[name] = flag.value
+  if _MEMORY_FRAMES.present:
+    overrides["memory_frames"] = tuple(int(t) for t in _MEMORY_FRAMES.value
+                                       if t)
+  if _VARIANTS.value:
+    overrides["variants"] = tuple(_VARIANTS.value)
+  command = "bin/benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+  benchmark_devices.run(benchmark_devices.DevicesConfig(**overrides),
+                        _BENCH_DIR.value, command=command.strip(),
+                        doc_path=_DOC.value or None)
 
 
 def run():

@@ -7,7 +7,12 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence
 
-from sideways_tf.engine.pipeline import ALGORITHMS  # noqa: F401 (figures)
+from sideways_tf.engine import pipeline as _engine
+
+# The algorithms these figures compare (Sideways vs BP). GPipe and
+# model-parallel BP are measured by --simulate_devices (devices.py).
+ALGORITHMS = ("sideways", "bp")
+assert set(ALGORITHMS) <= set(_engine.ALGORITHMS)
 
 GOALS = {
     "throughput_ratio": 1.0,          # Sideways fps / BP fps >=

@@ -9,6 +9,7 @@ import os
 import pathlib
 import platform
 
+from sideways_tf.benchmark import devices_report
 from sideways_tf.benchmark import figures
 from sideways_tf.benchmark import report
 from sideways_tf.benchmark.common import GOALS
@@ -49,7 +50,9 @@ def run(config: BenchmarkConfig, bench_dir, doc_path=None,
                     json.dumps(results, indent=2))
   log(f"wrote {bench_dir / 'benchmark.json'}")
   if doc_path:
-    atomic_write_text(pathlib.Path(doc_path), report.markdown(results))
+    # Keep the --simulate_devices table, which another run writes.
+    atomic_write_text(pathlib.Path(doc_path), report.markdown(results) +
+                      devices_report.preserved_section(doc_path))
     log(f"wrote {doc_path}")
   return results
 

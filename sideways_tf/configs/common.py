@@ -11,6 +11,7 @@ def vgg8_on_gpus(config, *, num_modules, granularity):
   config.model.num_modules = num_modules  # > 0 overrides granularity
   config.model.width = 64
   config.model.norm = "batch"  # or "group", "none"
+  config.model.balance = ""  # "time": re-cut by measured time at start-up
   config.devices = tuple(f"/GPU:{k}" for k in range(num_modules))
   config.train.batch_size = 32
   config.train.learning_rate = 3e-4

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "default"
   config.seed = 0
-  config.algorithm = "sideways"  # or "bp"
+  config.algorithm = "sideways"  # or "bp", "gpipe" (exact, pipelined)
 
   # Data: see sideways_tf/data. Elements are {"video": [B,T,H,W,C] float32 in
   # [0, 1], "label": [B] int32}.
@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "frame_cnn"
   config.model.num_modules = 4
   config.model.widths = (16, 32, 64)
+  # "time": re-cut the layers into num_modules modules of equal measured
+  # tick time at start-up (sideways_tf/training/auto_balance.py); "params":
+  # by parameter count; "": the model's own split.
+  config.model.balance = ""
   config.devices = ()  # () = default placement; else one device per module
   # ("auto",) = every visible GPU, module k on GPU k*G//L (docs/scaling.md).
   # Scale-out (docs/scaling.md): True = this process is one worker of the
@@ -80,6 +84,11 @@ def get_config() -> ml_collections.ConfigDict:
   # to; one extra forward of each such module per tick, memory still flat in
   # T. 0 = plain Sideways.
   config.replay_modules = 0
+  # algorithm="gpipe" (sideways_tf/engine/gpipe.py): BP's exact gradient
+  # pipelined over the module devices, the clip's frames as micro-batches.
+  config.gpipe = ml_collections.ConfigDict()
+  config.gpipe.micro_batch_frames = 1  # frames per micro-batch; divides T
+  config.gpipe.rematerialize = False  # keep stage inputs only, recompute
 
   # Optimisation: one optimizer step per clip unless update_every_ticks > 0.
   config.train = ml_collections.ConfigDict()

@@ -31,11 +31,12 @@ import keras
 from absl import logging
 import tensorflow as tf
 
+from sideways_tf.engine import gpipe
 from sideways_tf.engine import inference
 from sideways_tf.engine import state as state_lib
 from sideways_tf.engine.module import SKIP_COMBINE_MODES
 
-ALGORITHMS = ("sideways", "bp")
+ALGORITHMS = ("sideways", "bp", "gpipe")
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -280,6 +281,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       of each such module per tick), which removes the approximation in them.
       0 = plain Sideways; L-1 = the exact gradient of the frames whose
       gradient reaches every module within the clip.
+    gpipe_micro_batch_frames, gpipe_rematerialize: options of
+      ``algorithm="gpipe"`` (see engine/gpipe.py); it ignores replay.
   """
 
   def __init__(self,
@@ -290,6 +293,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
                skips: Optional[Dict[int, Sequence[int]]] = None,
                skip_combine: str = "concat",
                replay_modules: int = 0,
+               gpipe_micro_batch_frames: int = 1,
+               gpipe_rematerialize: bool = False,
                name: str = "pipeline"):
     super().__init__(name=name)
     stages = list(stages)
@@ -304,6 +309,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     self.replay_modules = state_lib.check_replay(replay_modules,
                                                  self.skip_sources)
     self.skip_combine = skip_combine
+    self.gpipe_options = gpipe.make_options(gpipe_micro_batch_frames,
+                                            gpipe_rematerialize)
     self.stages = stages
     self.loss_fn = loss_fn
     self.devices = devices or [None] * len(stages)
@@ -341,7 +348,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     Args:
       frames: ``[B, T, ...]`` batch-major clip.
       labels: ``[B]`` integer clip labels.
-      algorithm: ``"sideways"`` or ``"bp"``.
+      algorithm: ``"sideways"``, ``"bp"`` or ``"gpipe"`` (BP's exact
+        gradient, pipelined over the stages; engine/gpipe.py).
       reset: Sideways only. ``True`` (default) starts a clip from zero
         buffers. ``False`` continues the stream from the buffers left by the
         previous call (chunked streaming): the returned gradient is then the
@@ -384,6 +392,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
              else tf.cast(loss_scale, tf.float32))
     if algorithm == "sideways":
       return sideways_clip(self, frames, labels, reset, scale)
+    if algorithm == "gpipe":
+      return gpipe.gpipe_graph(self, frames, labels, scale)
     return bp_clip(self, frames, labels, scale)
 
   def prepare_inputs(self, frames, labels, algorithm: str = "sideways",
@@ -413,6 +423,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       if num_frames < 1:
         raise ValueError(f"frames must hold at least one frame, got T = 0")
       self._ensure_built(frame_shape, frames.dtype)
+      if algorithm == "gpipe":
+        gpipe.validate(self, num_frames)
     return frames, tf.cast(labels, tf.int32)
 
   def _warn_if_modules_starve(self, num_frames, reset):

@@ -26,5 +26,7 @@ def build_stages(model_config, num_classes: int):
   if name not in MODELS:
     raise ValueError(
         f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-  kwargs = {k: v for k, v in model_config.items() if k != "name"}
+  # "balance" re-cuts the built stages (sideways_tf/training/auto_balance.py).
+  kwargs = {k: v for k, v in model_config.items()
+            if k not in ("name", "balance")}
   return MODELS[name](num_classes=num_classes, **kwargs)

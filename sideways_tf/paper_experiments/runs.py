@@ -24,11 +24,13 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from sideways_tf.configs import default
-from sideways_tf.engine.pipeline import ALGORITHMS
 from sideways_tf import data as data_lib
 from sideways_tf.files import atomic_write_text
 from sideways_tf.training import train_lib
 from sideways_tf.data import clips
+
+# The paper compares these two (GPipe is BP's gradient: docs/scaling.md).
+ALGORITHMS = ("sideways", "bp")
 
 EXPERIMENTS = ("convergence", "smoothness", "depth", "skip")
 

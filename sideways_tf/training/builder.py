@@ -14,6 +14,7 @@ from sideways_tf import data as data_lib
 from sideways_tf import distributed
 from sideways_tf import models
 from sideways_tf.engine.pipeline import Pipeline
+from sideways_tf.training import auto_balance
 from sideways_tf.training.trainer import DynamicLossScale, Trainer
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -29,10 +30,12 @@ class Setup:
   trainer: Trainer
   step: tf.Variable
   checkpoint: tf.train.Checkpoint
+  split: Optional[dict] = None  # config.model.balance: the chosen split
 
 
 def build(config, data_seed_offset: int = 0,
-          cluster: Optional[distributed.Cluster] = None) -> Setup:
+          cluster: Optional[distributed.Cluster] = None,
+          stage_sizes=None) -> Setup:
   """Data, model, pipeline, optimizer and trainer for `config`.
 
   With a `cluster`, each worker trains on its own shard of the batches
@@ -50,12 +53,16 @@ def build(config, data_seed_offset: int = 0,
     datasets = dataclasses.replace(datasets,
                                    train=cluster.shard(datasets.train))
   return build_model(config, datasets.num_classes, datasets.frame_shape,
-                     datasets, cluster)
+                     datasets, cluster, stage_sizes)
 
 
 def build_model(config, num_classes: int, frame_shape, datasets=None,
-                cluster: Optional[distributed.Cluster] = None) -> Setup:
-  """Everything but the data (for export, or evaluation on other data)."""
+                cluster: Optional[distributed.Cluster] = None,
+                stage_sizes=None) -> Setup:
+  """Everything but the data (for export, or evaluation on other data).
+
+  `stage_sizes`: a split saved in model_info.json (config.model.balance).
+  """
   config = configs.with_defaults(config)
   keras.utils.set_random_seed(config.seed)
   precision = config.mixed_precision or "float32"
@@ -65,11 +72,15 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
         f"'mixed_float16', got {precision!r}")
   keras.mixed_precision.set_dtype_policy(precision)  # before the stages
   stages = models.build_stages(config.model, num_classes)
+  stages, split = auto_balance.apply(config.model, stages, frame_shape,
+                                     config.train.batch_size, stage_sizes)
   devices = resolve_devices(config.devices, len(stages))
   pipeline = Pipeline(stages, devices=devices,
                       skips=parse_skips(config.skips),
                       skip_combine=config.skip_combine,
-                      replay_modules=config.replay_modules)
+                      replay_modules=config.replay_modules,
+                      gpipe_micro_batch_frames=config.gpipe.micro_batch_frames,
+                      gpipe_rematerialize=config.gpipe.rematerialize)
   optimizer = make_optimizer(config.train)
   trainer = Trainer(
       pipeline, optimizer, config.algorithm,
@@ -87,7 +98,7 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   if trainer.loss_scale is not None:
     checkpoint.loss_scale = trainer.loss_scale
   return Setup(config, datasets, pipeline, optimizer, trainer, step,
-               checkpoint)
+               checkpoint, split)
 
 
 def parse_skips(spec: str) -> Dict[int, list]:

@@ -1,7 +1,8 @@
 """A training run's directory: what it holds and how it is checked.
 
   workdir/config.json        the config the run was started with
-  workdir/model_info.json    num_classes, frame_shape, class_names
+  workdir/model_info.json    num_classes, frame_shape, class_names (and the
+                             split of config.model.balance)
   workdir/checkpoints/       tf.train.CheckpointManager (model, optimizer,
                              step, pipeline state)
   workdir/train/, eval/      TensorBoard event files
@@ -34,7 +35,8 @@ RESUMABLE_KEYS = ("train.num_steps", "train.learning_rate", "train.log_every",
                   "train.keep_checkpoints", "eval.batch_size",
                   "eval.num_batches", "data.data_dir", "data.path", "devices",
                   "distributed", "collective_timeout_seconds",
-                  "start_timeout_seconds")
+                  "start_timeout_seconds", "gpipe.micro_batch_frames",
+                  "gpipe.rematerialize")
 
 
 def check(config, workdir: pathlib.Path, overwrite: bool) -> bool:
@@ -90,11 +92,12 @@ def _flatten(tree, prefix=""):
   return flat
 
 
-def write_model_info(workdir: pathlib.Path, datasets) -> None:
-  atomic_write_text(workdir / "model_info.json", json.dumps({
+def write_model_info(workdir: pathlib.Path, datasets, split=None) -> None:
+  """`split`: config.model.balance's chosen split (builder.Setup.split)."""
+  atomic_write_text(workdir / "model_info.json", json.dumps(dict({
       "num_classes": datasets.num_classes,
       "frame_shape": list(datasets.frame_shape),
-      "class_names": list(datasets.class_names)}, indent=2))
+      "class_names": list(datasets.class_names)}, **(split or {})), indent=2))
 
 
 def load_model_info(workdir) -> Dict[str, object]:
@@ -103,6 +106,13 @@ def load_model_info(workdir) -> Dict[str, object]:
   if not path.exists():
     raise ValueError(f"{path} not found: is {workdir} a training workdir?")
   return json.loads(path.read_text())
+
+
+def saved_stage_sizes(workdir):
+  """The split a balanced run chose (model_info.json), or None."""
+  path = pathlib.Path(workdir) / "model_info.json"
+  return json.loads(path.read_text()).get("stage_sizes") if path.exists() \
+      else None
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

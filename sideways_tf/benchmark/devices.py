@@ -1,0 +1,400 @@
+"""Depth parallelism, measured: every algorithm on N simulated devices.
+
+``bin/benchmark --simulate_devices=N``. A simulated device is one CPU core:
+each measurement runs in its own process with N logical CPU devices,
+intra-op threads 1 (one core per op) and inter-op threads N (N ops at once),
+the stages placed one per device. The same algorithm is also run serialised
+(inter-op threads 1) so its speed-up is its own; every other figure is a
+ratio between runs of this one command.
+
+Rows (all through ``Trainer.train_step`` / ``Pipeline.compute_gradients``):
+
+* ``sideways``: the tick engine, stages on the N devices;
+* ``gpipe`` / ``gpipe_remat``: ``algorithm="gpipe"`` (exact) with M = T /
+  micro_batch_frames micro-batches, without / with re-materialisation;
+* ``mp_bp``: BP with the stages on the N devices, no pipelining
+  (model-parallel BP);
+* ``bp``: BP with default placement (single-device BP, same cores).
+
+Per row: frames/s (parallel and serialised) and speed-up; peak working memory
+(VmHWM minus the RSS before the first step, own process per T); gradient
+cosine and max relative difference to single-device BP on the same clip and
+weights; per-device bubble, the idle fraction of the step observed in a
+profiler trace (ops are attributed to device k by their ``stage_k`` name
+scope; idle = 1 - union of stage k's op intervals / step span).
+
+Writes ``simulated_devices.json``, ``.md`` and ``.png`` to the report
+directory (atomically), and the table into docs/benchmarks.md between markers
+(the report: devices_report.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import glob
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+from sideways_tf import files
+from sideways_tf.benchmark import devices_report
+
+
+# name: (Pipeline algorithm, stages on the simulated devices, rematerialize)
+VARIANTS = {
+    "sideways": ("sideways", True, False),
+    "gpipe": ("gpipe", True, False),
+    "gpipe_remat": ("gpipe", True, True),
+    "mp_bp": ("bp", True, False),
+    "bp": ("bp", False, False),
+}
+EXACT = {"sideways": False, "gpipe": True, "gpipe_remat": True, "mp_bp": True,
+         "bp": True}
+
+
+@dataclasses.dataclass
+class DevicesConfig:
+  """What to measure. Defaults finish in a few minutes on 2 idle cores."""
+  num_devices: int = 2
+  num_modules: int = 0          # 0 = one module per device
+  model: str = "frame_cnn"
+  image_size: int = 64
+  channels: int = 3
+  batch_size: int = 8
+  num_frames: int = 32
+  num_classes: int = 10
+  micro_batch_frames: int = 1   # GPipe: frames per micro-batch (M = T / this)
+  repeats: int = 5
+  warmup: int = 1
+  memory_frames: Sequence[int] = (16, 128)
+  memory_steps: int = 1
+  variants: Sequence[str] = tuple(VARIANTS)
+  # "time": cut the model's layers into stages of equal measured time
+  # (balance_by_time, once, in its own process; every row uses that split)
+  # so that idle time is the schedule's, not the model's imbalance.
+  balance: str = "time"
+  stage_sizes: Sequence[int] = ()  # set by the parent from the balancing
+  serialised: bool = True       # also run each variant with inter-op 1
+  profile: bool = True          # bubble from a profiler trace
+
+  @property
+  def modules(self) -> int:
+    return self.num_modules or self.num_devices
+
+
+def log(message: str) -> None:
+  print(f"[benchmark --simulate_devices {time.strftime('%H:%M:%S')}] "
+        f"{message}", flush=True)
+
+
+# ------------------------------------------------------------- child side
+
+def _setup(config: DevicesConfig, inter_op: int):
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  tf.config.threading.set_inter_op_parallelism_threads(int(inter_op))
+  if config.num_devices > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * config.num_devices)
+  return tf
+
+
+def _pipeline(config: DevicesConfig, variant: str, tf):
+  import keras  # pylint: disable=g-import-not-at-top
+  import sideways_tf  # pylint: disable=g-import-not-at-top
+  from sideways_tf import models  # pylint: disable=g-import-not-at-top
+  _, placed, remat = VARIANTS[variant]
+  keras.utils.set_random_seed(0)  # the same weights in every process
+  stages = models.MODELS[config.model](num_classes=config.num_classes,
+                                       num_modules=config.modules)
+  if config.stage_sizes:
+    from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
+    layers = [layer for stage in stages for layer in stage.layers]
+    stages = balance.to_stages(layers, list(config.stage_sizes))
+  devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+  placement = ([devices[k * len(devices) // config.modules]
+                for k in range(config.modules)] if placed else None)
+  return sideways_tf.Pipeline(
+      stages, devices=placement,
+      gpipe_micro_batch_frames=config.micro_batch_frames,
+      gpipe_rematerialize=remat)
+
+
+def _clip(config: DevicesConfig, num_frames: int, tf):
+  rng = tf.random.Generator.from_seed(1)
+  frames = rng.uniform((config.batch_size, num_frames, config.image_size,
+                        config.image_size, config.channels))
+  labels = rng.uniform((config.batch_size,), 0, config.num_classes, tf.int32)
+  return frames, labels
+
+
+def _trainer(pipeline, variant):
+  import keras  # pylint: disable=g-import-not-at-top
+  from sideways_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  return Trainer(pipeline, keras.optimizers.SGD(1e-4), VARIANTS[variant][0])
+
+
+def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
+                     fidelity: bool, profile: bool) -> dict:
+  """Frames/s of train steps; optionally gradient vs BP and the bubble."""
+  tf = _setup(config, inter_op)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sideways_tf.benchmark.children import peak_rss_bytes  # pylint: disable=g-import-not-at-top
+  pipeline = _pipeline(config, variant, tf)
+  frames, labels = _clip(config, config.num_frames, tf)
+  out = {"variant": variant, "inter_op": inter_op,
+         "devices": [str(d) for d in pipeline.devices]}
+  if fidelity:  # before any update: the same weights as the BP reference
+    mine = pipeline.compute_gradients(frames, labels, VARIANTS[variant][0])
+    import sideways_tf  # pylint: disable=g-import-not-at-top
+    reference = sideways_tf.Pipeline(pipeline.stages).compute_gradients(
+        frames, labels, "bp")
+    a = np.concatenate([np.ravel(g) for g in mine]).astype(np.float64)
+    b = np.concatenate([np.ravel(g) for g in reference]).astype(np.float64)
+    out["cosine_to_bp"] = float(a @ b / (np.linalg.norm(a) *
+                                         np.linalg.norm(b)))
+    out["max_relative_difference"] = float(max(
+        np.abs(np.asarray(x) - np.asarray(y)).max() / np.abs(y).max()
+        for x, y in zip(mine, reference)))
+  trainer = _trainer(pipeline, variant)
+  for _ in range(config.warmup):
+    trainer.train_step(frames, labels)
+  seconds = []
+  for _ in range(config.repeats):
+    start = time.perf_counter()
+    trainer.train_step(frames, labels)
+    seconds.append(time.perf_counter() - start)
+  median = float(np.median(seconds))
+  out.update(step_s=seconds, median_s=median,
+             frames_per_s=config.batch_size * config.num_frames / median,
+             peak_rss_mib=peak_rss_bytes() / 2 ** 20)
+  if profile:
+    out["bubble"] = _profiled_bubble(trainer, frames, labels,
+                                     pipeline.num_modules, tf)
+  return out
+
+
+def _profiled_bubble(trainer, frames, labels, num_stages, tf) -> dict:
+  """Idle fraction per device in one profiled train step."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  logdir = tempfile.mkdtemp(prefix="sideways_bubble_")
+  tf.profiler.experimental.start(logdir)
+  try:
+    trainer.train_step(frames, labels)
+  finally:
+    tf.profiler.experimental.stop()
+  paths = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"),
+                           recursive=True))
+  if not paths:
+    return {"available": False, "reason": f"no trace in {logdir}"}
+  space = xplane_pb2.XSpace()
+  space.ParseFromString(pathlib.Path(paths[-1]).read_bytes())
+  intervals = collections.defaultdict(list)
+  pattern = re.compile(r"stage_(\d+)/")
+  for plane in space.planes:
+    names = plane.event_metadata
+    for line in plane.lines:
+      for event in line.events:
+        match = pattern.search(names[event.metadata_id].name)
+        if match:
+          start = line.timestamp_ns * 1000 + event.offset_ps
+          intervals[int(match.group(1))].append(
+              (start, start + event.duration_ps))
+  return bubble_from_intervals(intervals, num_stages)
+
+
+def bubble_from_intervals(intervals: Dict[int, List[tuple]],
+                          num_stages: int) -> dict:
+  """Idle fraction of each stage over the span of all stages' events.
+
+  `intervals[k]`: (start, end) of the ops of stage k, any unit. Busy time is
+  the union of a stage's intervals (its ops may overlap on several threads).
+  """
+  spans = [iv for k in range(num_stages) for iv in intervals.get(k, [])]
+  if not spans:
+    return {"available": False, "reason": "no stage_k events in the trace"}
+  first = min(s for s, _ in spans)
+  last = max(e for _, e in spans)
+  total = max(last - first, 1)
+  idle = []
+  for k in range(num_stages):
+    busy, end = 0, first
+    for s, e in sorted(intervals.get(k, [])):
+      s = max(s, end)
+      if e > s:
+        busy += e - s
+        end = e
+    idle.append(1.0 - busy / total)
+  return {"available": True, "idle_fraction": idle,
+          "span_s": total / 1e12 if total > 1e9 else None,
+          "events": {k: len(intervals.get(k, [])) for k in range(num_stages)}}
+
+
+def memory_child(config: DevicesConfig, variant: str, num_frames: int) -> dict:
+  """Peak working memory of train steps at clip length `num_frames`."""
+  tf = _setup(config, config.num_devices)
+  import psutil  # pylint: disable=g-import-not-at-top
+  from sideways_tf.benchmark.children import peak_rss_bytes  # pylint: disable=g-import-not-at-top
+  pipeline = _pipeline(config, variant, tf)
+  frames, labels = _clip(config, num_frames, tf)
+  float(frames[0, 0, 0, 0, 0])
+  trainer = _trainer(pipeline, variant)
+  pipeline.prepare_inputs(frames, labels, VARIANTS[variant][0])
+  baseline = psutil.Process().memory_info().rss
+  for _ in range(max(1, config.memory_steps)):
+    trainer.train_step(frames, labels)
+  peak = peak_rss_bytes()
+  return {"variant": variant, "num_frames": num_frames,
+          "baseline_mib": baseline / 2 ** 20, "peak_mib": peak / 2 ** 20,
+          "step_mib": (peak - baseline) / 2 ** 20}
+
+
+def split_child(config: DevicesConfig) -> dict:
+  """balance_by_time of the model's layers into config.modules stages."""
+  tf = _setup(config, 1)
+  import keras  # pylint: disable=g-import-not-at-top
+  from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
+  from sideways_tf import models  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  stages = models.MODELS[config.model](num_classes=config.num_classes,
+                                       num_modules=config.modules)
+  layers = [layer for stage in stages for layer in stage.layers]
+  sample = tf.random.stateless_uniform(
+      (config.batch_size, config.image_size, config.image_size,
+       config.channels), seed=(0, 0))
+  costs = balance.time_costs(layers, sample)
+  sizes = balance.balanced_split([max(1, int(c * 1e9)) for c in costs],
+                                 config.modules)
+  return {"stage_sizes": [int(s) for s in sizes],
+          "layers": [layer.name for layer in layers], "layer_s": costs,
+          "stage_s": balance.group_costs(costs, sizes)}
+
+
+CHILDREN = {"throughput": throughput_child, "memory": memory_child,
+            "split": split_child}
+
+
+# ------------------------------------------------------------ parent side
+
+def run_child(kind: str, config: DevicesConfig, **kwargs) -> dict:
+  payload = json.dumps({"config": dataclasses.asdict(config),
+                        "kwargs": kwargs})
+  env = dict(os.environ, PYTHONPATH=str(files.PROJECT_ROOT) + os.pathsep +
+             os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run(
+      [sys.executable, "-m", "sideways_tf.benchmark.devices", kind, payload],
+      cwd=str(files.PROJECT_ROOT), env=env, capture_output=True, text=True,
+      timeout=3600)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  if proc.returncode != 0 or not lines:
+    raise RuntimeError(
+        f"simulated-devices child {kind} {kwargs} failed (exit "
+        f"{proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+  return json.loads(lines[-1])
+
+
+def validate(config: DevicesConfig) -> None:
+  if config.balance not in ("", "time"):
+    raise ValueError(f"balance must be '' or 'time', got {config.balance!r}")
+  if config.num_devices < 1:
+    raise ValueError(f"--simulate_devices must be >= 1, got "
+                     f"{config.num_devices}")
+  unknown = set(config.variants) - set(VARIANTS)
+  if unknown:
+    raise ValueError(f"unknown variants {sorted(unknown)}; expected some of "
+                     f"{list(VARIANTS)}")
+  for t in [config.num_frames] + list(config.memory_frames):
+    if t % config.micro_batch_frames:
+      raise ValueError(f"micro_batch_frames = {config.micro_batch_frames} "
+                       f"must divide every clip length, got T = {t}")
+    if t < config.modules:
+      raise ValueError(f"clip length T = {t} < {config.modules} modules")
+
+
+def run(config: DevicesConfig, report_dir, command: str = "",
+        doc_path: Optional[str] = None) -> dict:
+  """Runs every child, writes the report; returns the results dict.
+
+  One piece: the children in order with their progress lines.
+  """
+  validate(config)
+  report_dir = pathlib.Path(report_dir)
+  report_dir.mkdir(parents=True, exist_ok=True)
+  started = time.perf_counter()
+  results = {
+      "command": command,
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "config": dataclasses.asdict(config),
+      "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                  "load_average_start": list(os.getloadavg())},
+      "goals": devices_report.GOALS, "rows": {}}
+  n = config.num_devices
+  if config.balance == "time" and not config.stage_sizes:
+    log(f"balancing {config.model} into {config.modules} stages by time")
+    split = run_child("split", config)
+    config = dataclasses.replace(config, stage_sizes=tuple(
+        split["stage_sizes"]))
+    results["split"] = split
+    results["config"] = dataclasses.asdict(config)
+    log(f"  layers per stage {split['stage_sizes']}, forward + backward ms "
+        f"{[round(t * 1e3, 2) for t in split['stage_s']]}")
+  for variant in config.variants:
+    row = {"exact": EXACT[variant]}
+    log(f"{variant}: {config.modules} stages, {n} simulated devices "
+        f"(intra-op 1, inter-op {n}), B={config.batch_size} "
+        f"T={config.num_frames} {config.image_size}x{config.image_size}")
+    row["parallel"] = run_child("throughput", config, variant=variant,
+                                inter_op=n, fidelity=True,
+                                profile=config.profile)
+    log(f"  {row['parallel']['frames_per_s']:.1f} frames/s, cosine to BP "
+        f"{row['parallel']['cosine_to_bp']:.6f}")
+    if config.serialised:
+      row["serialised"] = run_child("throughput", config, variant=variant,
+                                    inter_op=1, fidelity=False, profile=False)
+      row["speedup"] = (row["parallel"]["frames_per_s"] /
+                        row["serialised"]["frames_per_s"])
+      log(f"  serialised {row['serialised']['frames_per_s']:.1f} frames/s: "
+          f"speed-up {row['speedup']:.2f}x")
+    row["memory"] = {}
+    for t in config.memory_frames:
+      mem = run_child("memory", config, variant=variant, num_frames=int(t))
+      row["memory"][str(int(t))] = mem
+      log(f"  memory T={t}: {mem['step_mib']:.0f} MiB")
+    results["rows"][variant] = row
+  results["summary"] = devices_report.summarise(results)
+  results["machine"]["load_average_end"] = list(os.getloadavg())
+  results["seconds"] = time.perf_counter() - started
+  files.atomic_write_text(report_dir / "simulated_devices.json",
+                json.dumps(results, indent=2))
+  text = devices_report.markdown(results)
+  files.atomic_write_text(report_dir / "simulated_devices.md", text)
+  try:
+    devices_report.plot(results, report_dir / "simulated_devices.png")
+  except Exception as error:  # pylint: disable=broad-except
+    log(f"no plot: {error}")
+  if doc_path:
+    devices_report.update_doc(pathlib.Path(doc_path), text)
+  log(f"wrote {report_dir}/simulated_devices.{{json,md,png}} in "
+      f"{results['seconds']:.0f} s")
+  return results
+
+
+def _child_main(argv):
+  kind, payload = argv[1], json.loads(argv[2])
+  config = DevicesConfig(**payload["config"])
+  print(json.dumps(CHILDREN[kind](config, **payload["kwargs"])), flush=True)
+
+
+if __name__ == "__main__":
+  _child_main(sys.argv)

@@ -1,0 +1,209 @@
+"""The report of ``bin/benchmark --simulate_devices``: goals, table, plot.
+
+Split from devices.py (which measures); the marked block it writes into
+docs/benchmarks.md is kept when the main benchmark rewrites that file
+(:func:`preserved_section`, called by runner.py).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from sideways_tf import files
+
+TITLES = {"sideways": "Sideways", "gpipe": "GPipe",
+          "gpipe_remat": "GPipe + re-materialisation",
+          "mp_bp": "model-parallel BP", "bp": "single-device BP"}
+GOALS = {
+    "sideways_speedup": 1.8,          # vs its serialised run >=
+    "sideways_vs_bp": 1.3,            # vs single-device BP, equal cores >=
+    "gpipe_speedup": 1.6,             # vs its serialised run >=
+    "gpipe_bubble_tolerance": 0.2,    # |measured / (K-1)/(M+K-1) - 1| <=
+    "sideways_vs_gpipe_memory": 0.1,  # at the largest T <=
+    "gpipe_max_relative_difference": 1e-5,
+}
+MARK_BEGIN = "<!-- simulated-devices: begin (bin/benchmark --simulate_devices) -->"
+MARK_END = "<!-- simulated-devices: end -->"
+
+
+def summarise(results: dict) -> dict:
+  """The goal ratios of the issue, from the rows that were run."""
+  rows, c = results["rows"], results["config"]
+  k = c["num_modules"] or c["num_devices"]
+  m = c["num_frames"] // c["micro_batch_frames"]
+  expected_bubble = (k - 1) / (m + k - 1)
+  out = {"gpipe_expected_bubble": expected_bubble, "K": k, "M": m}
+
+  def fps(v):
+    return rows[v]["parallel"]["frames_per_s"]
+  goals = {}
+  if "sideways" in rows and "speedup" in rows["sideways"]:
+    s = rows["sideways"]["speedup"]
+    goals["sideways_speedup"] = (s, s >= GOALS["sideways_speedup"])
+  if "sideways" in rows and "bp" in rows:
+    r = fps("sideways") / fps("bp")
+    goals["sideways_vs_bp"] = (r, r >= GOALS["sideways_vs_bp"])
+  for v in ("gpipe", "gpipe_remat"):
+    if v not in rows:
+      continue
+    if "speedup" in rows[v]:
+      s = rows[v]["speedup"]
+      goals[f"{v}_speedup"] = (s, s >= GOALS["gpipe_speedup"])
+    d = rows[v]["parallel"]["max_relative_difference"]
+    goals[f"{v}_exact"] = (d, d <= GOALS["gpipe_max_relative_difference"])
+    bubble = rows[v]["parallel"].get("bubble", {})
+    if bubble.get("available"):
+      measured = max(bubble["idle_fraction"])
+      ratio = measured / expected_bubble if expected_bubble else float("nan")
+      goals[f"{v}_bubble"] = (measured, abs(ratio - 1) <=
+                              GOALS["gpipe_bubble_tolerance"])
+  t_max = str(max(c["memory_frames"])) if c["memory_frames"] else None
+  if t_max and "sideways" in rows and "gpipe" in rows:
+    r = (rows["sideways"]["memory"][t_max]["step_mib"] /
+         rows["gpipe"]["memory"][t_max]["step_mib"])
+    goals["sideways_vs_gpipe_memory"] = (
+        r, r <= GOALS["sideways_vs_gpipe_memory"])
+  out["goals"] = {name: {"measured": v, "met": bool(met)}
+                  for name, (v, met) in goals.items()}
+  return out
+
+
+# ---------------------------------------------------------------- report
+
+def markdown(results: dict) -> str:
+  """The table and the goals, as docs/benchmarks.md shows them.
+
+  One piece: a flat list of lines, read top to bottom like the output.
+  """
+  c, rows, summary = results["config"], results["rows"], results["summary"]
+  k, m = summary["K"], summary["M"]
+  mem_ts = [str(int(t)) for t in c["memory_frames"]]
+  bp_fps = rows["bp"]["parallel"]["frames_per_s"] if "bp" in rows else None
+  lines = [
+      f"### Depth parallelism on {c['num_devices']} simulated devices",
+      "",
+      "Command (writes `simulated_devices.{json,md,png}` to its "
+      "`--bench_dir`):",
+      "", "```", results.get("command") or "bin/benchmark --simulate_devices",
+      "```", "",
+      f"Run {results['date']}, {results['machine']['cpus']} CPUs, load "
+      f"average at start / end {results['machine']['load_average_start'][0]:.2f}"
+      f" / {results['machine']['load_average_end'][0]:.2f}. Model "
+      f"`{c['model']}` cut into K = {k} stages, one per simulated device "
+      f"(a process with {c['num_devices']} logical CPU devices, intra-op "
+      f"threads 1, inter-op threads {c['num_devices']}; serialised = inter-op "
+      f"1); {c['image_size']}x{c['image_size']}x{c['channels']} frames, "
+      f"B = {c['batch_size']}, T = {c['num_frames']}; GPipe micro-batches of "
+      f"{c['micro_batch_frames']} frame(s), M = {m}. Median of "
+      f"{c['repeats']} SGD train steps after {c['warmup']} warm-up. "
+      + (f"Stages cut by measured time (balance_by_time): layers per stage "
+         f"{list(c['stage_sizes'])}, forward + backward ms per stage "
+         f"{[round(t * 1e3, 2) for t in results['split']['stage_s']]}."
+         if results.get("split") else "Stages: the model's own split."),
+      "",
+      "| algorithm | exact | frames/s | serialised frames/s | speed-up | "
+      "/ single-device BP | " + " | ".join(
+          f"memory T={t} (MiB)" for t in mem_ts) +
+      " | cosine to BP | max rel. diff | idle per device (measured) |",
+      "|---|---|---|---|---|---|" + "---|" * len(mem_ts) + "---|---|---|",
+  ]
+  for variant, row in rows.items():
+    p = row["parallel"]
+    bubble = p.get("bubble", {})
+    idle = (", ".join(f"{x:.2f}" for x in bubble["idle_fraction"])
+            if bubble.get("available") else "n/a")
+    cells = [
+        TITLES[variant], "yes" if row["exact"] else "no",
+        f"{p['frames_per_s']:.0f}",
+        f"{row['serialised']['frames_per_s']:.0f}" if "serialised" in row
+        else "-",
+        f"{row['speedup']:.2f}x" if "speedup" in row else "-",
+        f"{p['frames_per_s'] / bp_fps:.2f}x" if bp_fps else "-"]
+    cells += [f"{row['memory'][t]['step_mib']:.0f}" for t in mem_ts]
+    cells += [f"{p['cosine_to_bp']:.6f}", f"{p['max_relative_difference']:.1e}",
+              idle]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += [
+      "",
+      f"GPipe's ideal idle fraction with equal stages is (K-1)/(M+K-1) = "
+      f"{summary['gpipe_expected_bubble']:.3f}. Memory is the peak RSS over "
+      "the train steps minus the RSS just before them (own process per T). "
+      "Idle per device: from a profiler trace of one step, 1 - (union of the "
+      "device's op intervals) / (span of all stage ops); executor gaps "
+      "between ops count as idle.",
+      "", "| goal | measured | target | status |", "|---|---|---|---|"]
+  targets = {
+      "sideways_speedup": f">= {GOALS['sideways_speedup']}x",
+      "sideways_vs_bp": f">= {GOALS['sideways_vs_bp']}x",
+      "gpipe_speedup": f">= {GOALS['gpipe_speedup']}x",
+      "gpipe_remat_speedup": f">= {GOALS['gpipe_speedup']}x",
+      "gpipe_exact": f"<= {GOALS['gpipe_max_relative_difference']}",
+      "gpipe_remat_exact": f"<= {GOALS['gpipe_max_relative_difference']}",
+      "gpipe_bubble": f"within {GOALS['gpipe_bubble_tolerance']:.0%} of "
+                      f"{summary['gpipe_expected_bubble']:.3f}",
+      "gpipe_remat_bubble": f"within {GOALS['gpipe_bubble_tolerance']:.0%} of"
+                            f" {summary['gpipe_expected_bubble']:.3f}",
+      "sideways_vs_gpipe_memory": f"<= {GOALS['sideways_vs_gpipe_memory']}",
+  }
+  for name, goal in summary["goals"].items():
+    lines.append(f"| {name} | {goal['measured']:.3g} | {targets[name]} | "
+                 f"{'met' if goal['met'] else '**missed**'} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = results["rows"]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  names = list(rows)
+  x = range(len(names))
+  left.bar([i - 0.2 for i in x],
+           [rows[v]["parallel"]["frames_per_s"] for v in names], 0.4,
+           label=f"{results['config']['num_devices']} simulated devices")
+  left.bar([i + 0.2 for i in x],
+           [rows[v].get("serialised", {}).get("frames_per_s", 0)
+            for v in names], 0.4, label="serialised")
+  left.set_xticks(list(x), [TITLES[v] for v in names], rotation=20,
+                  fontsize=8)
+  left.set_ylabel("frames/s")
+  left.legend(fontsize=8)
+  for v in names:
+    ts = sorted(int(t) for t in rows[v]["memory"])
+    right.plot(ts, [rows[v]["memory"][str(t)]["step_mib"] for t in ts], "o-",
+               label=TITLES[v])
+  right.set_xlabel("clip length T (frames)")
+  right.set_ylabel("peak working memory (MiB)")
+  right.legend(fontsize=8)
+  fig.tight_layout()
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def update_doc(path: pathlib.Path, section: str) -> None:
+  """Puts `section` between the markers of `path` (appended if absent)."""
+  text = path.read_text() if path.exists() else ""
+  block = f"{MARK_BEGIN}\n{section}{MARK_END}\n"
+  if MARK_BEGIN in text and MARK_END in text:
+    head, rest = text.split(MARK_BEGIN, 1)
+    tail = rest.split(MARK_END, 1)[1].lstrip("\n")
+    text = head + block + tail
+  else:
+    text = text.rstrip("\n") + "\n\n" + block
+  files.atomic_write_text(path, text)
+
+
+def preserved_section(path) -> str:
+  """The marked block of `path` ('' if none): kept when the rest is rewritten."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return ""
+  text = path.read_text()
+  if MARK_BEGIN not in text or MARK_END not in text:
+    return ""
+  body = text.split(MARK_BEGIN, 1)[1].split(MARK_END, 1)[0]
+  return f"\n{MARK_BEGIN}{body}{MARK_END}\n"

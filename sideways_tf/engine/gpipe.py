@@ -1,0 +1,295 @@
+"""GPipe on the Sideways engine: an exact, pipelined baseline.
+
+The clip's frames are the micro-batches (``micro_batch_frames`` consecutive
+frames each, M = T / micro_batch_frames of them). A fill-and-drain schedule
+runs them through the K stages in clocks: at forward clock c stage k works on
+micro-batch c - k, so stage k works on m while stage k+1 works on m-1. Each
+clock is one ``tf.while_loop`` iteration in which, as in the Sideways tick,
+every stage reads only what the stage below emitted at the previous clock, so
+the K stage computations of a clock are independent ops, each built under its
+stage's ``tf.device``. The backward pass drains the same way in reverse.
+
+The result is the exact gradient of BP's loss (the mean per-frame loss over
+the batch and all T frames): only the order of the sums changes. Two ways to
+keep what the backward pass needs:
+
+* ``rematerialize=False``: the forward clock loop is differentiated by
+  TensorFlow, which keeps every intermediate activation of every micro-batch
+  (GPipe's memory: O(T) activations of the whole model). The reverse loop's
+  ops are put back on their stage's device by name (``stage_k``), because
+  TensorFlow does not colocate a loop's gradient ops with their forward ops.
+* ``rematerialize=True``: only each stage's input (the stage-boundary
+  activation) is kept per micro-batch; the backward loop re-runs the stage's
+  forward pass on it and backpropagates (``SidewaysModule.tick`` at the
+  *stored* input, which is what makes it exact), as GPipe's
+  re-materialisation does.
+
+Fill and drain: a stage with no micro-batch at a clock (its bubble) skips its
+work (``tf.cond``), so it idles rather than computing padding.
+
+Not supported (ValueError): Skip-Sideways skips, and stages with moving
+statistics (batch norm), whose batch statistics over one micro-batch of B*m
+frames would differ from BP's over B*T frames.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import tensorflow as tf
+
+
+class GPipeOptions(NamedTuple):
+  """How `algorithm="gpipe"` cuts and keeps the clip."""
+  micro_batch_frames: int = 1   # frames per micro-batch; must divide T
+  rematerialize: bool = False   # keep only stage inputs, recompute backward
+
+
+def make_options(micro_batch_frames=1, rematerialize=False) -> GPipeOptions:
+  """Validated options (ValueError naming the bad value)."""
+  if isinstance(micro_batch_frames, bool) or int(micro_batch_frames) != (
+      micro_batch_frames) or int(micro_batch_frames) < 1:
+    raise ValueError(f"gpipe micro_batch_frames must be an integer >= 1, got "
+                     f"{micro_batch_frames!r}")
+  if not isinstance(rematerialize, bool):
+    raise ValueError(f"gpipe rematerialize must be True or False, got "
+                     f"{rematerialize!r}")
+  return GPipeOptions(int(micro_batch_frames), rematerialize)
+
+
+def validate(pipeline, num_frames: int) -> None:
+  """Raises ValueError if `pipeline` cannot run GPipe on T = num_frames."""
+  options = pipeline.gpipe_options
+  if any(pipeline.skip_sources):
+    raise ValueError(
+        f"algorithm='gpipe' does not support Skip-Sideways skips (got skip "
+        f"sources {pipeline.skip_sources}); use 'bp' for their exact gradient")
+  for k, stage in enumerate(pipeline.stages):
+    if stage.non_trainable_variables:
+      raise ValueError(
+          f"algorithm='gpipe': stage {k} ({stage.name}) has non-trainable "
+          f"state ({stage.non_trainable_variables[0].path}, e.g. batch norm "
+          f"moving statistics); its statistics over one micro-batch would "
+          f"differ from BP's over the whole clip. Use a stateless "
+          f"normalisation (group/layer norm) or algorithm='bp'")
+  if num_frames % options.micro_batch_frames:
+    raise ValueError(
+        f"gpipe micro_batch_frames = {options.micro_batch_frames} must divide "
+        f"the clip length T = {num_frames}")
+
+
+def num_micro_batches(pipeline, num_frames: int) -> int:
+  return num_frames // pipeline.gpipe_options.micro_batch_frames
+
+
+def bubble_fraction(num_stages: int, num_micro_batches: int) -> float:
+  """GPipe's idle fraction per device with equal stages: (K-1)/(M+K-1)."""
+  return (num_stages - 1) / (num_micro_batches + num_stages - 1)
+
+
+def gpipe_graph(pipeline, frames, labels, loss_scale):
+  """Graph of the GPipe clip gradient (call inside ``tf.function``).
+
+  Returns a ``ClipResult`` like the other algorithms: the gradient of the
+  mean per-frame loss over the batch and all T frames.
+  """
+  from sideways_tf.engine.pipeline import ClipResult  # pylint: disable=g-import-not-at-top
+  options = pipeline.gpipe_options
+  batch_size, num_frames = int(frames.shape[0]), int(frames.shape[1])
+  frame_shape = tuple(frames.shape[2:])
+  per_micro = options.micro_batch_frames
+  num_micro = num_frames // per_micro
+  with tf.init_scope():  # shapes of every stage's input and output, eagerly
+    shapes = pipeline._ensure_built(frame_shape, frames.dtype)  # pylint: disable=protected-access
+
+  # [B, T, ...] -> [M, B * m, ...]: micro-batch i holds frames i*m..i*m+m-1
+  # of every clip, batch-major, so its labels are repeat(labels, m).
+  rest = list(frame_shape)
+  micro = tf.reshape(frames, [batch_size, num_micro, per_micro] + rest)
+  micro = tf.transpose(micro, [1, 0, 2] + list(range(3, 3 + len(rest))))
+  micro = tf.reshape(micro, [num_micro, batch_size * per_micro] + rest)
+  micro_labels = tf.repeat(labels, per_micro)
+  num_terms = tf.constant(float(batch_size * num_frames), tf.float32)
+  loss_scale = tf.cast(loss_scale, tf.float32)
+  rows = batch_size * per_micro
+
+  def top_loss(logits):
+    """Summed loss and correct count of one micro-batch at the top."""
+    per_example = tf.cast(pipeline.loss_fn(micro_labels, logits), tf.float32)
+    correct = tf.reduce_sum(tf.cast(tf.equal(
+        tf.argmax(logits, axis=-1, output_type=tf.int32), micro_labels),
+                                    tf.float32))
+    return tf.reduce_sum(per_example), correct
+
+  schedule = _Schedule(pipeline, micro, shapes, rows, num_micro)
+  if options.rematerialize:
+    grads, loss_sum, correct_sum = schedule.rematerialized(top_loss,
+                                                           loss_scale)
+    grads = [tf.math.divide_no_nan(g, tf.cast(num_terms * loss_scale,
+                                              g.dtype)) for g in grads]
+  else:
+    variables = pipeline.trainable_variables
+    with tf.GradientTape() as tape:
+      loss_sum, correct_sum = schedule.forward(top_loss)
+      scaled = loss_sum / num_terms * loss_scale
+    # Put the reverse loop's ops on their stage's device (by op name).
+    with tf.compat.v1.get_default_graph().device(schedule.device_of_op):
+      grads = tape.gradient(scaled, variables,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = [g / tf.cast(loss_scale, g.dtype) for g in grads]
+  return ClipResult(grads, loss_sum / num_terms, correct_sum / num_terms,
+                    tf.identity(num_terms))
+
+
+class _Schedule:
+  """The fill-and-drain clocks of one clip."""
+
+  def __init__(self, pipeline, micro, shapes, rows, num_micro):
+    self.pipeline = pipeline
+    self.modules = pipeline.modules
+    self.devices = pipeline.devices
+    self.num_stages = pipeline.num_modules
+    self.micro = micro
+    self.shapes = shapes
+    self.rows = rows
+    self.num_micro = num_micro
+    self.num_clocks = num_micro + self.num_stages - 1
+
+  def device_of_op(self, op):
+    match = re.search(r"stage_(\d+)/", op.name)
+    return self.devices[int(match.group(1))] or "" if match else ""
+
+  def _zeros_output(self, k):
+    return tf.zeros([self.rows] + list(self.shapes[k].output_shape),
+                    self.shapes[k].output_dtype)
+
+  def _frames_of(self, m):
+    # Nobody needs the gradient of a frame: stop it, so the first stage's
+    # backward-data pass is never built.
+    index = tf.clip_by_value(m, 0, self.num_micro - 1)
+    return tf.stop_gradient(tf.gather(self.micro, index))
+
+  def _valid(self, m):
+    return tf.logical_and(m >= 0, m < self.num_micro)
+
+  def forward(self, top_loss, keep_inputs: bool = False, run_top=True):
+    """The forward clocks; returns (loss sum, correct sum[, stored inputs]).
+
+    `keep_inputs`: also store what every stage k >= 1 held at each clock
+    (its input for micro-batch c - k), for the rematerialised backward.
+    """
+    big_k = self.num_stages
+    held0 = [self._zeros_output(k) for k in range(big_k - 1)]
+    stored0 = [tf.TensorArray(self.shapes[k].input_dtype, self.num_clocks,
+                              element_shape=[self.rows] +
+                              list(self.shapes[k].input_shape))
+               for k in range(1, big_k)] if keep_inputs else []
+    zero = tf.constant(0.0, tf.float32)
+
+    def clock(c, held, stored, loss_sum, correct_sum):
+      outputs = []
+      for k, module in enumerate(self.modules):
+        m = c - k
+        with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
+          x = self._frames_of(m) if k == 0 else held[k - 1]
+          if keep_inputs and k > 0:
+            stored[k - 1] = stored[k - 1].write(c, x)
+          if module.is_top:
+            if run_top:
+              loss, correct = tf.cond(
+                  self._valid(m),
+                  lambda x=x, k=k, module=module: _in_scope(
+                      k, lambda: top_loss(module.call(x, training=True))),
+                  lambda: (tf.constant(0.0), tf.constant(0.0)))
+              loss_sum += loss
+              correct_sum += correct
+          else:
+            outputs.append(tf.cond(
+                self._valid(m),
+                lambda x=x, k=k, module=module: _in_scope(
+                    k, lambda: module.call(x, training=True)),
+                lambda k=k: self._zeros_output(k)))
+      return c + 1, outputs, stored, loss_sum, correct_sum
+
+    _, _, stored, loss_sum, correct_sum = tf.while_loop(
+        lambda c, *_: c < self.num_clocks, clock,
+        (tf.constant(0), held0, stored0, zero, zero))
+    if keep_inputs:
+      return loss_sum, correct_sum, stored
+    return loss_sum, correct_sum
+
+  def rematerialized(self, top_loss, loss_scale):
+    """Forward keeping stage inputs only, then the backward drain.
+
+    Backward clock c: stage k works on micro-batch M-1-c+(K-1-k) (the top
+    starts with the last one), re-running its forward pass on the input it
+    stored and pushing the output gradient stage k+1 emitted at clock c-1.
+    One piece: the clock body is one while_loop iteration over all stages.
+    """
+    big_k, num_micro = self.num_stages, self.num_micro
+    _, _, stored = self.forward(top_loss, keep_inputs=True, run_top=False)
+    grads0 = [self._zeros_output(k) for k in range(big_k - 1)]
+    accumulators0 = [[tf.zeros_like(v) for v in m.stage.trainable_variables]
+                     for m in self.modules]
+    zero = tf.constant(0.0, tf.float32)
+
+    def clock(c, grads, accumulators, loss_sum, correct_sum):
+      new_grads = [None] * (big_k - 1)
+      new_accumulators = []
+      for k, module in enumerate(self.modules):
+        m = num_micro - 1 - c + (big_k - 1 - k)
+        with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
+          variables = module.stage.trainable_variables
+
+          def work(k=k, m=m, module=module, variables=variables):
+            with tf.name_scope(f"stage_{k}"):
+              x = (self._frames_of(m) if k == 0 else
+                   stored[k - 1].read(m + k))  # stage k held m at clock m+k
+              extra = {}
+
+              def loss_of_outputs(logits):
+                loss, correct = top_loss(logits)
+                extra.update(loss=loss, correct=correct)
+                return loss * loss_scale
+              result = module.tick(
+                  x, output_gradient=None if module.is_top else grads[k],
+                  loss_of_outputs=loss_of_outputs if module.is_top else None,
+                  training=True)
+              out = list(result.parameter_gradients)
+              if not module.is_first:
+                out.append(result.emitted_gradient)
+              if module.is_top:
+                out += [extra["loss"], extra["correct"]]
+              return out
+
+          def idle(k=k, module=module, variables=variables):
+            out = [tf.zeros_like(v) for v in variables]
+            if not module.is_first:
+              out.append(tf.zeros([self.rows] +
+                                  list(self.shapes[k].input_shape),
+                                  self.shapes[k].input_dtype))
+            if module.is_top:
+              out += [tf.constant(0.0), tf.constant(0.0)]
+            return out
+
+          out = tf.cond(self._valid(m), work, idle)
+          if module.is_top:
+            correct_sum += out.pop()
+            loss_sum += out.pop()
+          if not module.is_first:
+            new_grads[k - 1] = out.pop()
+          new_accumulators.append([a + g for a, g in zip(accumulators[k],
+                                                         out)])
+      return c + 1, new_grads, new_accumulators, loss_sum, correct_sum
+
+    _, _, accumulators, loss_sum, correct_sum = tf.while_loop(
+        lambda c, *_: c < self.num_clocks, clock,
+        (tf.constant(0), grads0, accumulators0, zero, zero))
+    return ([a for accs in accumulators for a in accs], loss_sum, correct_sum)
+
+
+def _in_scope(k, fn):
+  """Runs `fn` under ``stage_k``: a cond branch starts a fresh name scope."""
+  with tf.name_scope(f"stage_{k}"):
+    return fn()
