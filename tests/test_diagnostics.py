@@ -106,3 +106,25 @@ def test_risk_is_the_largest_lag_change_of_the_approximated_modules():
   replayed = sideways_tf.Pipeline(util.dense_stages(4), replay_modules=1)
   assert diagnostics.risk(replayed, fidelity) == 0.3  # module 1 is exact
   assert diagnostics.risk(plain, {"module_4": {"cosine": 1.0}}) is None
+
+
+def test_fidelity_hook_warns_once_above_the_threshold_for_sideways(caplog):
+  import types
+  from sideways_tf.training import hooks
+  pipe = sideways_tf.Pipeline(util.dense_stages(4))
+  ctx = types.SimpleNamespace(setup=types.SimpleNamespace(
+      pipeline=pipe, config=types.SimpleNamespace(algorithm="sideways")))
+  hook = hooks.FidelityHook(every=10)
+  threshold = hooks.FidelityHook.RISK_THRESHOLD
+  with caplog.at_level("WARNING"):
+    hook._warn(ctx, 10, threshold - 0.01)
+    assert not caplog.records
+    hook._warn(ctx, 20, threshold + 0.1)
+    hook._warn(ctx, 30, threshold + 0.2)
+  assert len(caplog.records) == 1
+  assert "replay_modules=2" in caplog.records[0].getMessage()
+  bp = hooks.FidelityHook(every=10)
+  ctx.setup.config.algorithm = "bp"
+  caplog.clear()
+  bp._warn(ctx, 10, 1.0)
+  assert not caplog.records  # only Sideways runs are warned

@@ -30,17 +30,16 @@ like the moving-shapes set (synthetic.py).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
 import math
-import pathlib
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from sideways_tf.data import generated
 
 DIGIT_SIDE = 8  # the UCI images are 8x8
 DIGIT_LEVELS = 16.0  # grey levels 0..16
@@ -273,37 +272,17 @@ def render_video(settings: Settings, split: str, index: int
 
 # ------------------------------------------------------------------ TFDS
 
-@dataclasses.dataclass(eq=False)
-class MovingDigitsConfig(tfds.core.BuilderConfig):
-  settings: Settings = dataclasses.field(default_factory=Settings)
-
-  def __repr__(self):  # TFDS logs it once per load: keep it one short line
-    return f"MovingDigitsConfig({self.name})"
-
-
-class MovingDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class MovingDigits(generated.GeneratedBuilder, skip_registration=True):
   """TFDS builder: generated on first use, then read from the cache."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "UCI digits bouncing over scikit-learn's sample "
                             "photos; split by instance."}
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # As in synthetic.py: TFDS 4.9.10 needs importlib_resources otherwise.
-    return epath.Path(__file__)
+  TITLE = "the moving-digits set"
 
-  def __init__(self, *, settings: Settings, **kwargs):
-    config = MovingDigitsConfig(
-        name=settings.config_name,
-        description=json.dumps(dataclasses.asdict(settings), sort_keys=True),
-        settings=settings)
-    super().__init__(config=config, **kwargs)
-
-  @property
-  def settings(self) -> Settings:
-    return self.builder_config.settings
+  def make_example(self, split: str, index: int):
+    return render_video(self.settings, split, index)
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.settings
@@ -321,15 +300,6 @@ class MovingDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         }),
         supervised_keys=("video", "label"))
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    return {"train": self._generate_examples("train", self.settings.num_train),
-            "test": self._generate_examples("test", self.settings.num_test)}
-
-  def _generate_examples(self, split: str, count: int
-                         ) -> Iterator[Tuple[int, Dict[str, object]]]:
-    for index in range(count):
-      yield index, render_video(self.settings, split, index)
 
 
 # ------------------------------------------------------------------ loading
@@ -380,19 +350,9 @@ def settings_from_config(data_config) -> Settings:
 
 
 def prepare(settings: Settings, data_dir) -> MovingDigits:
-  """The builder, generating the data set first unless it is cached.
-
-  A file lock per setting lets several runs start at once (e.g. seeds in
-  parallel): TFDS alone would have them write the same temporary files.
-  """
-  lock_path = (pathlib.Path(data_dir)
-               / f".moving_digits-{settings.config_name}.lock")
-  lock_path.parent.mkdir(parents=True, exist_ok=True)
-  with open(lock_path, "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-    builder = MovingDigits(settings=settings, data_dir=str(data_dir))
-    builder.download_and_prepare()  # a no-op when already prepared
-  return builder
+  """The builder, generating the data set first unless it is cached (under a
+  file lock, so runs started together can share the cache)."""
+  return generated.prepare(MovingDigits, settings, data_dir)
 
 
 def load_source(data_config, data_dir):

@@ -32,11 +32,12 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from sideways_tf.data import generated
 
 SHAPES = ("square", "circle", "triangle", "plus", "diamond", "ring", "cross",
           "hollow_square")
@@ -225,47 +226,17 @@ def generate_example(settings: Settings, split: str, index: int
 
 # ------------------------------------------------------------------ TFDS
 
-@dataclasses.dataclass(eq=False)
-class MovingShapesConfig(tfds.core.BuilderConfig):
-  settings: Settings = dataclasses.field(default_factory=Settings)
-
-  def __repr__(self):  # TFDS logs it once per load: keep it one short line
-    return f"MovingShapesConfig({self.name})"
-
-
-class MovingShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class MovingShapes(generated.GeneratedBuilder, skip_registration=True):
   """TFDS builder: generated on first use, then read from the cache."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Moving shapes, wrap-around when the path does "
                             "not fit, static distractors."}
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS 4.9.10 derives this through `importlib_resources`, which it does
-    # not install on Python >= 3.9; this file is the answer anyway.
-    return epath.Path(__file__)
+  TITLE = "the synthetic data set"
 
-  def __init__(self, *, settings: Settings, **kwargs):
-    config = MovingShapesConfig(
-        name=settings.config_name,
-        description=json.dumps(dataclasses.asdict(settings), sort_keys=True),
-        settings=settings)
-    super().__init__(config=config, **kwargs)
-
-  @property
-  def settings(self) -> Settings:
-    return self.builder_config.settings
-
-  # Offline and generated: one line instead of TFDS's "Downloading and
-  # preparing dataset Unknown size ..." and its nested progress bars.
-  def _log_download_bytes(self) -> None:
-    print(f"Generating the synthetic data set once in {self.data_dir} ...",
-          flush=True)
-
-  def _log_download_done(self) -> None:
-    pass
+  def make_example(self, split: str, index: int):
+    return generate_example(self.settings, split, index)
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.settings
@@ -283,15 +254,6 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         }),
         supervised_keys=("video", "appearance"))
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    return {"train": self._generate_examples("train", self.settings.num_train),
-            "test": self._generate_examples("test", self.settings.num_test)}
-
-  def _generate_examples(self, split: str, count: int
-                         ) -> Iterator[Tuple[int, Dict[str, object]]]:
-    for index in range(count):
-      yield index, generate_example(self.settings, split, index)
 
 
 # ------------------------------------------------------------------ loading
@@ -336,23 +298,7 @@ def settings_from_config(data_config) -> Settings:
 
 def prepare(settings: Settings, data_dir) -> MovingShapes:
   """The builder, generating the data set first unless it is cached."""
-  from absl import logging as absl_logging  # noqa: PLC0415
-  verbosity = absl_logging.get_verbosity()
-  if verbosity > absl_logging.ERROR:  # TFDS's "Using custom data config"
-    absl_logging.set_verbosity(absl_logging.ERROR)
-  try:
-    builder = MovingShapes(settings=settings, data_dir=str(data_dir))
-    if not builder.is_prepared():
-      from tensorflow_datasets.core.utils import tqdm_utils  # noqa: PLC0415
-      shown = getattr(tqdm_utils, "_active", True)
-      tfds.display_progress_bar(False)  # no nested bars, no [A codes in logs
-      try:
-        builder.download_and_prepare()
-      finally:
-        tfds.display_progress_bar(shown)
-  finally:
-    absl_logging.set_verbosity(verbosity)
-  return builder
+  return generated.prepare(MovingShapes, settings, data_dir)
 
 
 def load_source(data_config, data_dir):

@@ -59,11 +59,13 @@ class FidelityHook(Hook):
   and `lag_change`, how much the module's input changes over its gradient
   lag. `fidelity/risk` is the largest lag_change of a module that Sideways
   approximates (replayed modules are exact); above `RISK_THRESHOLD` a
-  Sideways run warns once: on the moving-digits map such runs trail BP by
-  more than 10 points (docs/results.md).
+  Sideways run warns once. On the moving-digits map the cells above it
+  trailed BP by tens of points and those below by a few (docs/results.md);
+  the easy moving-shapes default is above it too and shows no gap, so the
+  warning says the approximation is coarse, not that accuracy is lost.
   """
 
-  RISK_THRESHOLD = 0.25
+  RISK_THRESHOLD = 0.4
 
   def __init__(self, every: int):
     self.every = every
@@ -94,12 +96,15 @@ class FidelityHook(Hook):
       return
     self.warned = True
     logging.warning(
-        "step %d: fidelity/risk = %.2f > %.2f: over their gradient lag, the "
-        "inputs of the Sideways modules change by a large fraction of the "
-        "difference between two videos, so Sideways is likely to trail BP "
-        "here. Try --config.replay_modules=%d, fewer modules, or a higher "
-        "frame rate (docs/fidelity.md).", step, risk, self.RISK_THRESHOLD,
-        max(ctx.setup.pipeline.replay_modules + 1, 1))
+        "step %d: fidelity/risk = %.2f > %.2f: over their gradient lag the "
+        "inputs of the Sideways modules change by a large part of the "
+        "difference between two videos, so the approximation is coarse on "
+        "this data; on hard tasks that costs accuracy (docs/fidelity.md). "
+        "Compare with a short --config.algorithm=bp run, or use "
+        "--config.replay_modules=%d or fewer modules.", step, risk,
+        self.RISK_THRESHOLD,
+        min(max(ctx.setup.pipeline.replay_modules, 1) + 1,
+            ctx.setup.pipeline.num_modules - 1))
 
 
 class StageTimeHook(Hook):

@@ -257,9 +257,10 @@ print(builder.info.splits["train"].num_examples)
 
 def test_runs_started_together_prepare_the_set_once(tmp_path):
   import os
+  import pathlib
   import subprocess
   import sys
-  root = str(moving_digits.pathlib.Path(moving_digits.__file__).parents[2])
+  root = str(pathlib.Path(moving_digits.__file__).parents[2])
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=root)
   processes = [subprocess.Popen(
       [sys.executable, "-c", _PREPARE_IN_A_PROCESS, str(tmp_path)],
