@@ -9,9 +9,22 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Make sure the package really is out of reach, whatever the cwd or path.
+# Make sure the package really is out of reach, whatever the cwd or path,
+# and also when it is pip-installed (editable installs use a meta-path finder).
 sys.path = [p for p in sys.path if not os.path.exists(
     os.path.join(p or ".", "sideways_tf"))]
+
+
+class _RefuseSidewaysTf:
+  """A meta-path finder that makes `import sideways_tf` fail."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name == "sideways_tf" or name.startswith("sideways_tf."):
+      raise ImportError(f"{name} is deliberately out of reach here")
+    return None
+
+
+sys.meta_path.insert(0, _RefuseSidewaysTf())
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
