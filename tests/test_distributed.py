@@ -7,13 +7,13 @@ process); see tests/distributed_check.py and docs/scaling.md.
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 
+from tests import util
 from tests.test_train_lib import tiny_config, tiny_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -21,14 +21,6 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
 ENV.pop("TF_CONFIG", None)
 
 
-def free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
 
 
 def start(args, env=ENV):
@@ -53,7 +45,7 @@ def check_worker(index, ports, out, *extra):
 
 
 def test_two_workers_equal_one_process_on_the_concatenated_batch(tmp_path):
-  ports = free_ports(2)
+  ports = util.free_ports(2)
   processes = [start(check_worker(i, ports, tmp_path / f"w{i}.npz"))
                for i in range(2)]
   processes.append(start(["-m", "tests.distributed_check", "single",
@@ -77,7 +69,7 @@ def test_two_workers_equal_one_process_on_the_concatenated_batch(tmp_path):
 
 
 def test_a_dead_worker_fails_the_other_with_a_clear_error(tmp_path):
-  ports = free_ports(2)
+  ports = util.free_ports(2)
   started = time.time()
   survivor = start(check_worker(0, ports, tmp_path / "w0.npz"))
   dying = start(check_worker(1, ports, tmp_path / "w1.npz", 1))  # dies
@@ -98,7 +90,7 @@ def test_bin_train_on_two_workers_chief_checkpoints_and_resume(tmp_path):
   workdir = tmp_path / "run"
 
   def run_workers(steps):
-    ports = free_ports(2)
+    ports = util.free_ports(2)
     processes = []
     for index in range(2):
       env = dict(ENV, TF_CONFIG=json.dumps({

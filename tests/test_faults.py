@@ -21,6 +21,7 @@ from sideways_tf import workdir_lock
 from sideways_tf.training import builder
 from sideways_tf.training import train_lib
 from sideways_tf.training import workdir as workdir_lib
+from tests import util
 from tests.faults import tiny_config as tiny
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -413,19 +414,10 @@ def _worker_env(ports, index):
   return env
 
 
-def _free_ports(count):
-  import socket
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
 
 
 def test_a_worker_whose_peers_never_start_names_them(tmp_path, data_dir):
-  ports = _free_ports(2)
+  ports = util.free_ports(2)
   result = subprocess.run(
       _train_cmd(tmp_path / "run", data_dir, "--config.distributed=True",
                  "--config.start_timeout_seconds=5"),
@@ -439,7 +431,7 @@ def test_a_worker_whose_peers_never_start_names_them(tmp_path, data_dir):
 def test_sigterm_on_one_worker_stops_it_nonzero_and_the_chief_saves(
     tmp_path, data_dir):
   workdir = tmp_path / "run"
-  ports = _free_ports(2)
+  ports = util.free_ports(2)
   args = ("--config.distributed=True", "--config.train.num_steps=100000",
           "--config.train.checkpoint_every=100000",
           "--config.train.eval_every=0", "--config.train.log_every=1",

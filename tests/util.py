@@ -54,3 +54,15 @@ def labels_for(batch, num_classes=3):
 
 def to_numpy(tensors):
   return [np.asarray(t) for t in tensors]
+
+
+def free_ports(count):
+  """`count` free TCP ports on 127.0.0.1 (for local multi-worker tests)."""
+  import socket
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports

@@ -143,18 +143,27 @@ CHILDREN = {"memory": memory_child, "placement": placement_child,
 
 def run_child(kind: str, config: BenchmarkConfig, **kwargs) -> dict:
   """Runs one child figure in a fresh Python process; returns its JSON."""
+  return run_module_child("sideways_tf.benchmark.children", kind, config,
+                          **kwargs)
+
+
+def run_module_child(module: str, kind: str, config, **kwargs) -> dict:
+  """`python -m MODULE KIND PAYLOAD` in a fresh process; its last JSON line.
+
+  The child rebuilds `config` (a dataclass) and calls its CHILDREN[kind].
+  """
   payload = json.dumps({"config": dataclasses.asdict(config),
                         "kwargs": kwargs})
   env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT) + os.pathsep +
              os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(
-      [sys.executable, "-m", "sideways_tf.benchmark.children", kind, payload],
+      [sys.executable, "-m", module, kind, payload],
       cwd=str(PACKAGE_PARENT), env=env, capture_output=True, text=True,
       timeout=3600)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode != 0 or not lines:
     raise RuntimeError(
-        f"benchmark child {kind} {kwargs} failed (exit {proc.returncode}):\n"
+        f"{module} child {kind} {kwargs} failed (exit {proc.returncode}):\n"
         f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
   return json.loads(lines[-1])
 

@@ -39,7 +39,6 @@ import os
 import pathlib
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -288,20 +287,9 @@ CHILDREN = {"throughput": throughput_child, "memory": memory_child,
 # ------------------------------------------------------------ parent side
 
 def run_child(kind: str, config: DevicesConfig, **kwargs) -> dict:
-  payload = json.dumps({"config": dataclasses.asdict(config),
-                        "kwargs": kwargs})
-  env = dict(os.environ, PYTHONPATH=str(files.PROJECT_ROOT) + os.pathsep +
-             os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run(
-      [sys.executable, "-m", "sideways_tf.benchmark.devices", kind, payload],
-      cwd=str(files.PROJECT_ROOT), env=env, capture_output=True, text=True,
-      timeout=3600)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-  if proc.returncode != 0 or not lines:
-    raise RuntimeError(
-        f"simulated-devices child {kind} {kwargs} failed (exit "
-        f"{proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-  return json.loads(lines[-1])
+  from sideways_tf.benchmark import children  # noqa: PLC0415
+  return children.run_module_child("sideways_tf.benchmark.devices", kind,
+                                   config, **kwargs)
 
 
 def validate(config: DevicesConfig) -> None:
