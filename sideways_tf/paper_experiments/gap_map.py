@@ -185,15 +185,19 @@ def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
   """Runs (or loads) every run of the map; writes OUTDIR/gap.json."""
   outdir = pathlib.Path(outdir)
   todo = plan(outdir, seeds, only_groups)
-  results, done = [], 0
+  results, done, trained = [], 0, 0
+  # Cached runs return at once, so the ETA counts only the runs that train.
+  cached = {str(w) for *_, w in todo if (w / "result.json").exists()}
+  to_train = len(todo) - len(cached)
   started = time.time()
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
     futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps,
-                           data_dir): (cell, algorithm, seed)
+                           data_dir): (cell, algorithm, seed, workdir)
                for cell, algorithm, seed, workdir in todo}
     for future in concurrent.futures.as_completed(futures):
-      cell, algorithm, seed = futures[future]
+      cell, algorithm, seed, workdir = futures[future]
       done += 1
+      trained += str(workdir) not in cached
       try:
         result = future.result()
       except RuntimeError as error:  # keep the map going; say what failed
@@ -205,6 +209,7 @@ def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
       print(f"[gap {done}/{len(todo)}, {elapsed / 60:.0f} min] {cell.name} "
             f"{algorithm} seed {seed}: test clip acc. "
             f"{result['test_accuracy']:.3f}; ETA "
-            f"{elapsed / done * (len(todo) - done) / 60:.0f} min", flush=True)
+            f"{elapsed / max(trained, 1) * (to_train - trained) / 60:.0f} "
+            f"min", flush=True)
       atomic_write_text(outdir / "gap.json", json.dumps(results, indent=2))
   return results
