@@ -90,3 +90,16 @@ def test_update_keeps_the_rest_of_results_md(tmp_path):
   assert (tmp_path / "results_gap_map.png").stat().st_size > 0
   gap_report.update(outdir, tmp_path, "bin/experiments --only=gap")
   assert path.read_text().count(gap_report.BEGIN) == 1  # replaced, not added
+
+
+def test_the_user_path_cell_trains_on_the_prepared_mp4s_with_shipped_replay(
+    tmp_path):
+  cell = gap_map.cell_by_name("mp4 files, shipped video_folder defaults")
+  workdir = gap_map.run_dir(tmp_path, cell, "sideways", 0)
+  command = gap_map.train_command(cell, "sideways", 0, workdir, 300)
+  assert command[2].endswith("configs/video_folder.py")
+  assert f"--config.data.path={tmp_path / 'videos_prepared'}" in command
+  assert not any(c.startswith("--config.replay_modules") for c in command)
+  assert not any(c.startswith("--config.data.data_dir") for c in command)
+  plain = gap_map.train_command(gap_map.CELLS[0], "sideways", 0, workdir, 300)
+  assert "--config.replay_modules=0" in plain  # the map's plain Sideways

@@ -42,6 +42,9 @@ class Cell:
   algorithms: Sequence[str] = ("sideways", "bp")
   bp_from: str = ""  # share the BP runs of another cell (same BP model)
   config: str = CONFIG
+  # The user path: mp4 files -> bin/prepare_videos -> configs/video_folder.py
+  # with the replay setting it ships (the map forces plain Sideways otherwise).
+  videos: bool = False
 
 
 def _vgg(modules: int) -> Dict[str, str]:
@@ -49,6 +52,10 @@ def _vgg(modules: int) -> Dict[str, str]:
 
 
 VGG = "configs/moving_digits_vgg8.py"
+VIDEO_FOLDER = "configs/video_folder.py"
+# configs/video_folder.py on the prepared mp4s, set like the digits themselves.
+VIDEO_OVERRIDES = {"data.image_size": "32", "data.num_frames": "16",
+                   "data.crop_fraction": "1.0", "data.random_flip": "False"}
 
 
 # In priority order: the map runs top to bottom, so a partial map has the
@@ -67,6 +74,11 @@ CELLS = (
          ("sideways",), bp_from="1-2 px/frame (default)"),
     Cell("improvement", "replay_modules=3 (exact)", {"replay_modules": "3"},
          ("sideways",), bp_from="1-2 px/frame (default)"),
+    Cell("improvement", "0.25-0.5 px/frame + replay_modules=2",
+         {"data.speed_range": "(0.25, 0.5)", "replay_modules": "2"},
+         ("sideways",), bp_from="0.25-0.5 px/frame"),
+    Cell("user path", "mp4 files, shipped video_folder defaults",
+         VIDEO_OVERRIDES, config=VIDEO_FOLDER, videos=True),
     Cell("stride", "stride 2", {"data.temporal_stride": "2"}),
     Cell("optimizer", "SGD lr 0.05",
          {"train.optimizer": "sgd", "train.learning_rate": "0.05"}),
@@ -113,14 +125,17 @@ def train_command(cell: Cell, algorithm: str, seed: int, workdir, steps: int,
   """The bin/train command line of one run (what the map measures)."""
   # Plain Sideways unless the cell says otherwise, whatever the config ships.
   overrides = {"algorithm": algorithm, "seed": str(seed),
-               "replay_modules": "0",
                "train.num_steps": str(steps),
                "train.eval_every": str(EARLY_STEP),
                "train.fidelity_every": "250",
                "train.stage_time_every": "0",
                "train.checkpoint_every": str(steps)}
-  if data_dir:
-    overrides["data.data_dir"] = data_dir
+  if cell.videos:
+    overrides["data.path"] = str(prepared_videos_dir(workdir))
+  else:
+    overrides["replay_modules"] = "0"
+    if data_dir:
+      overrides["data.data_dir"] = data_dir
   overrides.update(cell.overrides)
   command = [sys.executable, str(PROJECT_ROOT / "bin" / "train"),
              f"--config={PROJECT_ROOT / cell.config}", f"--workdir={workdir}",
@@ -128,6 +143,39 @@ def train_command(cell: Cell, algorithm: str, seed: int, workdir, steps: int,
   for key, value in overrides.items():
     command.append(f"--config.{key}={value}")
   return command
+
+
+def prepared_videos_dir(workdir) -> pathlib.Path:
+  """OUTDIR/videos_prepared, from a run's OUTDIR/gap/<cell>/<run> workdir."""
+  return pathlib.Path(workdir).parents[2] / "videos_prepared"
+
+
+def prepare_videos(outdir, data_dir: str = "") -> pathlib.Path:
+  """The user path's data: bin/make_digit_videos, then bin/prepare_videos.
+
+  Both commands resume, and prepare_videos writes metadata.json last, so this
+  is cheap once done.
+  """
+  outdir = pathlib.Path(outdir)
+  videos, prepared = outdir / "videos", outdir / "videos_prepared"
+  if (prepared / "metadata.json").exists():
+    return prepared
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  make = [sys.executable, str(PROJECT_ROOT / "bin" / "make_digit_videos"),
+          f"--output_dir={videos}"]
+  if data_dir:
+    make.append(f"--config.data.data_dir={data_dir}")
+  prepare = [sys.executable, str(PROJECT_ROOT / "bin" / "prepare_videos"),
+             f"--input_dir={videos}", f"--output_dir={prepared}",
+             "--short_side=32"]
+  outdir.mkdir(parents=True, exist_ok=True)
+  with open(outdir / "videos.log", "w") as log:
+    for command in (make, prepare):
+      if subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+                         env=env):
+        raise RuntimeError(f"{' '.join(command)} failed; see "
+                           f"{outdir / 'videos.log'}")
+  return prepared
 
 
 def run_one(cell: Cell, algorithm: str, seed: int, workdir: pathlib.Path,
@@ -189,6 +237,10 @@ def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
   # Cached runs return at once, so the ETA counts only the runs that train.
   cached = {str(w) for *_, w in todo if (w / "result.json").exists()}
   to_train = len(todo) - len(cached)
+  if any(cell.videos and str(w) not in cached for cell, *_, w in todo):
+    print(f"[gap] writing and preparing the mp4 videos of the user path in "
+          f"{outdir}", flush=True)
+    prepare_videos(outdir, data_dir)
   started = time.time()
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
     futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps,
