@@ -17,7 +17,7 @@ def test_benchmark_tool_writes_json_and_markdown(tmp_path):
           "--warmup=1", "--trace_clips=3", "--zoo=frame_cnn",
           "--data_batches=1",
           "--figures=throughput,stages,tracing,memory,placement,balancing,"
-          "input_pipeline",
+          "input_pipeline,replay_cost",
           f"--bench_dir={tmp_path}", f"--doc={doc}"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run([sys.executable, str(ROOT / "bin" / "benchmark")] +
@@ -55,9 +55,15 @@ def test_benchmark_tool_writes_json_and_markdown(tmp_path):
   assert sum(data["balancing"]["frame_cnn"]["sizes_by_time"]) == sum(
       data["balancing"]["frame_cnn"]["sizes_before"])
   assert "available" in data["input_pipeline"]
+  replay = data["replay_cost"]["variants"]
+  assert set(replay) == {"bp", "replay_0", "replay_1"}  # L = 2
+  assert replay["replay_0"]["vs_plain_sideways"] == 1.0
+  assert replay["bp"]["vs_bp"] == 1.0
+  assert all(len(r["samples_s"]) == 2 for r in replay.values())
 
   text = doc.read_text()
   assert data["command"] in text
   for heading in ("## Summary", "## 1. Throughput", "## 2. Memory",
-                  "## 3. Per-stage", "## 4. Placement", "## 6. Tracing"):
+                  "## 3. Per-stage", "## 4. Placement", "## 6. Tracing",
+                  "## 7. What replay costs"):
     assert heading in text

@@ -60,7 +60,8 @@ _PROFILE = flags.DEFINE_string(
     "steps of each algorithm here.")
 _FIGURES = flags.DEFINE_list(
     "figures", ["throughput", "stages", "tracing", "memory", "placement",
-                "balancing", "input_pipeline"], "Figures to produce.")
+                "balancing", "input_pipeline", "replay_cost"],
+    "Figures to produce.")
 _SIMULATE = flags.DEFINE_integer(
     "simulate_devices", 0, "N > 0: measure every algorithm on N simulated "
     "devices (one core each) instead; see sideways_tf/benchmark/devices.py.")

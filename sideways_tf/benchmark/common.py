@@ -49,7 +49,8 @@ class BenchmarkConfig:
   profile_dir: str = ""         # "" = no profiler trace
   profile_steps: int = 2
   figures: Sequence[str] = ("throughput", "stages", "tracing", "memory",
-                            "placement", "balancing", "input_pipeline")
+                            "placement", "balancing", "input_pipeline",
+                            "replay_cost")
 
   def frame_shape(self):
     return (self.image_size, self.image_size, self.channels)

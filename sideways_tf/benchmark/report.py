@@ -3,6 +3,8 @@ per figure (each a short function of the results)."""
 
 from __future__ import annotations
 
+from sideways_tf.benchmark import replay_cost
+
 
 def markdown(results: dict) -> str:
   """The figures as docs/benchmarks.md."""
@@ -11,6 +13,7 @@ def markdown(results: dict) -> str:
   for section in (_throughput, _memory, _stages, _balancing, _placement,
                   _input_pipeline, _tracing, _profile):
     lines += section(results)
+  lines += replay_cost.markdown(results.get("replay_cost"))
   return "\n".join(lines) + "\n"
 
 

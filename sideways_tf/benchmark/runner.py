@@ -11,6 +11,7 @@ import platform
 
 from sideways_tf.benchmark import devices_report
 from sideways_tf.benchmark import figures
+from sideways_tf.benchmark import replay_cost
 from sideways_tf.benchmark import report
 from sideways_tf.benchmark.common import GOALS
 from sideways_tf.benchmark.common import BenchmarkConfig
@@ -45,6 +46,8 @@ def run(config: BenchmarkConfig, bench_dir, doc_path=None,
   if "input_pipeline" in config.figures:
     results["input_pipeline"] = figures.input_pipeline(
         config, results.get("throughput"))
+  if "replay_cost" in config.figures:
+    results["replay_cost"] = replay_cost.replay_cost(config)
   results["machine"]["load_average_end"] = list(os.getloadavg())
   atomic_write_text(bench_dir / "benchmark.json",
                     json.dumps(results, indent=2))

@@ -1,0 +1,75 @@
+"""What replay costs: Sideways train steps with `replay_modules` = 0..L-1
+against BP, alternating in one process on the same model, batch and clip.
+
+Replay (docs/engine.md) recomputes each replayed module once more per tick,
+at the stored input its gradient belongs to, so its cost is a fraction of a
+forward pass per replayed module; this figure measures that fraction.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from sideways_tf.benchmark.common import BenchmarkConfig
+from sideways_tf.benchmark.common import build_stages
+from sideways_tf.benchmark.common import log
+from sideways_tf.benchmark.common import make_clip
+from sideways_tf.benchmark.common import summarise
+from sideways_tf.benchmark.common import time_alternating
+
+
+def variant_names(num_modules: int):
+  """'bp' and 'replay_0' (plain Sideways) .. 'replay_{L-1}'."""
+  return ["bp"] + [f"replay_{n}" for n in range(num_modules)]
+
+
+def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
+  """Frames/s of each variant and its ratio to plain Sideways and to BP."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import sideways_tf  # pylint: disable=g-import-not-at-top
+  frames, labels = make_clip(config)
+  steps = {}
+  for name in variant_names(config.num_modules):
+    replay = 0 if name == "bp" else int(name.split("_")[1])
+    # Same initial weights for every variant: the same seed.
+    pipeline = sideways_tf.Pipeline(build_stages(config, seed=0),
+                                    replay_modules=replay)
+    trainer = sideways_tf.Trainer(pipeline, keras.optimizers.SGD(1e-3),
+                                  "bp" if name == "bp" else "sideways")
+    steps[name] = lambda t=trainer: t.train_step(frames, labels)
+  log(f"replay cost: {', '.join(steps)}, {config.repeats} alternating "
+      f"repetitions, B={config.batch_size} T={config.num_frames} "
+      f"{config.image_size}x{config.image_size}x{config.channels}, "
+      f"L={config.num_modules}")
+  seconds = time_alternating(steps, config.repeats, config.warmup)
+  frames_per_step = config.batch_size * config.num_frames
+  fig = {name: dict(summarise(s), frames_per_s=frames_per_step /
+                    float(np.median(s))) for name, s in seconds.items()}
+  plain, bp = fig["replay_0"]["frames_per_s"], fig["bp"]["frames_per_s"]
+  for name, row in fig.items():
+    row["vs_plain_sideways"] = row["frames_per_s"] / plain
+    row["vs_bp"] = row["frames_per_s"] / bp
+    log(f"  {name}: {row['frames_per_s']:.0f} frames/s, "
+        f"{row['vs_plain_sideways']:.2f}x plain Sideways, "
+        f"{row['vs_bp']:.2f}x BP")
+  return dict(variants=fig, frames_per_step=frames_per_step)
+
+
+def markdown(fig: dict) -> list:
+  """The section of docs/benchmarks.md."""
+  if not fig:
+    return []
+  lines = ["", "## 7. What replay costs", "",
+           "Sideways with `replay_modules` = 0 (plain) to L-1, and BP, train "
+           "steps alternating on the same model, batch and clip "
+           "(`sideways_tf/benchmark/replay_cost.py`). Each replayed module "
+           "runs its forward once more per tick (docs/fidelity.md).", "",
+           "| variant | frames/s | × plain Sideways | × BP |",
+           "|---|---|---|---|"]
+  for name, row in fig["variants"].items():
+    label = ("BP" if name == "bp" else
+             f"Sideways, replay_modules={name.split('_')[1]}")
+    lines.append(f"| {label} | {row['frames_per_s']:.0f} | "
+                 f"{row['vs_plain_sideways']:.2f} | {row['vs_bp']:.2f} |")
+  return lines
