@@ -9,7 +9,11 @@ from sideways_tf.benchmark import replay_cost
 def markdown(results: dict) -> str:
   """The figures as docs/benchmarks.md."""
   lines = _header(results)
-  lines += [f"| {' | '.join(r)} |" for r in _summary_rows(results)]
+  summary = _summary_rows(results)
+  if summary:
+    lines += [f"| {' | '.join(r)} |" for r in summary]
+  else:  # only figures without a goal ran: no empty table
+    lines = lines[:-5]
   for section in (_throughput, _memory, _stages, _balancing, _placement,
                   _input_pipeline, _tracing, _profile):
     lines += section(results)
