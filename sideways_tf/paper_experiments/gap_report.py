@@ -108,6 +108,10 @@ def _fmt(pair, digits=3):
           else f"{mean:+.{digits}f}")
 
 
+def _value(x):
+  return f"{x:.2f}" if np.isfinite(x) else "–"  # e.g. no risk: all replayed
+
+
 def _acc(pair):
   mean, half = pair
   return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
@@ -128,7 +132,13 @@ def section(outdir, report_dir, command: str) -> List[str]:
       "gap = Sideways − BP test clip accuracy, paired by seed, mean ± 95% "
       "t-interval over the seeds listed. Early diagnostics are the means of "
       "the TensorBoard `fidelity/*` values logged at steps ≤ 1000 of the "
-      "Sideways runs.", "",
+      "Sideways runs. The map runs plain Sideways (`replay_modules=0`) "
+      "unless a cell says otherwise; the *user path* cell instead writes the "
+      "videos as mp4 files (`bin/make_digit_videos`), prepares them "
+      "(`bin/prepare_videos --short_side=32`) and trains "
+      "`configs/video_folder.py` with the defaults it ships (replay "
+      "included), overriding only the data path, 32 px, T = 16, no crop and "
+      "no flip.", "",
       "| group | cell | seeds | Sideways | BP | gap | risk | cos module 1 "
       "| update cos module 1 | s/run |",
       "|---|---|---|---|---|---|---|---|---|---|"]
@@ -137,8 +147,8 @@ def section(outdir, report_dir, command: str) -> List[str]:
     lines.append(
         f"| {r['group']} | {r['cell']} | {len(r['seeds'])} | "
         f"{_acc(r['sideways'])} | {_acc(r['bp'])} | {_fmt(r['gap'])} | "
-        f"{e['risk']:.2f} | {e['cosine/module_1']:.2f} | "
-        f"{e['update_cosine/module_1']:.2f} | {r['seconds']:.0f} |")
+        f"{_value(e['risk'])} | {_value(e['cosine/module_1'])} | "
+        f"{_value(e['update_cosine/module_1'])} | {r['seconds']:.0f} |")
   lines.append("")
   generalisation = [r for r in rows if "train_minus_test" in r]
   for r in generalisation:
