@@ -24,7 +24,8 @@ def test_plan_lists_both_algorithms_per_seed_in_priority_order(tmp_path):
   runs = gap_map.plan(tmp_path, seeds=2, only_groups=["speed"])
   cells = [cell.name for cell, _, _, _ in runs]
   assert cells[0] == "1-2 px/frame (default)"
-  assert len(runs) == 4 * 2 * 2  # 4 speeds, 2 seeds, Sideways and BP
+  # 4 speeds, 2 seeds, Sideways and BP; the default cell has 5 seeds.
+  assert len(runs) == 3 * 2 * 2 + 5 * 2
   assert len({str(d) for *_, d in runs}) == len(runs)
 
 
