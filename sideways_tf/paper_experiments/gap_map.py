@@ -80,7 +80,7 @@ CELLS = (
          {"data.speed_range": "(0.25, 0.5)", "replay_modules": "2"},
          ("sideways",), bp_from="0.25-0.5 px/frame"),
     Cell("user path", "mp4 files, shipped video_folder defaults",
-         VIDEO_OVERRIDES, config=VIDEO_FOLDER, videos=True),
+         VIDEO_OVERRIDES, config=VIDEO_FOLDER, videos=True, min_seeds=5),
     Cell("stride", "stride 2", {"data.temporal_stride": "2"}),
     Cell("optimizer", "SGD lr 0.05",
          {"train.optimizer": "sgd", "train.learning_rate": "0.05"}),
