@@ -104,3 +104,27 @@ def test_the_user_path_cell_trains_on_the_prepared_mp4s_with_shipped_replay(
   assert not any(c.startswith("--config.data.data_dir") for c in command)
   plain = gap_map.train_command(gap_map.CELLS[0], "sideways", 0, workdir, 300)
   assert "--config.replay_modules=0" in plain  # the map's plain Sideways
+
+
+def test_detection_counts_early_warnings_against_each_runs_own_gap(tmp_path):
+  import tensorflow as tf  # noqa: PLC0415
+  default = gap_map.cell_by_name("1-2 px/frame (default)")
+  static = gap_map.cell_by_name("static")
+  # (cell, seed, Sideways acc., BP acc., risk at steps 250, 500, 1000)
+  runs = [(default, 0, 0.5, 0.8, (0.3, 0.6, 0.9)),   # big gap, flagged
+          (default, 1, 0.6, 0.8, (0.3, 0.3, 0.9)),   # big gap; only at 1000
+          (static, 0, 0.8, 0.8, (0.5, 0.1, 0.1)),    # small gap, false alarm
+          (static, 1, 0.8, 0.8, (0.1, 0.1, 0.1)),    # small gap, quiet
+          (static, 2, 0.1, 0.2, (0.9, 0.9, 0.9))]    # BP at chance: left out
+  results = []
+  for cell, seed, sideways, bp, risks in runs:
+    results += [_result(cell.name, "sideways", seed, sideways),
+                _result(cell.name, "bp", seed, bp)]
+    train = gap_map.run_dir(tmp_path, cell, "sideways", seed) / "train"
+    writer = tf.summary.create_file_writer(str(train))
+    with writer.as_default():
+      for step, risk in zip((250, 500, 1000), risks):
+        tf.summary.scalar("fidelity/risk", risk, step=step)
+    writer.close()
+  found = gap_report.detection(tmp_path, results, threshold=0.4)
+  assert found == {"big_gap": [1, 2], "small_gap": [1, 2], "skipped": 1}
