@@ -94,6 +94,12 @@ CELLS = (
     Cell("depth", "VGG-8 L=2", _vgg(2), ("sideways",), bp_from="VGG-8 L=8",
          config=VGG),
     Cell("stride", "stride 4", {"data.temporal_stride": "4"}),
+    Cell("improvement", "VGG-8 L=8 + replay_modules=7",
+         dict(_vgg(8), replay_modules="7"), ("sideways",),
+         bp_from="VGG-8 L=8", config=VGG),
+    Cell("improvement", "VGG-8 L=8 + replay_modules=4",
+         dict(_vgg(8), replay_modules="4"), ("sideways",),
+         bp_from="VGG-8 L=8", config=VGG),
 )
 
 
