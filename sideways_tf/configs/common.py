@@ -8,7 +8,9 @@ def vgg8_on_gpus(config, *, num_modules, granularity):
   config.model = ml_collections.ConfigDict()
   config.model.name = "vgg8"
   config.model.granularity = granularity  # "layer" (8), "block" (5) or an int
-  config.model.num_modules = num_modules  # > 0 overrides granularity
+  # > 0 overrides granularity; "auto": one per device, cut by measured time.
+  config.model.num_modules = ml_collections.FieldReference(
+      num_modules, field_type=object)
   config.model.width = 64
   config.model.norm = "batch"  # or "group", "none"
   config.model.balance = ""  # "time": re-cut by measured time at start-up

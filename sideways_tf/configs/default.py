@@ -56,7 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Model: a frame CNN cut into Sideways modules.
   config.model = ml_collections.ConfigDict()
   config.model.name = "frame_cnn"
-  config.model.num_modules = 4
+  # An int, or "auto": one module per device of config.devices (without
+  # devices: the model's own number), cut by measured time at start-up
+  # (sideways_tf/training/auto_balance.py). The field takes either type.
+  config.model.num_modules = ml_collections.FieldReference(4, field_type=object)
   config.model.widths = (16, 32, 64)
   # "time": re-cut the layers into num_modules modules of equal measured
   # tick time at start-up (sideways_tf/training/auto_balance.py); "params":

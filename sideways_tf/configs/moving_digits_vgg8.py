@@ -21,5 +21,6 @@ def get_config():
   config.model.width = 8
   config.model.norm = "none"
   config.model.granularity = "8"  # "layer", "block" or a number of modules
-  config.model.num_modules = 8
+  config.model.num_modules = ml_collections.FieldReference(  # int or "auto"
+      8, field_type=object)
   return config

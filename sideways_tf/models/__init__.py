@@ -26,7 +26,10 @@ def build_stages(model_config, num_classes: int):
   if name not in MODELS:
     raise ValueError(
         f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-  # "balance" re-cuts the built stages (sideways_tf/training/auto_balance.py).
+  # "balance" and num_modules="auto" re-cut the built stages
+  # (sideways_tf/training/auto_balance.py); "auto" builds the model's own
+  # split first.
   kwargs = {k: v for k, v in model_config.items()
-            if k not in ("name", "balance")}
+            if k not in ("name", "balance") and
+            not (k == "num_modules" and v == "auto")}
   return MODELS[name](num_classes=num_classes, **kwargs)

@@ -1,13 +1,22 @@
-"""Balance from the config: ``config.model.balance = "time"`` (or "params").
+"""Balance from the config: ``config.model.num_modules = "auto"``, or
+``config.model.balance = "time"`` (or "params") for a given number of modules.
 
-The model is built with its own split, then its layers are re-cut into the
-same number of modules with :func:`sideways_tf.engine.balance.balance_by_time`
-(measured forward + backward time of each layer on a batch of frames) or
+The model is built with its own split, then its layers are re-cut with
+:func:`sideways_tf.engine.balance.balance_by_time` (measured forward +
+backward time of each layer on a batch of frames) or
 :func:`~sideways_tf.engine.balance.balance_by_params`, so users get a balanced
-pipeline without writing code. The chosen split is logged and returned for
-the run's ``model_info.json``; a resumed run, an evaluation or an export
-re-uses the saved split (a new timing could cut differently, and the
-checkpoint holds the stages as they were cut).
+pipeline without writing code.
+
+* ``balance="time"`` keeps the config's number of modules.
+* ``num_modules="auto"`` also chooses the number: one module per device of
+  ``config.devices`` (an explicit list, or the devices ``"auto"`` finds), or,
+  without devices, the model's own number of modules (frame_cnn: 4; the zoo:
+  ``config.model.granularity``). It balances by time unless ``balance`` says
+  "params".
+
+The chosen split is logged and returned for the run's ``model_info.json``; a
+resumed run, an evaluation or an export re-uses the saved split (a new timing
+could cut differently, and the checkpoint holds the stages as they were cut).
 """
 
 from __future__ import annotations
@@ -20,20 +29,42 @@ import tensorflow as tf
 from sideways_tf.engine import balance
 
 BALANCE_MODES = ("", "time", "params")
+AUTO = "auto"
+
+
+def check_num_modules(model_config):
+  """config.model.num_modules: an int >= 0 (0: the zoo's granularity), a
+  string of digits, or "auto"; anything else is a ValueError naming it."""
+  value = model_config.get("num_modules", 0)
+  if isinstance(value, str) and value.strip().isdigit():
+    return int(value)
+  if value == AUTO or (isinstance(value, int) and not isinstance(value, bool)
+                       and value >= 0):
+    return value
+  raise ValueError(
+      f"config.model.num_modules must be a number of modules (an int >= 1) "
+      f"or 'auto' (one module per device, cut by measured time), got "
+      f"{value!r}")
 
 
 def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
-          stage_sizes: Optional[Sequence[int]] = None) -> Tuple[list, dict]:
-  """Re-cut `stages` as `model_config.balance` asks; returns (stages, info).
+          stage_sizes: Optional[Sequence[int]] = None,
+          num_devices: int = 0) -> Tuple[list, dict]:
+  """Re-cut `stages` as `model_config` asks; returns (stages, info).
 
-  `info` is ``{}`` without balancing, else ``{"balance", "stage_sizes",
-  "stage_layers"}`` (layers per module, and their names). `stage_sizes`:
-  a split saved by an earlier run, used as is.
+  `info` is ``{}`` without balancing, else ``{"balance", "num_modules",
+  "stage_sizes", "stage_layers"}`` (layers per module, and their names; with
+  ``num_modules="auto"`` also ``"num_modules_from"``). `stage_sizes`: a split
+  saved by an earlier run, used as is. `num_devices`: how many devices
+  config.devices names (0: none), the number of modules "auto" chooses.
   """
   mode = model_config.get("balance", "") or ""
   if mode not in BALANCE_MODES:
     raise ValueError(f"config.model.balance must be one of {BALANCE_MODES}, "
                      f"got {mode!r}")
+  auto = check_num_modules(model_config) == AUTO
+  if auto and not mode:
+    mode = "time"
   if not mode:
     return list(stages), {}
   layers = []
@@ -44,6 +75,19 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
           f"stage {k} ({stage.name}) is a single layer, not a Sequential")
     layers.extend(stage.layers)
   num_modules = len(stages)
+  chosen_from = None
+  if auto:
+    if stage_sizes is not None:
+      num_modules, chosen_from = len(stage_sizes), "the saved split"
+    elif num_devices:
+      num_modules, chosen_from = int(num_devices), "config.devices"
+    else:
+      chosen_from = f"the model's own split ({model_config.name})"
+    if not 1 <= num_modules <= len(layers):
+      raise ValueError(
+          f"config.model.num_modules='auto' chose {num_modules} modules "
+          f"(from {chosen_from}), but the model has only {len(layers)} "
+          f"layers to cut; list fewer devices or set num_modules")
   if stage_sizes is None:
     sample = tf.random.stateless_uniform(
         (int(batch_size),) + tuple(frame_shape), seed=(0, 0))
@@ -61,9 +105,14 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
         f"layers into {num_modules} modules")
   groups = balance.split(layers, stage_sizes)
   names: List[List[str]] = [[layer.name for layer in g] for g in groups]
+  if chosen_from:
+    how += f"; num_modules=auto: {num_modules} from {chosen_from}"
   logging.info("model split (%s): layers per module %s: %s", how,
                stage_sizes, names)
   print(f"Model split ({how}): layers per module {stage_sizes}: {names}",
         flush=True)
-  return balance.to_stages(layers, stage_sizes), {
-      "balance": mode, "stage_sizes": stage_sizes, "stage_layers": names}
+  info = {"balance": mode, "num_modules": num_modules,
+          "stage_sizes": stage_sizes, "stage_layers": names}
+  if chosen_from:
+    info["num_modules_from"] = chosen_from
+  return balance.to_stages(layers, stage_sizes), info

@@ -30,7 +30,7 @@ class Setup:
   trainer: Trainer
   step: tf.Variable
   checkpoint: tf.train.Checkpoint
-  split: Optional[dict] = None  # config.model.balance: the chosen split
+  split: Optional[dict] = None  # model.balance / num_modules="auto": split
 
 
 def build(config, data_seed_offset: int = 0,
@@ -61,7 +61,8 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
                 stage_sizes=None) -> Setup:
   """Everything but the data (for export, or evaluation on other data).
 
-  `stage_sizes`: a split saved in model_info.json (config.model.balance).
+  `stage_sizes`: a split saved in model_info.json (config.model.balance or
+  num_modules="auto").
   """
   config = configs.with_defaults(config)
   keras.utils.set_random_seed(config.seed)
@@ -71,9 +72,11 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
         f"config.mixed_precision must be '', 'mixed_bfloat16' or "
         f"'mixed_float16', got {precision!r}")
   keras.mixed_precision.set_dtype_policy(precision)  # before the stages
+  auto_balance.check_num_modules(config.model)
   stages = models.build_stages(config.model, num_classes)
   stages, split = auto_balance.apply(config.model, stages, frame_shape,
-                                     config.train.batch_size, stage_sizes)
+                                     config.train.batch_size, stage_sizes,
+                                     num_devices=count_devices(config.devices))
   devices = resolve_devices(config.devices, len(stages))
   pipeline = Pipeline(stages, devices=devices,
                       skips=parse_skips(config.skips),
@@ -126,6 +129,19 @@ def resolve_devices(devices, num_modules: int) -> Optional[list]:
   devices = [devices] if isinstance(devices, str) else list(devices or ())
   if devices != ["auto"]:
     return devices or None
+  found = _auto_devices()
+  return [found[k * len(found) // num_modules] if num_modules > len(found)
+          else found[k] for k in range(num_modules)]
+
+
+def count_devices(devices) -> int:
+  """How many devices config.devices names: the list's length, the devices
+  "auto" finds, or 0 for default placement."""
+  devices = [devices] if isinstance(devices, str) else list(devices or ())
+  return len(_auto_devices()) if devices == ["auto"] else len(devices)
+
+
+def _auto_devices() -> list:
   found = [d.name for d in tf.config.list_logical_devices("GPU")]
   if not found:
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -135,8 +151,7 @@ def resolve_devices(devices, num_modules: int) -> Optional[list]:
         "config.devices='auto' maps the modules onto GPUs, but TensorFlow "
         "sees no GPU (and only one CPU device). Use config.devices=() for "
         "default placement, or list devices explicitly.")
-  return [found[k * len(found) // num_modules] if num_modules > len(found)
-          else found[k] for k in range(num_modules)]
+  return found
 
 
 def make_optimizer(train_config) -> keras.optimizers.Optimizer:

@@ -162,7 +162,8 @@ def _start(setup, config, workdir, latest, cluster,
   else:  # only the chief logs
     train_writer = eval_writer = tf.summary.create_noop_writer()
   if not latest:
-    summaries.write_config(train_writer, config, _hparams(config))
+    summaries.write_config(train_writer, config,
+                           _hparams(config, setup.pipeline.num_modules))
   return hooks_lib.Context(setup, workdir, manager, train_writer, eval_writer)
 
 
@@ -290,9 +291,9 @@ def _sync_workers(setup, cluster, latest):
                     difference)
 
 
-def _hparams(config) -> Dict[str, object]:
+def _hparams(config, num_modules: int) -> Dict[str, object]:
   return {"algorithm": config.algorithm, "model": config.model.name,
-          "num_modules": config.model.num_modules,
+          "num_modules": num_modules,  # as built (num_modules="auto" too)
           "batch_size": config.train.batch_size,
           "learning_rate": config.train.learning_rate,
           "optimizer": config.train.optimizer,
