@@ -46,6 +46,11 @@ _VIDEOS_PER_SHARD = flags.DEFINE_integer(
     "videos_per_shard", 64, "Videos per TFRecord shard.")
 _JPEG_QUALITY = flags.DEFINE_integer(
     "jpeg_quality", 90, "JPEG quality of the stored frames.")
+_STORAGE = flags.DEFINE_enum(
+    "storage", "jpeg", ["jpeg", "raw"], "How frames are stored: jpeg "
+    "(small, decoded when training) or raw uint8 RGB bytes (H x W x 3 per "
+    "frame: no decoding, several times larger; for small --short_side such "
+    "as 64). The loader reads either (metadata.json records it).")
 _NUM_WORKERS = flags.DEFINE_integer(
     "num_workers", os.cpu_count() or 1, "Decoding processes.")
 
@@ -68,7 +73,8 @@ def main(argv):
   from sideways_tf.data import video_folder  # imports TF
   options = video_folder.PrepareOptions(
       short_side=_SHORT_SIDE.value, num_frames_max=_NUM_FRAMES_MAX.value,
-      jpeg_quality=_JPEG_QUALITY.value, test_fraction=_TEST_FRACTION.value,
+      jpeg_quality=_JPEG_QUALITY.value, storage=_STORAGE.value,
+      test_fraction=_TEST_FRACTION.value,
       videos_per_shard=_VIDEOS_PER_SHARD.value,
       split_file=_SPLIT_FILE.value, split_number=_SPLIT_NUMBER.value)
   summary = video_folder.prepare(_INPUT_DIR.value, _OUTPUT_DIR.value,

@@ -1,5 +1,6 @@
-"""Decoding one video file with PyAV into resized JPEG frames (prepare's work,
-run in worker processes by video_folder.prepare)."""
+"""Decoding one video file with PyAV into resized frames, stored as JPEG or
+raw RGB bytes (prepare's work, run in worker processes by
+video_folder.prepare)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ class VideoError(Exception):
 
 
 def decode_video(path, short_side: int = 128, num_frames_max: int = 0,
-                 jpeg_quality: int = 90):
-  """(JPEG bytes per frame, (height, width)) of a video file, via PyAV."""
+                 jpeg_quality: int = 90, storage: str = "jpeg"):
+  """(bytes per frame, (height, width)) of a video file, via PyAV.
+
+  storage "jpeg": each frame a JPEG of `jpeg_quality`; "raw": its uint8 RGB
+  pixels, height x width x 3 bytes in row-major order.
+  """
   import av  # noqa: PLC0415  (only preparing needs PyAV)
   from PIL import Image  # noqa: PLC0415
 
@@ -38,9 +43,13 @@ def decode_video(path, short_side: int = 128, num_frames_max: int = 0,
           size = _target_size(frame.height, frame.width, short_side)
         rgb = frame.to_ndarray(height=size[0], width=size[1], format="rgb24",
                                interpolation="AREA")
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="JPEG", quality=jpeg_quality)
-        encoded.append(buffer.getvalue())
+        if storage == "raw":
+          encoded.append(rgb.tobytes())
+        else:
+          buffer = io.BytesIO()
+          Image.fromarray(rgb).save(buffer, format="JPEG",
+                                    quality=jpeg_quality)
+          encoded.append(buffer.getvalue())
         if num_frames_max and len(encoded) >= num_frames_max:
           break
     except Exception as error:  # noqa: BLE001
@@ -66,7 +75,8 @@ def decode_task(task):
   path, options = task
   try:
     frames, size = decode_video(path, options.short_side,
-                                options.num_frames_max, options.jpeg_quality)
+                                options.num_frames_max, options.jpeg_quality,
+                                options.storage)
     return {"frames": frames, "size": size}
   except VideoError as error:
     return {"error": str(error)}

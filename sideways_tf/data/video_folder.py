@@ -1,9 +1,12 @@
 """Folders of video files (HMDB51, UCF101, Kinetics, your own) as TFRecords.
 
 `prepare` (bin/prepare_videos) decodes every video once with PyAV, resizes
-it to a short side of `short_side` pixels and stores each frame as a JPEG in
-a tf.train.Example (the decoding: video_decode.py); `load_source`
-(config.data.name = "video_folder") reads them back. Output directory:
+it to a short side of `short_side` pixels and stores each frame as a JPEG
+(`storage="jpeg"`, the default) or as its raw uint8 RGB bytes
+(`storage="raw"`: no decoding when training, for small frames) in a
+tf.train.Example (the decoding: video_decode.py); `load_source`
+(config.data.name = "video_folder") reads either back, as metadata.json's
+options say. Output directory:
 
   metadata.json                      class names, counts, skipped files
   prepare_plan.json                  options + which video goes to which shard
@@ -51,6 +54,9 @@ PLAN_FILE = "prepare_plan.json"
 FORMAT_VERSION = 1
 # Which split evaluates by default when config.data.eval_split is "".
 EVAL_SPLIT_PREFERENCE = ("val", "validation", "valid", "test")
+# How frames are stored: JPEG (small on disk, decoded when training) or raw
+# uint8 RGB bytes (H x W x 3 per frame, no decoding; for small frames).
+STORAGES = ("jpeg", "raw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +69,12 @@ class PrepareOptions:
   videos_per_shard: int = 64
   split_file: str = ""
   split_number: int = 1
+  storage: str = "jpeg"  # or "raw" (STORAGES)
 
   def __post_init__(self):
+    if self.storage not in STORAGES:
+      raise ValueError(f"storage must be one of {STORAGES}, got "
+                       f"{self.storage!r}")
     if self.short_side < 0 or self.num_frames_max < 0:
       raise ValueError(f"short_side and num_frames_max must be >= 0, got "
                        f"{self.short_side} and {self.num_frames_max}")
@@ -269,12 +279,25 @@ def _write_plan(input_dir, output_dir, options) -> Dict:
   output_dir.mkdir(parents=True, exist_ok=True)
   plan_path = output_dir / PLAN_FILE
   plan_text = json.dumps(plan, indent=1, sort_keys=True)
-  if plan_path.exists() and plan_path.read_text() != plan_text:
+  if plan_path.exists() and _with_default_options(
+      plan_path.read_text()) != plan_text:
     raise ValueError(
         f"{output_dir} was prepared from other videos or options (its "
         f"{PLAN_FILE} differs); use another --output_dir or delete it")
   atomic_write_text(plan_path, plan_text)
   return plan
+
+
+def _with_default_options(plan_text: str) -> str:
+  """A saved plan with the options added since it was written at their
+  defaults (a folder prepared before `storage` existed is a jpeg one)."""
+  try:
+    plan = json.loads(plan_text)
+  except ValueError:
+    return plan_text
+  plan["options"] = dict(dataclasses.asdict(PrepareOptions()),
+                         **plan.get("options", {}))
+  return json.dumps(plan, indent=1, sort_keys=True)
 
 
 def _decode_all(tasks, num_workers):
@@ -360,13 +383,37 @@ def read_metadata(path) -> Dict:
   return metadata
 
 
+def storage_of(metadata) -> str:
+  """How a prepared folder stores its frames ("jpeg" before raw existed)."""
+  storage = metadata.get("options", {}).get("storage", "jpeg")
+  if storage not in STORAGES:
+    raise ValueError(f"unknown frame storage {storage!r} in metadata.json "
+                     f"(known: {', '.join(STORAGES)}): prepare it again")
+  return storage
+
+
 def _parse(serialized):
+  """JPEG storage: the encoded frames (clips.py decodes the sampled ones)."""
   import tensorflow as tf  # noqa: PLC0415
   parsed = tf.io.parse_single_example(serialized, {
       "frames": tf.io.VarLenFeature(tf.string),
       "label": tf.io.FixedLenFeature([], tf.int64)})
   return {"frames": tf.sparse.to_dense(parsed["frames"]),
           "label": parsed["label"]}
+
+
+def _parse_raw(serialized):
+  """Raw storage: uint8 [N, H, W, 3] straight from the bytes, no decoding."""
+  import tensorflow as tf  # noqa: PLC0415
+  parsed = tf.io.parse_single_example(serialized, {
+      "frames": tf.io.VarLenFeature(tf.string),
+      "label": tf.io.FixedLenFeature([], tf.int64),
+      "height": tf.io.FixedLenFeature([], tf.int64),
+      "width": tf.io.FixedLenFeature([], tf.int64)})
+  pixels = tf.io.decode_raw(tf.sparse.to_dense(parsed["frames"]), tf.uint8)
+  shape = tf.stack([tf.shape(pixels)[0], tf.cast(parsed["height"], tf.int32),
+                    tf.cast(parsed["width"], tf.int32), 3])
+  return {"frames": tf.reshape(pixels, shape), "label": parsed["label"]}
 
 
 def load_source(data_config, seed: int = 0):
@@ -404,6 +451,7 @@ def load_source(data_config, seed: int = 0):
                          f"missing: rerun bin/prepare_videos")
     return files
 
+  parse = _parse_raw if storage_of(metadata) == "raw" else _parse
   train_files = shard_paths(train_split)
   train = tf.data.Dataset.from_tensor_slices(train_files).shuffle(
       len(train_files), seed=seed, reshuffle_each_iteration=True)
@@ -412,7 +460,7 @@ def load_source(data_config, seed: int = 0):
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   eval_ = tf.data.TFRecordDataset(shard_paths(eval_split))
   return clips.Source(
-      train=train.map(_parse, num_parallel_calls=tf.data.AUTOTUNE),
-      eval=eval_.map(_parse, num_parallel_calls=tf.data.AUTOTUNE),
+      train=train.map(parse, num_parallel_calls=tf.data.AUTOTUNE),
+      eval=eval_.map(parse, num_parallel_calls=tf.data.AUTOTUNE),
       class_names=class_names, shuffle_buffer=256, random_flip=True,
       crop_fraction=0.875)

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import av
 import numpy as np
 import pytest
 
@@ -231,7 +232,8 @@ def test_prepare_videos_command(video_tree, tmp_path):
   output_dir = tmp_path / "out"
   command = [sys.executable, str(PROJECT_ROOT / "bin" / "prepare_videos"),
              f"--input_dir={video_tree}", f"--output_dir={output_dir}",
-             "--short_side=16", "--num_workers=2", "--test_fraction=0.5"]
+             "--short_side=16", "--num_workers=2", "--test_fraction=0.5",
+             "--storage=raw"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(command, capture_output=True, text=True, env=env,
                           timeout=120, check=False)
@@ -239,4 +241,122 @@ def test_prepare_videos_command(video_tree, tmp_path):
   metadata = json.loads((output_dir / "metadata.json").read_text())
   assert set(metadata["splits"]) == {"train", "test"}  # the hash split
   assert sum(s["num_videos"] for s in metadata["splits"].values()) == 10
+  assert metadata["options"]["storage"] == "raw"
   assert f"--config.data.path={output_dir}" in result.stdout
+
+
+# ------------------------------------------------------------ frame storage
+
+PATTERN_FRAMES, PATTERN_HEIGHT, PATTERN_WIDTH = 6, 24, 32
+
+
+def write_pattern_video(path, shift):
+  """A grey ramp, steeper along the width than the height (a transposed or
+  mis-shaped read scrambles it), brightening by `shift` per frame."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  rows = np.arange(PATTERN_HEIGHT)[:, None]
+  columns = np.arange(PATTERN_WIDTH)[None, :]
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("mpeg4", rate=25)
+    stream.width, stream.height = PATTERN_WIDTH, PATTERN_HEIGHT
+    stream.pix_fmt, stream.options = "yuv420p", {"qscale": "1"}
+    for t in range(PATTERN_FRAMES):
+      grey = (20 + 3 * rows + 4 * columns + shift * t).astype(np.uint8)
+      image = np.repeat(grey[..., None], 3, axis=-1)
+      for packet in stream.encode(
+          av.VideoFrame.from_ndarray(image, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def pattern_tree(root):
+  for split in ("train", "test"):
+    for index, class_name in enumerate(("x", "y")):
+      write_pattern_video(root / split / class_name / "v.avi",
+                          shift=1 + index + (split == "test"))
+  return root
+
+
+def decoded_frames(path):
+  """What prepare decodes (PyAV, RGB at the stored size), as uint8."""
+  with av.open(str(path)) as container:
+    return np.stack([
+        frame.to_ndarray(height=frame.height, width=frame.width,
+                         format="rgb24", interpolation="AREA")
+        for frame in container.decode(container.streams.video[0])])
+
+
+def pattern_config(path, **overrides):
+  return folder_config(path, **dict(dict(
+      num_classes=2, num_frames=4, temporal_stride=1,
+      image_size=PATTERN_HEIGHT), **overrides))
+
+
+def test_raw_storage_gives_exactly_the_decoded_frames(tmp_path):
+  videos = pattern_tree(tmp_path / "videos")
+  metadata = video_folder.prepare(
+      videos, tmp_path / "raw", video_folder.PrepareOptions(
+          short_side=0, storage="raw"), progress=False)["metadata"]
+  assert metadata["options"]["storage"] == "raw"
+  datasets = data.get_datasets(pattern_config(tmp_path / "raw"),
+                               batch_size=2, eval_batch_size=2, seed=0)
+  videos_read, labels = _all(datasets.eval)
+  assert videos_read.shape == (2, 4, PATTERN_HEIGHT, PATTERN_HEIGHT, 3)
+  for clip, label in zip(videos_read, labels):
+    expected = decoded_frames(videos / "test" / "xy"[label] / "v.avi")
+    # Centred clip (frames 1-4) and centred square crop (columns 4-27),
+    # resized 24 -> 24 (identity): exactly the decoded pixels / 255.
+    np.testing.assert_array_equal(
+        np.round(clip * 255.0).astype(np.uint8), expected[1:5, :, 4:28])
+
+
+def test_raw_and_jpeg_folders_give_the_same_clips(tmp_path):
+  videos = pattern_tree(tmp_path / "videos")
+  for storage in ("jpeg", "raw"):
+    video_folder.prepare(videos, tmp_path / storage,
+                         video_folder.PrepareOptions(
+                             short_side=0, storage=storage, jpeg_quality=100),
+                         progress=False)
+  read = {}
+  for storage in ("jpeg", "raw"):
+    datasets = data.get_datasets(
+        pattern_config(tmp_path / storage, crop_fraction=0.875,
+                       image_size=16), batch_size=2, eval_batch_size=2,
+        seed=0)
+    read[storage] = [b["video"].numpy() for b in datasets.train.take(3)] + [
+        b["video"].numpy() for b in datasets.eval]
+  for jpeg, raw in zip(read["jpeg"], read["raw"]):
+    assert jpeg.shape == raw.shape and jpeg.dtype == raw.dtype == np.float32
+    # The same clips, crops and flips; JPEG at quality 100 is close.
+    assert np.abs(jpeg - raw).max() <= 4.0 / 255.0
+  def size(storage):
+    return sum(p.stat().st_size
+               for p in (tmp_path / storage).glob("*.tfrecord"))
+  assert size("raw") > size("jpeg")  # raw trades disk for decoding
+
+
+def test_folder_prepared_before_storage_existed_reads_and_resumes(tmp_path):
+  videos = pattern_tree(tmp_path / "videos")
+  output_dir = tmp_path / "out"
+  options = video_folder.PrepareOptions(short_side=0)
+  video_folder.prepare(videos, output_dir, options, progress=False)
+  for name in (video_folder.PLAN_FILE, video_folder.METADATA_FILE):
+    saved = json.loads((output_dir / name).read_text())
+    del saved["options"]["storage"]  # as written before the option existed
+    (output_dir / name).write_text(json.dumps(saved, indent=1,
+                                              sort_keys=True))
+  metadata = video_folder.read_metadata(output_dir)
+  assert video_folder.storage_of(metadata) == "jpeg"
+  summary = video_folder.prepare(videos, output_dir, options, progress=False)
+  assert summary["shards_written"] == 0 and summary["shards_reused"] == 2
+  with pytest.raises(ValueError, match="other videos or options"):
+    video_folder.prepare(videos, output_dir, dataclasses.replace(
+        options, storage="raw"), progress=False)
+
+
+def test_unknown_storage_is_named():
+  with pytest.raises(ValueError, match="storage must be one of .* 'png'"):
+    video_folder.PrepareOptions(storage="png")
+  with pytest.raises(ValueError, match="unknown frame storage 'png'"):
+    video_folder.storage_of({"options": {"storage": "png"}})
