@@ -1,7 +1,7 @@
 """The figures that need a fresh Python process, and how to run one.
 
 Memory (a process's peak RSS), placement (TF fixes its logical devices at
-start-up) and the input pipeline each run as
+start-up) and the input pipelines (synthetic; prepared folders) each run as
 ``python -m sideways_tf.benchmark.children <kind> <json>`` and print one
 JSON line.
 """
@@ -137,8 +137,16 @@ def input_pipeline_child(config: BenchmarkConfig):
           "frames_per_s": frames / seconds}
 
 
+def input_folder_child(config: BenchmarkConfig, root: str):
+  """In a fresh process: frames/s of prepared folders, JPEG vs raw."""
+  configure(config)
+  from sideways_tf.benchmark import input_folder  # noqa: PLC0415
+  return input_folder.measure(config, root)
+
+
 CHILDREN = {"memory": memory_child, "placement": placement_child,
-            "input_pipeline": input_pipeline_child}
+            "input_pipeline": input_pipeline_child,
+            "input_folder": input_folder_child}
 
 
 def run_child(kind: str, config: BenchmarkConfig, **kwargs) -> dict:

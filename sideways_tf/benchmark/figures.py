@@ -7,6 +7,7 @@ pipeline; memory, placement and the input pipeline each run children (see
 
 from __future__ import annotations
 
+import pathlib
 from typing import Dict
 
 from sideways_tf.benchmark.common import ALGORITHMS
@@ -232,8 +233,11 @@ def placement(config: BenchmarkConfig) -> dict:
   return fig
 
 
-def input_pipeline(config: BenchmarkConfig, throughput_fig=None) -> dict:
-  """Figure 5: input pipeline frames/s (a child) / training frames/s."""
+def input_pipeline(config: BenchmarkConfig, throughput_fig=None,
+                   bench_dir=None) -> dict:
+  """Figure 5: input pipeline frames/s (a child) / training frames/s; with
+  a `bench_dir`, also prepared folders of JPEG and raw frames (5b, made in
+  bench_dir/input_folder)."""
   log("input pipeline: sideways_tf.data train split (own process)")
   try:
     fig = run_child("input_pipeline", config)
@@ -247,4 +251,29 @@ def input_pipeline(config: BenchmarkConfig, throughput_fig=None) -> dict:
     log(f"  {fig['frames_per_s']:.0f} frames/s, ratio {fig['ratio']:.2f}")
   else:
     log(f"  not measured: {fig.get('reason', '')[:200]}")
+  if bench_dir is not None:
+    fig["folder"] = input_folder_figure(config, throughput_fig, bench_dir)
+  return fig
+
+
+def input_folder_figure(config: BenchmarkConfig, throughput_fig,
+                        bench_dir) -> dict:
+  """Figure 5b: prepared-folder frames/s, JPEG and raw (one child)."""
+  from sideways_tf.benchmark import input_folder  # noqa: PLC0415
+  root = str(pathlib.Path(bench_dir).resolve() / "input_folder")
+  log(f"input pipeline: prepared folders in {root}, JPEG vs raw frames "
+      "(own process)")
+  try:
+    fig = run_child("input_folder", config, root=root)
+  except RuntimeError as error:
+    return {"available": False, "reason": str(error)[-1500:]}
+  fig["available"] = True
+  if throughput_fig:
+    input_folder.with_training_rate(
+        fig, throughput_fig["sideways"]["frames_per_s"],
+        GOALS["input_pipeline_ratio"])
+  log("  " + ", ".join(
+      f"{s} {fig[s]['frames_per_s']:.0f} frames/s" +
+      (f" (ratio {fig[s]['ratio']:.2f})" if "ratio" in fig[s] else "")
+      for s in input_folder.STORAGES))
   return fig

@@ -103,6 +103,13 @@ def _summary_rows(results) -> list:
   elif ip:
     rows.append(("5", "input pipeline / training frames/s",
                  "not measured", ">= 3", "n/a"))
+  folder = (ip or {}).get("folder") or {}
+  for key, storage in (("5b", "jpeg"), ("5c", "raw")):
+    if "ratio" in folder.get(storage, {}):
+      f = folder[storage]
+      rows.append((key, f"prepared folder ({storage} frames) / training "
+                   "frames/s", f"{f['ratio']:.2f}", f">= {f['goal']}",
+                   _met(f["met"])))
   tr = results.get("tracing")
   if tr:
     rows.append(("6", f"traces over {tr['sideways']['clips']} clips "
@@ -249,7 +256,37 @@ def _input_pipeline(results) -> list:
       f"{ip['batches']} batches vs Sideways training "
       f"{ip['train_frames_per_s']:.0f} frames/s: ratio "
       f"**{ip['ratio']:.2f}**.",
+  ] + _input_folder(ip.get("folder"))
+
+
+def _input_folder(folder) -> list:
+  if not folder:
+    return []
+  if not (folder.get("available") and "ratio" in folder.get("raw", {})):
+    return ["", "### 5b. Prepared video folder", "",
+            f"Not measured: {folder.get('reason', 'no training rate')}"]
+  data = folder["data"]
+  lines = [
+      "", "### 5b. Prepared video folder: JPEG vs raw frames", "",
+      f"{folder['num_videos']} generated videos of {folder['video_frames']} "
+      f"frames (a moving gradient with a static random texture of "
+      f"{folder['texture']} grey levels) prepared by `video_folder.prepare` "
+      f"(what `bin/prepare_videos` runs) at a short side of "
+      f"{data['image_size']}, once with `--storage=jpeg` (quality 90) and "
+      f"once with `--storage=raw`, then read by `get_datasets` with "
+      f"`configs/video_folder.py`'s data (crop {data['crop_fraction']}, "
+      f"flip, resize to {data['image_size']}; T = {data['num_frames']}); "
+      f"the two storages alternate in {folder['rounds']} rounds of "
+      f"{folder['frames_per_round']} frames in one process (median of the "
+      f"rounds). Training: Sideways, figure 1.", "",
+      "| storage | bytes per frame | frames/s | / training frames/s |",
+      "|---|---|---|---|",
   ]
+  for storage in ("jpeg", "raw"):
+    f = folder[storage]
+    lines.append(f"| {storage} | {f['bytes_per_frame']:.0f} | "
+                 f"{f['frames_per_s']:.0f} | **{f['ratio']:.2f}** |")
+  return lines + ["", f"Raw / JPEG: {folder['raw_over_jpeg']:.2f}x."]
 
 
 def _tracing(results) -> list:

@@ -45,7 +45,7 @@ def run(config: BenchmarkConfig, bench_dir, doc_path=None,
     results["balancing"] = figures.balancing(config)
   if "input_pipeline" in config.figures:
     results["input_pipeline"] = figures.input_pipeline(
-        config, results.get("throughput"))
+        config, results.get("throughput"), bench_dir=bench_dir)
   if "replay_cost" in config.figures:
     results["replay_cost"] = replay_cost.replay_cost(config)
   results["machine"]["load_average_end"] = list(os.getloadavg())

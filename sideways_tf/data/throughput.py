@@ -59,20 +59,31 @@ def pipeline_frames_per_second(config, num_batches, warmup_batches):
   return frames / (time.perf_counter() - started)
 
 
-def write_test_videos(folder, num_videos, frames, width, height):
-  """num_videos mpeg4 .avi files in 4 class folders: a moving gradient."""
+def write_test_videos(folder, num_videos, frames, width, height,
+                      texture: int = 0):
+  """num_videos mpeg4 .avi files in 4 class folders: a moving gradient.
+
+  `texture` > 0 adds a static random pattern of that amplitude (grey
+  levels) to each video, so its frames hold detail as camera frames do (a
+  bare gradient is the easiest case for JPEG).
+  """
   import av  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
   ramp = (np.arange(width)[None, :] + np.arange(height)[:, None]) % 256
+  if texture:
+    rng = np.random.default_rng(0)
   for index in range(num_videos):
+    base = ramp
+    if texture:
+      base = ramp + rng.integers(0, texture, (height, width))
     path = pathlib.Path(folder) / f"class_{index % 4}" / f"video_{index}.avi"
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
       stream = container.add_stream("mpeg4", rate=25)
       stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
       for t in range(frames):
-        image = np.repeat(((ramp + 3 * t) % 256).astype(np.uint8)[..., None],
+        image = np.repeat(((base + 3 * t) % 256).astype(np.uint8)[..., None],
                           3, axis=-1)
         for packet in stream.encode(
             av.VideoFrame.from_ndarray(image, format="rgb24")):
