@@ -27,6 +27,69 @@ def test_bubble_from_intervals():
   assert not benchmark_devices.bubble_from_intervals({}, 2)["available"]
 
 
+NAN = float("nan")
+
+
+def test_bubble_from_stage_times_equal_stages_is_the_schedules():
+  # K = 2 stages, M = 3 micro-batches, unit clocks: stage 0 works at clocks
+  # 0-2, stage 1 at clocks 1-3; each idles 1 of the 4 clock units.
+  times = [[(0, 1), (NAN, NAN)], [(1, 2), (1, 2)], [(2, 3), (2, 3)],
+           [(NAN, NAN), (3, 4)]]
+  result = benchmark_devices.bubble_from_stage_times(times)
+  expected = (2 - 1) / (3 + 2 - 1)
+  assert result["bubble"] == pytest.approx([expected, expected])
+  assert result["idle"] == pytest.approx([expected, expected])
+  assert result["idle_clocks"] == pytest.approx([expected, expected])
+  assert result["clocks"] == 4 and result["span_s"] == pytest.approx(4.0)
+
+
+def test_bubble_from_stage_times_separates_waits_from_fill_and_drain():
+  # Stage 1 is twice as slow: stage 0 drains early (bubble 4/7), stage 1
+  # only fills (1/7); neither waits in between.
+  slow = [[(0, 1), (NAN, NAN)], [(1, 2), (1, 3)], [(2, 3), (3, 5)],
+          [(NAN, NAN), (5, 7)]]
+  result = benchmark_devices.bubble_from_stage_times(slow)
+  assert result["bubble"] == pytest.approx([4 / 7, 1 / 7])
+  assert result["idle"] == pytest.approx([4 / 7, 1 / 7])
+  # The loop leaves 0.5 between one stage's micro-batches: waits count as
+  # idle, not as bubble. Span 5.2; stage 0 fills 0, drains 1.2; stage 1
+  # fills 1.2, drains 0; each works 3.
+  gaps = [[(0, 1), (NAN, NAN)], [(1.5, 2.5), (1.2, 2.2)],
+          [(3, 4), (2.7, 3.7)], [(NAN, NAN), (4.2, 5.2)]]
+  result = benchmark_devices.bubble_from_stage_times(gaps)
+  assert result["bubble"] == pytest.approx([1.2 / 5.2, 1.2 / 5.2])
+  assert result["idle"] == pytest.approx([2.2 / 5.2, 2.2 / 5.2])
+  # A stage without work in the phase (the top, in a rematerialised
+  # forward pass) has no figures; no work at all is not available.
+  top_idle = [[(0, 1), (NAN, NAN)], [(1, 2), (NAN, NAN)]]
+  assert benchmark_devices.bubble_from_stage_times(top_idle)["bubble"] == [
+      0.0, None]
+  assert not benchmark_devices.bubble_from_stage_times(
+      [[(NAN, NAN)]])["available"]
+
+
+def test_summary_uses_float64_exactness_and_the_timeline_bubble():
+  expected = (2 - 1) / (8 + 2 - 1)
+  parallel = {
+      "frames_per_s": 1.0, "max_relative_difference": 3e-4,
+      "max_relative_difference_f64": 7e-6,
+      "bp32_max_relative_difference_f64": 2e-4,
+      "bubble": {"available": True, "idle_fraction": [0.5, 0.4]},
+      "timeline": {"measured_phase": "backward", "phases": {
+          "forward": {"available": True, "bubble": [0.5, None]},
+          "backward": {"available": True,
+                       "bubble": [expected * 1.1, expected * 0.9]}}}}
+  results = {"config": {"num_modules": 2, "num_devices": 2, "num_frames": 8,
+                        "micro_batch_frames": 1, "memory_frames": []},
+             "rows": {"gpipe_remat": {"parallel": parallel}}}
+  goals = devices_report.summarise(results)["goals"]
+  assert goals["gpipe_remat_exact"] == {"measured": 7e-6, "met": True}
+  assert goals["gpipe_remat_within_float32_bp_rounding"]["met"]
+  assert goals["gpipe_remat_bubble"]["measured"] == pytest.approx(
+      expected * 1.1)  # the larger device's, not the profiler's 0.5
+  assert goals["gpipe_remat_bubble"]["met"]
+
+
 def test_rejects_bad_settings():
   with pytest.raises(ValueError, match="unknown variants"):
     benchmark_devices.validate(benchmark_devices.DevicesConfig(
@@ -62,10 +125,23 @@ def test_simulated_devices_report(tmp_path):
     if row["exact"]:
       assert parallel["cosine_to_bp"] == pytest.approx(1.0, abs=1e-6)
       assert parallel["max_relative_difference"] <= 1e-5
+      assert parallel["max_relative_difference_f64"] <= 1e-5
+    assert parallel["bp32_max_relative_difference_f64"] <= 1e-5
+  timeline = report["rows"]["gpipe_remat"]["parallel"]["timeline"]
+  assert timeline["measured_phase"] == "backward"
+  backward = timeline["phases"]["backward"]
+  # M = 4 micro-batches on K = 2 stages: 5 clocks, each stage idle in 1.
+  assert backward["clocks"] == 5
+  assert backward["idle_clocks"] == pytest.approx([0.2, 0.2])
+  assert all(0 <= b <= i <= 1 for b, i in zip(backward["bubble"],
+                                              backward["idle"]))
+  assert timeline["phases"]["forward"]["bubble"][1] is None  # top: no work
   placed = report["rows"]["gpipe_remat"]["parallel"]["devices"]
   assert len(set(placed)) == 2  # one stage per simulated device
   assert report["rows"]["bp"]["parallel"]["devices"] == ["None", "None"]
   assert "gpipe_remat_exact" in report["summary"]["goals"]
+  assert "gpipe_remat_bubble" in report["summary"]["goals"]
+  assert "bubble per device" in (tmp_path / "simulated_devices.md").read_text()
   table = (tmp_path / "simulated_devices.md").read_text()
   assert "| Sideways | no |" in table
   assert "| GPipe + re-materialisation | yes |" in table

@@ -12,6 +12,8 @@ import pytest
 import tensorflow as tf
 
 import sideways_tf
+from sideways_tf.benchmark import exactness
+from sideways_tf.engine import gpipe
 from sideways_tf.training.trainer import Trainer
 from tests import util
 from tests.test_pipeline import numpy_reference
@@ -212,3 +214,59 @@ def test_gpipe_ignores_replay(rematerialize):
                               gpipe_micro_batch_frames=2,
                               gpipe_rematerialize=rematerialize)
   assert_exact(pipe.compute_gradients(frames, labels, "gpipe"), bp)
+
+
+def test_float64_reference_is_numpy_bp():
+  """The benchmark's exactness reference: BP in float64 on the same
+  weights, through the engine, equals the NumPy float64 BP (up to the
+  engine's float32 loss: the gradient's 1/N scale is rounded to float32,
+  about 3e-8 relative, far below the 1e-5 it has to resolve)."""
+  stages = util.dense_stages(3)
+  frames = util.moving_clip(batch=3, frames=4, shape=(5,))
+  labels = util.labels_for(3)
+  weights = [tuple(np.asarray(v, np.float64) for v in s.trainable_variables)
+             for s in stages]
+  expected = numpy_reference(weights, frames.astype(np.float64), labels, "bp")
+  reference = exactness.float64_bp_gradients(stages, frames, labels)
+  assert all(g.dtype == np.float64 for g in reference)
+  assert exactness.max_relative_difference(reference, expected) <= 1e-7
+
+
+@pytest.mark.parametrize("rematerialize", [False, True])
+def test_gpipe_float32_is_within_1e_5_of_float64_bp(rematerialize):
+  stages = util.conv_stages(3)
+  frames = util.moving_clip(batch=2, frames=6, shape=SHAPE)
+  labels = util.labels_for(2)
+  reference = exactness.float64_bp_gradients(stages, frames, labels)
+  gpipe = sideways_tf.Pipeline(
+      stages, gpipe_micro_batch_frames=2,
+      gpipe_rematerialize=rematerialize).compute_gradients(
+          frames, labels, "gpipe")
+  assert all(g.dtype == np.float32 for g in util.to_numpy(gpipe))
+  assert exactness.max_relative_difference(gpipe, reference) <= 1e-5
+  bp = sideways_tf.Pipeline(stages).compute_gradients(frames, labels, "bp")
+  assert exactness.max_relative_difference(bp, reference) <= 1e-5
+
+
+@pytest.mark.parametrize("rematerialize", [False, True])
+def test_stage_timeline_follows_the_schedule(rematerialize):
+  stages = util.conv_stages(3)
+  frames = util.moving_clip(batch=2, frames=6, shape=SHAPE)
+  labels = util.labels_for(2)
+  pipe = sideways_tf.Pipeline(stages, gpipe_micro_batch_frames=2,
+                              gpipe_rematerialize=rematerialize)
+  times = gpipe.stage_timeline(pipe)(frames, labels)
+  assert set(times) == ({"forward", "backward"} if rematerialize
+                        else {"forward"})
+  big_k, big_m = 3, 3
+  for phase, stamps in times.items():
+    assert stamps.shape == (big_m + big_k - 1, big_k, 2)
+    works = ~np.isnan(stamps[:, :, 0])
+    for k in range(big_k):
+      first = k if phase == "forward" else big_k - 1 - k
+      expected = np.zeros(big_m + big_k - 1, bool)
+      if not (phase == "forward" and rematerialize and k == big_k - 1):
+        expected[first:first + big_m] = True  # the re-run top skips forward
+      np.testing.assert_array_equal(works[:, k], expected)
+    worked = stamps[works]
+    assert np.all(worked[:, 1] >= worked[:, 0])  # ends after it starts

@@ -19,9 +19,15 @@ Rows (all through ``Trainer.train_step`` / ``Pipeline.compute_gradients``):
 Per row: frames/s (parallel and serialised) and speed-up; peak working memory
 (VmHWM minus the RSS before the first step, own process per T); gradient
 cosine and max relative difference to single-device BP on the same clip and
-weights; per-device bubble, the idle fraction of the step observed in a
-profiler trace (ops are attributed to device k by their ``stage_k`` name
-scope; idle = 1 - union of stage k's op intervals / step span).
+weights, and their max relative difference to BP run in float64 on the same
+weights and clip (``exactness.py``; float32 BP's own difference to it is
+reported too); per-device idle fraction of the step observed in a profiler
+trace (ops are attributed to device k by their ``stage_k`` name scope; idle
+= 1 - union of stage k's op intervals / step span: executor gaps between
+ops count as idle). For the GPipe rows also the bubble from the schedule's
+own clock timestamps (``gpipe.stage_timeline``: the start and end of every
+stage's work at every clock): each device's fill and drain time as a share
+of the phase, next to (K-1)/(M+K-1) (:func:`bubble_from_stage_times`).
 
 Writes ``simulated_devices.json``, ``.md`` and ``.png`` to the report
 directory (atomically), and the table into docs/benchmarks.md between markers
@@ -155,6 +161,7 @@ def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
   out = {"variant": variant, "inter_op": inter_op,
          "devices": [str(d) for d in pipeline.devices]}
   if fidelity:  # before any update: the same weights as the BP reference
+    from sideways_tf.benchmark import exactness  # pylint: disable=g-import-not-at-top
     mine = pipeline.compute_gradients(frames, labels, VARIANTS[variant][0])
     import sideways_tf  # pylint: disable=g-import-not-at-top
     reference = sideways_tf.Pipeline(pipeline.stages).compute_gradients(
@@ -163,9 +170,14 @@ def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
     b = np.concatenate([np.ravel(g) for g in reference]).astype(np.float64)
     out["cosine_to_bp"] = float(a @ b / (np.linalg.norm(a) *
                                          np.linalg.norm(b)))
-    out["max_relative_difference"] = float(max(
-        np.abs(np.asarray(x) - np.asarray(y)).max() / np.abs(y).max()
-        for x, y in zip(mine, reference)))
+    out["max_relative_difference"] = exactness.max_relative_difference(
+        mine, reference)
+    reference64 = exactness.float64_bp_gradients(pipeline.stages, frames,
+                                                 labels)
+    out["max_relative_difference_f64"] = exactness.max_relative_difference(
+        mine, reference64)
+    out["bp32_max_relative_difference_f64"] = (
+        exactness.max_relative_difference(reference, reference64))
   trainer = _trainer(pipeline, variant)
   for _ in range(config.warmup):
     trainer.train_step(frames, labels)
@@ -181,7 +193,73 @@ def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
   if profile:
     out["bubble"] = _profiled_bubble(trainer, frames, labels,
                                      pipeline.num_modules, tf)
+    if VARIANTS[variant][0] == "gpipe":
+      out["timeline"] = _timeline_bubble(pipeline, frames, labels)
   return out
+
+
+def _timeline_bubble(pipeline, frames, labels) -> dict:
+  """Per phase: bubble_from_stage_times of one timed GPipe clip gradient."""
+  from sideways_tf.engine import gpipe  # pylint: disable=g-import-not-at-top
+  timeline = gpipe.stage_timeline(pipeline)
+  timeline(frames, labels)  # trace
+  times = timeline(frames, labels)
+  phases = {phase: bubble_from_stage_times(t) for phase, t in times.items()}
+  # The phase in which every stage works: the forward clocks, or the
+  # written-out backward clocks when re-materialising (its forward skips
+  # the top stage, which recomputes on the way back).
+  measured = "backward" if "backward" in phases else "forward"
+  return {"phases": phases, "measured_phase": measured}
+
+
+def bubble_from_stage_times(times) -> dict:
+  """Each device's idle time in one pipelined phase, from clock timestamps.
+
+  `times[c][k]` = (start, end) of stage k's work at clock c, in seconds,
+  NaN where the stage has no micro-batch at that clock. Over the phase's
+  span (first start of any stage to last end), per device k:
+
+  * ``bubble``: (k's first start - the span's start) + (the span's end -
+    k's last end), / span: the fill-and-drain bubble, (K-1)/(M+K-1) with
+    equal stages and no other delay. (Clocks are not barriers: a stage may
+    run ahead of the one above it, so only the fill and the drain are
+    counted, not clock intervals.)
+  * ``idle``: 1 - (union of k's work intervals) / span: the bubble plus
+    every wait in between (for a slower stage, for the loop itself);
+  * ``idle_clocks``: clocks without a micro-batch / all clocks (the
+    schedule's count, (K-1)/(M+K-1) for a stage that works in the phase).
+
+  A stage that does no work in the phase gets None.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  times = np.asarray(times, np.float64)
+  works = ~np.isnan(times[:, :, 0])
+  if not works.any():
+    return {"available": False, "reason": "no stage worked"}
+  first, last = np.nanmin(times[:, :, 0]), np.nanmax(times[:, :, 1])
+  span = max(last - first, 1e-12)
+  bubble, idle, idle_clocks = [], [], []
+  for k in range(times.shape[1]):
+    if not works[:, k].any():
+      bubble.append(None)
+      idle.append(None)
+      idle_clocks.append(None)
+      continue
+    intervals = sorted(map(tuple, times[works[:, k], k]))
+    busy, end = 0.0, first
+    for start, stop in intervals:
+      start = max(start, end)
+      if stop > start:
+        busy += stop - start
+        end = stop
+    own_first = intervals[0][0]
+    own_last = max(stop for _, stop in intervals)
+    bubble.append(float((own_first - first + last - own_last) / span))
+    idle.append(float(1.0 - busy / span))
+    idle_clocks.append(float(1.0 - works[:, k].mean()))
+  return {"available": True, "bubble": bubble, "idle": idle,
+          "idle_clocks": idle_clocks, "clocks": int(len(times)),
+          "span_s": float(span)}
 
 
 def _profiled_bubble(trainer, frames, labels, num_stages, tf) -> dict:

@@ -88,11 +88,12 @@ def bubble_fraction(num_stages: int, num_micro_batches: int) -> float:
   return (num_stages - 1) / (num_micro_batches + num_stages - 1)
 
 
-def gpipe_graph(pipeline, frames, labels, loss_scale):
+def gpipe_graph(pipeline, frames, labels, loss_scale, timeline=None):
   """Graph of the GPipe clip gradient (call inside ``tf.function``).
 
   Returns a ``ClipResult`` like the other algorithms: the gradient of the
-  mean per-frame loss over the batch and all T frames.
+  mean per-frame loss over the batch and all T frames. `timeline`: a dict
+  to receive the stage timestamps of the clocks (see `stage_timeline`).
   """
   from sideways_tf.engine.pipeline import ClipResult  # pylint: disable=g-import-not-at-top
   options = pipeline.gpipe_options
@@ -122,7 +123,8 @@ def gpipe_graph(pipeline, frames, labels, loss_scale):
                                     tf.float32))
     return tf.reduce_sum(per_example), correct
 
-  schedule = _Schedule(pipeline, micro, shapes, rows, num_micro)
+  schedule = _Schedule(pipeline, micro, shapes, rows, num_micro,
+                       timed=timeline is not None)
   if options.rematerialize:
     grads, loss_sum, correct_sum = schedule.rematerialized(top_loss,
                                                            loss_scale)
@@ -138,15 +140,46 @@ def gpipe_graph(pipeline, frames, labels, loss_scale):
       grads = tape.gradient(scaled, variables,
                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
     grads = [g / tf.cast(loss_scale, g.dtype) for g in grads]
+  if timeline is not None:
+    timeline.update(schedule.times)
   return ClipResult(grads, loss_sum / num_terms, correct_sum / num_terms,
                     tf.identity(num_terms))
+
+
+def stage_timeline(pipeline):
+  """A function (frames, labels) -> {phase: [clocks, K, 2] numpy array}.
+
+  It computes the GPipe clip gradient as ``compute_gradients`` does (the
+  same schedule and placement), and also records, with ``tf.timestamp``,
+  when each stage's work of each clock started (its input ready) and ended
+  (its outputs ready), in seconds; a clock where the stage has no
+  micro-batch holds NaN. Phases: "forward" (the top stage's loss included
+  unless re-materialising) and, with re-materialisation, "backward" (the
+  written-out drain; without it TensorFlow's reverse loop is not timed).
+  The timestamps and their control dependencies cost a little, so this is
+  for measuring the schedule (bin/benchmark --simulate_devices), not for
+  training. Call it twice to time a traced function.
+  """
+  def graph(frames, labels):
+    times = {}
+    gpipe_graph(pipeline, frames, labels, tf.constant(1.0), timeline=times)
+    return times
+
+  compiled = tf.function(graph, autograph=False)
+
+  def run(frames, labels):
+    frames, labels = pipeline.prepare_inputs(frames, labels, "gpipe")
+    return {phase: t.numpy() for phase, t in compiled(frames, labels).items()}
+  return run
 
 
 class _Schedule:
   """The fill-and-drain clocks of one clip."""
 
-  def __init__(self, pipeline, micro, shapes, rows, num_micro):
+  def __init__(self, pipeline, micro, shapes, rows, num_micro, timed=False):
     self.pipeline = pipeline
+    self.timed = timed  # record each stage's start and end per clock
+    self.times = {}  # phase -> [clocks, K, 2] float64 (when timed)
     self.modules = pipeline.modules
     self.devices = pipeline.devices
     self.num_stages = pipeline.num_modules
@@ -173,6 +206,33 @@ class _Schedule:
   def _valid(self, m):
     return tf.logical_and(m >= 0, m < self.num_micro)
 
+  def _cond(self, m, work, idle, inputs):
+    """tf.cond(valid m, work, idle); when timed, also [start, end] of the
+    work (NaN when idle), stamped after `inputs` and `work`'s outputs."""
+    if not self.timed:
+      return tf.cond(self._valid(m), work, idle), None
+
+    def timed_work():
+      with tf.control_dependencies(tf.nest.flatten(inputs)):
+        start = tf.timestamp()
+      with tf.control_dependencies([start]):
+        out = work()
+      with tf.control_dependencies(tf.nest.flatten(out)):
+        end = tf.timestamp()
+      return out, tf.stack([start, end])
+
+    def timed_idle():
+      return idle(), tf.constant([float("nan")] * 2, tf.float64)
+    return tf.cond(self._valid(m), timed_work, timed_idle)
+
+  def _no_work(self):
+    return tf.constant([float("nan")] * 2, tf.float64)
+
+  def _times_array(self):
+    return (tf.TensorArray(tf.float64, self.num_clocks,
+                           element_shape=[self.num_stages, 2])
+            if self.timed else [])
+
   def forward(self, top_loss, keep_inputs: bool = False, run_top=True):
     """The forward clocks; returns (loss sum, correct sum[, stored inputs]).
 
@@ -187,34 +247,39 @@ class _Schedule:
                for k in range(1, big_k)] if keep_inputs else []
     zero = tf.constant(0.0, tf.float32)
 
-    def clock(c, held, stored, loss_sum, correct_sum):
-      outputs = []
+    def clock(c, held, stored, loss_sum, correct_sum, times):
+      outputs, stamps = [], []
       for k, module in enumerate(self.modules):
         m = c - k
+        stamp = self._no_work() if self.timed else None
         with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
           x = self._frames_of(m) if k == 0 else held[k - 1]
           if keep_inputs and k > 0:
             stored[k - 1] = stored[k - 1].write(c, x)
           if module.is_top:
             if run_top:
-              loss, correct = tf.cond(
-                  self._valid(m),
-                  lambda x=x, k=k, module=module: _in_scope(
+              (loss, correct), stamp = self._cond(
+                  m, lambda x=x, k=k, module=module: _in_scope(
                       k, lambda: top_loss(module.call(x, training=True))),
-                  lambda: (tf.constant(0.0), tf.constant(0.0)))
+                  lambda: (tf.constant(0.0), tf.constant(0.0)), x)
               loss_sum += loss
               correct_sum += correct
           else:
-            outputs.append(tf.cond(
-                self._valid(m),
-                lambda x=x, k=k, module=module: _in_scope(
+            output, stamp = self._cond(
+                m, lambda x=x, k=k, module=module: _in_scope(
                     k, lambda: module.call(x, training=True)),
-                lambda k=k: self._zeros_output(k)))
-      return c + 1, outputs, stored, loss_sum, correct_sum
+                lambda k=k: self._zeros_output(k), x)
+            outputs.append(output)
+        stamps.append(stamp)
+      if self.timed:
+        times = times.write(c, tf.stack(stamps))
+      return c + 1, outputs, stored, loss_sum, correct_sum, times
 
-    _, _, stored, loss_sum, correct_sum = tf.while_loop(
+    _, _, stored, loss_sum, correct_sum, times = tf.while_loop(
         lambda c, *_: c < self.num_clocks, clock,
-        (tf.constant(0), held0, stored0, zero, zero))
+        (tf.constant(0), held0, stored0, zero, zero, self._times_array()))
+    if self.timed:
+      self.times["forward"] = times.stack()
     if keep_inputs:
       return loss_sum, correct_sum, stored
     return loss_sum, correct_sum
@@ -234,9 +299,9 @@ class _Schedule:
                      for m in self.modules]
     zero = tf.constant(0.0, tf.float32)
 
-    def clock(c, grads, accumulators, loss_sum, correct_sum):
+    def clock(c, grads, accumulators, loss_sum, correct_sum, times):
       new_grads = [None] * (big_k - 1)
-      new_accumulators = []
+      new_accumulators, stamps = [], []
       for k, module in enumerate(self.modules):
         m = num_micro - 1 - c + (big_k - 1 - k)
         with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
@@ -273,7 +338,9 @@ class _Schedule:
               out += [tf.constant(0.0), tf.constant(0.0)]
             return out
 
-          out = tf.cond(self._valid(m), work, idle)
+          out, stamp = self._cond(
+              m, work, idle, [] if module.is_top else grads[k])
+          stamps.append(stamp)
           if module.is_top:
             correct_sum += out.pop()
             loss_sum += out.pop()
@@ -281,11 +348,17 @@ class _Schedule:
             new_grads[k - 1] = out.pop()
           new_accumulators.append([a + g for a, g in zip(accumulators[k],
                                                          out)])
-      return c + 1, new_grads, new_accumulators, loss_sum, correct_sum
+      if self.timed:
+        times = times.write(c, tf.stack(stamps))
+      return (c + 1, new_grads, new_accumulators, loss_sum, correct_sum,
+              times)
 
-    _, _, accumulators, loss_sum, correct_sum = tf.while_loop(
+    _, _, accumulators, loss_sum, correct_sum, times = tf.while_loop(
         lambda c, *_: c < self.num_clocks, clock,
-        (tf.constant(0), grads0, accumulators0, zero, zero))
+        (tf.constant(0), grads0, accumulators0, zero, zero,
+         self._times_array()))
+    if self.timed:
+      self.times["backward"] = times.stack()
     return ([a for accs in accumulators for a in accs], loss_sum, correct_sum)
 
 
