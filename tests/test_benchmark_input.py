@@ -25,7 +25,7 @@ def test_folder_figure_prepares_both_storages_and_reports_ratios(tmp_path):
     assert row["written"]
   # Raw frames are the pixels: 16 x 16 x 3 bytes plus the record's framing.
   assert 768 <= fig["raw"]["bytes_per_frame"] < 768 + 64
-  assert fig["frames_per_round"] == 1 * 2 * 4  # 1 batch of B x T per round
+  assert fig["frames_per_round"] == 2 * 2 * 4  # 2 batches of B x T per round
   assert fig["data"]["crop_fraction"] == 0.875 and fig["data"]["random_flip"]
 
   input_folder.with_training_rate(fig, 100.0, goal=3.0)

@@ -84,27 +84,34 @@ def data_config(config: BenchmarkConfig, path: str):
 
 
 def measure(config: BenchmarkConfig, root, rounds: int = 5) -> dict:
-  """Frames/s of each storage's train batches, alternating in `rounds`."""
+  """Frames/s of each storage's train batches, alternating in `rounds`.
+
+  Each round and storage starts a fresh iterator (so the other storage's
+  pipeline is not filling its buffers in the background), draws `batches`
+  untimed batches (the shuffle buffer fills; the prefetched burst drains:
+  the loop consumes faster than the pipeline produces), then times
+  `batches` more.
+  """
   import numpy as np  # noqa: PLC0415
   from sideways_tf import data  # noqa: PLC0415
   folders = prepare_folders(config, root)
-  iterators, shapes = {}, {}
-  for storage in STORAGES:
-    datasets = data.get_datasets(
-        data_config(config, folders[storage]["path"]),
-        batch_size=config.batch_size, eval_batch_size=config.batch_size,
-        seed=0)
-    iterators[storage] = iter(datasets.train)
-    for _ in range(2):  # warm-up: tracing, autotuning, the shuffle buffer
-      shapes[storage] = list(next(iterators[storage])["video"].shape)
-  batches = max(1, config.data_batches // rounds)
+  datasets = {storage: data.get_datasets(
+      data_config(config, folders[storage]["path"]),
+      batch_size=config.batch_size, eval_batch_size=config.batch_size,
+      seed=0) for storage in STORAGES}
+  batches = max(2, config.data_batches // rounds)
   seconds = {storage: [] for storage in STORAGES}
+  shapes = {}
   for r in range(rounds):
     for storage in (STORAGES if r % 2 == 0 else STORAGES[::-1]):
+      iterator = iter(datasets[storage].train)
+      for _ in range(batches):  # untimed: fill, trace, drain the burst
+        shapes[storage] = list(next(iterator)["video"].shape)
       start = time.perf_counter()
       for _ in range(batches):
-        float(next(iterators[storage])["video"][0, 0, 0, 0, 0])
+        float(next(iterator)["video"][0, 0, 0, 0, 0])
       seconds[storage].append(time.perf_counter() - start)
+      del iterator  # stops its background threads
   frames = batches * config.batch_size * config.num_frames
   result = {"rounds": rounds, "batches_per_round": batches,
             "frames_per_round": frames, "num_videos": NUM_VIDEOS,

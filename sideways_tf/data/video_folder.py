@@ -393,24 +393,27 @@ def storage_of(metadata) -> str:
 
 
 def _parse(serialized):
-  """JPEG storage: the encoded frames (clips.py decodes the sampled ones)."""
+  """JPEG storage: the encoded frames (clips.py decodes the sampled ones).
+
+  The frames are a RaggedFeature (a dense 1-D string tensor straight away):
+  a VarLenFeature's sparse tensor would copy every frame once more.
+  """
   import tensorflow as tf  # noqa: PLC0415
   parsed = tf.io.parse_single_example(serialized, {
-      "frames": tf.io.VarLenFeature(tf.string),
+      "frames": tf.io.RaggedFeature(tf.string),
       "label": tf.io.FixedLenFeature([], tf.int64)})
-  return {"frames": tf.sparse.to_dense(parsed["frames"]),
-          "label": parsed["label"]}
+  return {"frames": parsed["frames"], "label": parsed["label"]}
 
 
 def _parse_raw(serialized):
   """Raw storage: uint8 [N, H, W, 3] straight from the bytes, no decoding."""
   import tensorflow as tf  # noqa: PLC0415
   parsed = tf.io.parse_single_example(serialized, {
-      "frames": tf.io.VarLenFeature(tf.string),
+      "frames": tf.io.RaggedFeature(tf.string),
       "label": tf.io.FixedLenFeature([], tf.int64),
       "height": tf.io.FixedLenFeature([], tf.int64),
       "width": tf.io.FixedLenFeature([], tf.int64)})
-  pixels = tf.io.decode_raw(tf.sparse.to_dense(parsed["frames"]), tf.uint8)
+  pixels = tf.io.decode_raw(parsed["frames"], tf.uint8)
   shape = tf.stack([tf.shape(pixels)[0], tf.cast(parsed["height"], tf.int32),
                     tf.cast(parsed["width"], tf.int32), 3])
   return {"frames": tf.reshape(pixels, shape), "label": parsed["label"]}
