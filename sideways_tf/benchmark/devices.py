@@ -198,18 +198,33 @@ def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
   return out
 
 
-def _timeline_bubble(pipeline, frames, labels) -> dict:
-  """Per phase: bubble_from_stage_times of one timed GPipe clip gradient."""
+def _timeline_bubble(pipeline, frames, labels, repeats: int = 5) -> dict:
+  """Per phase: bubble_from_stage_times of timed GPipe clip gradients, the
+  median per device over `repeats` runs (each run's figures kept too)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from sideways_tf.engine import gpipe  # pylint: disable=g-import-not-at-top
   timeline = gpipe.stage_timeline(pipeline)
   timeline(frames, labels)  # trace
-  times = timeline(frames, labels)
-  phases = {phase: bubble_from_stage_times(t) for phase, t in times.items()}
+  runs = [{phase: bubble_from_stage_times(t)
+           for phase, t in timeline(frames, labels).items()}
+          for _ in range(repeats)]
+  phases = {}
+  for phase, first in runs[0].items():
+    phases[phase] = dict(first, runs=[run[phase] for run in runs])
+    if not first.get("available"):
+      continue
+    for key in ("bubble", "idle"):
+      per_run = [run[phase][key] for run in runs]
+      phases[phase][key] = [
+          None if values[0] is None else float(np.median(values))
+          for values in zip(*per_run)]
+    phases[phase]["span_s"] = float(np.median(
+        [run[phase]["span_s"] for run in runs]))
   # The phase in which every stage works: the forward clocks, or the
   # written-out backward clocks when re-materialising (its forward skips
   # the top stage, which recomputes on the way back).
   measured = "backward" if "backward" in phases else "forward"
-  return {"phases": phases, "measured_phase": measured}
+  return {"phases": phases, "measured_phase": measured, "repeats": repeats}
 
 
 def bubble_from_stage_times(times) -> dict:

@@ -123,11 +123,12 @@ def markdown(results: dict) -> str:
          f"{[round(t * 1e3, 2) for t in results['split']['stage_s']]}."
          if results.get("split") else "Stages: the model's own split."),
       "",
-      "| algorithm | exact | frames/s | serialised frames/s | speed-up | "
-      "/ single-device BP | " + " | ".join(
-          f"memory T={t} (MiB)" for t in mem_ts) +
-      " | cosine to BP | max rel. diff to float32 BP | to float64 BP | "
-      "idle per device (profiler ops) |",
+      "| " + " | ".join(
+          ["algorithm", "exact", "frames/s", "serialised frames/s",
+           "speed-up", "/ single-device BP"] +
+          [f"memory T={t} (MiB)" for t in mem_ts] +
+          ["cosine to BP", "max rel. diff to float32 BP", "to float64 BP",
+           "idle per device (profiler ops)"]) + " |",
       "|---|---|---|---|---|---|" + "---|" * len(mem_ts) + "---|---|---|---|",
   ]
   for variant, row in rows.items():
@@ -170,7 +171,9 @@ def markdown(results: dict) -> str:
         "",
         "GPipe's bubble from its clock timestamps (one timed clip gradient, "
         "`gpipe.stage_timeline`: when each stage's work of each clock "
-        "started and ended). Bubble: the device's fill and drain, (its "
+        "started and ended; the median of "
+        f"{timelines[0][1].get('repeats', 1)} timed runs per device). "
+        "Bubble: the device's fill and drain, (its "
         "first start - the phase's first start) + (the phase's last end - "
         "its last end), / the phase's span; idle: 1 - the device's work "
         "time / span (the bubble plus every wait in between: for the slower "
