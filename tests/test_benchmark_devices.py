@@ -59,6 +59,9 @@ def test_bubble_from_stage_times_separates_waits_from_fill_and_drain():
   result = benchmark_devices.bubble_from_stage_times(gaps)
   assert result["bubble"] == pytest.approx([1.2 / 5.2, 1.2 / 5.2])
   assert result["idle"] == pytest.approx([2.2 / 5.2, 2.2 / 5.2])
+  assert result["first_work_s"] == pytest.approx([1.0, 1.0])
+  assert result["median_work_s"] == pytest.approx([1.0, 1.0])
+  assert result["median_period_s"] == pytest.approx([1.5, 1.5])
   # A stage without work in the phase (the top, in a rematerialised
   # forward pass) has no figures; no work at all is not available.
   top_idle = [[(0, 1), (NAN, NAN)], [(1, 2), (NAN, NAN)]]

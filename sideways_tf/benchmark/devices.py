@@ -213,7 +213,8 @@ def _timeline_bubble(pipeline, frames, labels, repeats: int = 5) -> dict:
     phases[phase] = dict(first, runs=[run[phase] for run in runs])
     if not first.get("available"):
       continue
-    for key in ("bubble", "idle"):
+    for key in ("bubble", "idle", "first_work_s", "median_work_s",
+                "median_period_s"):
       per_run = [run[phase][key] for run in runs]
       phases[phase][key] = [
           None if values[0] is None else float(np.median(values))
@@ -242,7 +243,10 @@ def bubble_from_stage_times(times) -> dict:
   * ``idle``: 1 - (union of k's work intervals) / span: the bubble plus
     every wait in between (for a slower stage, for the loop itself);
   * ``idle_clocks``: clocks without a micro-batch / all clocks (the
-    schedule's count, (K-1)/(M+K-1) for a stage that works in the phase).
+    schedule's count, (K-1)/(M+K-1) for a stage that works in the phase);
+  * ``first_work_s``, ``median_work_s``: how long k's first work took, and
+    the median over its works; ``median_period_s``: the median time from
+    one of k's work starts to the next (its clock period).
 
   A stage that does no work in the phase gets None.
   """
@@ -254,13 +258,19 @@ def bubble_from_stage_times(times) -> dict:
   first, last = np.nanmin(times[:, :, 0]), np.nanmax(times[:, :, 1])
   span = max(last - first, 1e-12)
   bubble, idle, idle_clocks = [], [], []
+  first_work, median_work, median_period = [], [], []
   for k in range(times.shape[1]):
     if not works[:, k].any():
-      bubble.append(None)
-      idle.append(None)
-      idle_clocks.append(None)
+      for values in (bubble, idle, idle_clocks, first_work, median_work,
+                     median_period):
+        values.append(None)
       continue
     intervals = sorted(map(tuple, times[works[:, k], k]))
+    durations = [stop - start for start, stop in intervals]
+    first_work.append(float(durations[0]))
+    median_work.append(float(np.median(durations)))
+    median_period.append(float(np.median(np.diff([i[0] for i in intervals])))
+                         if len(intervals) > 1 else None)
     busy, end = 0.0, first
     for start, stop in intervals:
       start = max(start, end)
@@ -274,7 +284,8 @@ def bubble_from_stage_times(times) -> dict:
     idle_clocks.append(float(1.0 - works[:, k].mean()))
   return {"available": True, "bubble": bubble, "idle": idle,
           "idle_clocks": idle_clocks, "clocks": int(len(times)),
-          "span_s": float(span)}
+          "span_s": float(span), "first_work_s": first_work,
+          "median_work_s": median_work, "median_period_s": median_period}
 
 
 def _profiled_bubble(trainer, frames, labels, num_stages, tf) -> dict:

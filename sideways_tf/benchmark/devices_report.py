@@ -183,17 +183,24 @@ def markdown(results: dict) -> str:
         "works; TensorFlow's own reverse loop is not timed).",
         "",
         "| algorithm | phase | clocks | bubble per device | idle per device |"
-        " (K-1)/(M+K-1) |",
-        "|---|---|---|---|---|---|"]
+        " (K-1)/(M+K-1) | first / median work ms | clock period ms |",
+        "|---|---|---|---|---|---|---|---|"]
     for v, timeline in timelines:
       for phase, b in timeline["phases"].items():
         if not b.get("available"):
           continue
         mark = "**" if phase == timeline["measured_phase"] else ""
+        work = ", ".join(
+            "-" if f is None else f"{f * 1e3:.1f} / {m * 1e3:.1f}"
+            for f, m in zip(b.get("first_work_s", []),
+                            b.get("median_work_s", [])))
+        period = ", ".join("-" if t is None else f"{t * 1e3:.1f}"
+                           for t in b.get("median_period_s", []))
         lines.append(
             f"| {TITLES[v]} | {mark}{phase}{mark} | {b['clocks']} | "
             f"{_fractions(b['bubble'])} | {_fractions(b['idle'])} | "
-            f"{summary['gpipe_expected_bubble']:.3f} |")
+            f"{summary['gpipe_expected_bubble']:.3f} | {work or '-'} | "
+            f"{period or '-'} |")
   lines += ["", "| goal | measured | target | status |", "|---|---|---|---|"]
   targets = {
       "sideways_speedup": f">= {GOALS['sideways_speedup']}x",
