@@ -16,12 +16,16 @@ Figures (each a ratio from the same run):
    and stage balancing (by parameters vs by measured time) on the model zoo;
 4. placement: Sideways step time with one logical CPU device per stage /
    on one device (child process: TF fixes its devices at start-up);
-5. input pipeline frames/s / training frames/s (child process);
+5. input pipeline frames/s / training frames/s (child processes): the
+   synthetic source, and (5b, ``input_folder.py``) prepared video folders of
+   JPEG and of raw frames, generated in the bench dir;
 6. tracing: traces of the train step over N clips of one shape.
 
 `common.py`: the config, goals and timing helpers; `figures.py`: one function
 per figure; `children.py`: the figures that need a fresh process (run as
 ``python -m sideways_tf.benchmark.children <kind> <json>``, one JSON line
 out); `report.py`: docs/benchmarks.md; `runner.py`: :func:`run`, the entry
-point (``bin/benchmark`` is its command line).
+point (``bin/benchmark`` is its command line). ``--simulate_devices``:
+`devices.py` and `devices_report.py`, with `exactness.py` (gradients against
+BP in float64).
 """
