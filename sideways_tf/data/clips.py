@@ -148,7 +148,7 @@ def _resize(clip, size: int):
 
   Antialiasing only matters when shrinking; when enlarging (e.g. a 56 px
   crop of 64 px frames to 64) its kernel is plain bilinear's, and the plain
-  op is about 6x faster (the same values up to float rounding).
+  op is several times cheaper (the same values up to float rounding).
   """
   def shrink():
     resized = tf.image.resize(clip, [size, size], antialias=True)
