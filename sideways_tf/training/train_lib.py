@@ -114,7 +114,8 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
   first_step, run_start = int(setup.step), time.perf_counter()
   stop = _StopFlag()
   try:
-    frames_per_clip = _loop(ctx, hooks, cluster, stop)
+    with log.progress:  # a warning never continues the progress bar's line
+      frames_per_clip = _loop(ctx, hooks, cluster, stop)
   except FloatingPointError:
     ctx.train_writer.flush()
     raise
