@@ -440,8 +440,27 @@ def _start_workers(workdir, data_dir, *args):
       stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
-def _finish_workers(workers):
+def _wait_for_checkpoint(manager_dir, workers, step, seconds=900):
+  """True once a checkpoint of `step` or later exists (the keep-N rotation
+  may already have deleted that one); False if a worker ends first or after
+  `seconds` (a busy machine takes minutes)."""
+  deadline = time.time() + seconds
+  while time.time() < deadline:
+    steps = checkpoints.checkpoint_steps(manager_dir)
+    if steps and steps[0] >= step:
+      return True
+    if any(worker.poll() is not None for worker in workers):
+      return False
+    time.sleep(0.2)
+  return False
+
+
+def _finish_workers(workers, kill=False):
+  """[(stdout, stderr)] of each worker, once all have ended."""
   try:
+    for worker in workers if kill else ():
+      if worker.poll() is None:
+        worker.kill()
     return [worker.communicate(timeout=900) for worker in workers]
   finally:
     for worker in workers:
@@ -450,28 +469,36 @@ def _finish_workers(workers):
         worker.wait()
 
 
+def _tails(outputs):
+  return "\n".join(f"--- worker {i}:\n{out[-1500:]}\n{err[-3000:]}"
+                   for i, (out, err) in enumerate(outputs))
+
+
 def test_sigterm_on_one_worker_stops_all_at_one_step_the_chief_saves(
-    tmp_path, data_dir):
+    tmp_path, data_dir, trained):
   """SIGTERM to the non-chief: every worker stops after the same step with
   exit 143, the chief saves that step; the restarted workers resume from it,
   and when the chief is then killed the non-chief's WorkerLostError names
   the newest checkpoint (not the one it resumed from)."""
+  del trained  # the data exists before the workers start (no race on it)
   workdir = tmp_path / "run"
   manager_dir = workdir / "checkpoints"
   workers = _start_workers(workdir, data_dir,
                            "--config.train.checkpoint_every=2")
-  try:  # ckpt-2 saved: every worker is in its training loop
-    _wait_for(lambda: (manager_dir / "ckpt-2.index").exists(), workers[0],
-              seconds=900)  # a busy machine: minutes
+  # A checkpoint saved: every worker is in its training loop.
+  ready = _wait_for_checkpoint(manager_dir, workers, 2)
+  if ready:
     workers[1].send_signal(signal.SIGTERM)
-  finally:
-    (chief_out, chief_err), (other_out, other_err) = _finish_workers(workers)
-  assert workers[1].returncode == 143, other_out[-1000:] + other_err[-2000:]
-  assert workers[0].returncode == 143, chief_out[-1000:] + chief_err[-2000:]
+  outputs = _finish_workers(workers, kill=not ready)
+  (chief_out, chief_err), (other_out, other_err) = outputs
+  assert ready, _tails(outputs)
+  assert workers[1].returncode == 143, _tails(outputs)
+  assert workers[0].returncode == 143, _tails(outputs)
   stops = [re.search(r"Stopped by signal at step (\d+) \(SIGTERM on "
-                     r"(this|another) worker", out)
+                     r"(this|another) worker; every worker stopped after "
+                     r"this step\)", out)
            for out in (chief_out, other_out)]
-  assert all(stops), (chief_out[-1000:], other_out[-1000:])
+  assert all(stops), _tails(outputs)
   assert [m.group(2) for m in stops] == ["another", "this"]
   step = int(stops[0].group(1))
   assert int(stops[1].group(1)) == step >= 2  # the same step on both
@@ -485,17 +512,17 @@ def test_sigterm_on_one_worker_stops_all_at_one_step_the_chief_saves(
   # checkpoints later: the non-chief names the newest one.
   workers = _start_workers(workdir, data_dir,
                            "--config.train.checkpoint_every=1")
-  try:
-    _wait_for(lambda: (manager_dir / f"ckpt-{step + 2}.index").exists(),
-              workers[0], seconds=900)
+  ready = _wait_for_checkpoint(manager_dir, workers, step + 2)
+  if ready:
     workers[0].send_signal(signal.SIGKILL)
-  finally:
-    (chief_out, _), (other_out, other_err) = _finish_workers(workers)
+  outputs = _finish_workers(workers, kill=not ready)
+  (chief_out, _), (other_out, other_err) = outputs
+  assert ready, _tails(outputs)
   for out in (chief_out, other_out):
     assert f"Resumed from {manager_dir / f'ckpt-{step}'} at step {step}." \
-        in out, out[-1000:]
+        in out, _tails(outputs)
   assert workers[1].returncode == user_errors.EXIT_WORKER_LOST, \
-      other_err[-2000:]
+      _tails(outputs)
   newest = tf.train.latest_checkpoint(str(manager_dir))
   assert workdir_lib.checkpoint_step(newest) >= step + 2
   assert "worker 1 of 2: the gradient all-reduce" in other_err

@@ -227,11 +227,12 @@ def _worker_lost(ctx, cluster, step, error) -> distributed.WorkerLostError:
 
 
 def _print_cluster_stop(cluster, step, stop, workdir):
+  where = "this worker" if stop.own else "another worker"
+  when = ("every worker stopped after this step" if stop.agreed else
+          "the last step")
   print(f"\nStopped by signal at step {step} "
-        f"({signal.Signals(stop.signum).name} on "
-        f"{'this worker' if stop.own else 'another worker'}; every worker "
-        f"stopped after this step): worker {cluster.worker_index} of "
-        f"{cluster.num_workers}; the chief saved "
+        f"({signal.Signals(stop.signum).name} on {where}; {when}): worker "
+        f"{cluster.worker_index} of {cluster.num_workers}; the chief saved "
         f"{workdir / 'checkpoints' / f'ckpt-{step}'}. Start all workers again "
         f"with the same commands to resume.", flush=True)
 
@@ -340,6 +341,7 @@ class _StopFlag:
     self.requested = False
     self.signum = None
     self.own = False  # the signal came to this process
+    self.agreed = False  # every worker of the cluster stops at this step
     self._previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
@@ -362,5 +364,6 @@ class _StopFlag:
 
   def agree(self, signum):
     """The cluster agreed to stop on `signum` (this worker's or a peer's)."""
+    self.agreed = True
     if not self.requested:
       self.requested, self.signum = True, signum
