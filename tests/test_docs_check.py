@@ -268,10 +268,10 @@ def test_default_outputs_are_under_the_workdir_not_docs(parsed):
   experiments = defaults["sideways_tf.apps.experiments"]
   assert benchmark["bench_dir"].strip("'") == str(
       ROOT / "workdir" / "benchmark")
-  assert benchmark["doc"] == "None"  # -> BENCH_DIR/benchmarks.md
+  assert benchmark["doc"] is None  # -> BENCH_DIR/benchmarks.md
   assert experiments["outdir"].strip("'") == str(
       ROOT / "workdir" / "experiments")
-  assert experiments["report_dir"] == "None"  # -> OUTDIR/report
+  assert experiments["report_dir"] is None  # -> OUTDIR/report
 
 
 def _installed_copy(tmp_path):
