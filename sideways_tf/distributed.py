@@ -19,14 +19,17 @@ mirrored. The strategy is used for its all-reduce only.
   cluster.broadcast_from_chief(pipe.trainable_variables)
   train_data = cluster.shard(train_data)
 
-See docs/scaling.md.
+A stop signal on any worker reaches all of them through the same all-reduce
+(`vote_stop` before a step, `agreed_stop` after it), so every worker stops
+after the same step. See docs/scaling.md and docs/robustness.md.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import List, Sequence
+import signal
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -93,6 +96,14 @@ class Cluster:
           f"{self.num_workers} workers. Place modules with config.devices, "
           f"not with more replicas per worker.")
     self._device = self.strategy.extended.worker_devices[0]
+    # Stop votes ([SIGTERM, SIGINT] of this worker, and their mean over the
+    # workers at the last all-reduce): a signal on any worker ends every
+    # worker after the same step. Local state, not mirrored.
+    self._stop_vote = tf.Variable(tf.zeros([2]), trainable=False,
+                                  name="stop_vote")
+    self._stop_agreed = tf.Variable(tf.zeros([2]), trainable=False,
+                                    name="stop_agreed")
+    self._voted = None
 
   def __repr__(self):
     return (f"Cluster(worker {self.worker_index} of {self.num_workers}, "
@@ -125,8 +136,38 @@ class Cluster:
     return list(reduced)
 
   def all_reduce_mean(self, gradients: Sequence[tf.Tensor]) -> List[tf.Tensor]:
-    """The Trainer's gradient_transform: the mean of the workers' gradients."""
-    return self.all_reduce(gradients, tf.distribute.ReduceOp.MEAN)
+    """The Trainer's gradient_transform: the mean of the workers' gradients.
+
+    The workers' stop votes (:meth:`vote_stop`) ride along in the same
+    all-reduce, so every worker learns of a stop at the same step
+    (:meth:`agreed_stop`) without a collective of its own.
+    """
+    gradients = list(gradients)
+    reduced = self.all_reduce(gradients + [self._stop_vote.read_value()],
+                              tf.distribute.ReduceOp.MEAN)
+    self._stop_agreed.assign(reduced[-1])
+    return reduced[:-1]
+
+  # ------------------------------------------------------------- stopping
+
+  def vote_stop(self, signum: Optional[int]) -> None:
+    """This worker's stop request (the signal it got, or None), sent with the
+    next gradient all-reduce."""
+    if signum == self._voted:
+      return
+    self._voted = signum
+    self._stop_vote.assign([float(signum == signal.SIGTERM),
+                            float(signum == signal.SIGINT)])
+
+  def agreed_stop(self) -> Optional[int]:
+    """The signal some worker voted to stop with at the last gradient
+    all-reduce (SIGTERM before SIGINT), or None: the same on every worker."""
+    term, interrupt = (float(v) for v in self._stop_agreed.numpy())
+    if term > 0:
+      return int(signal.SIGTERM)
+    if interrupt > 0:
+      return int(signal.SIGINT)
+    return None
 
   # ------------------------------------------------------------ start up
 

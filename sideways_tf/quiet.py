@@ -3,11 +3,13 @@
 TF 2.21 writes "All log messages before absl::InitializeLog()", oneDNN and
 CUDA notes, and on a CPU-only machine "E0000 ... failed call to cuInit ...
 UNKNOWN ERROR (303)" straight to file descriptor 2, before
-TF_CPP_MIN_LOG_LEVEL applies. The bin/ programs import TensorFlow with fd 2
-pointed at a temporary file, and replay that file only if the import fails
-(they are shown with --verbose or --verbosity).
-No package import here: bin/* run this file before importing sideways_tf
-(whose __init__ imports TensorFlow).
+TF_CPP_MIN_LOG_LEVEL applies. The programs of sideways_tf/apps (bin/* and
+the `sideways-*` console scripts alike) call `quiet_start` before anything
+else imports TensorFlow: TF is imported with fd 2 pointed at a temporary file,
+which is replayed only if the import fails (the lines are shown with
+--verbose or --verbosity).
+No package import here, and `import sideways_tf` itself loads no TensorFlow
+(its public names load on first use), so this runs first.
 """
 
 import os
@@ -40,7 +42,8 @@ def import_tensorflow(show: bool = False):
 
 
 def quiet_start(argv) -> None:
-  """What bin/* call first: TensorFlow imported quietly unless asked."""
+  """What every program of sideways_tf/apps calls first: TensorFlow
+  imported quietly unless asked."""
   show = any(a in ("--verbose", "--verbose=true", "--verbose=True", "-v")
              or a.startswith("--verbosity") for a in argv[1:])
   import_tensorflow(show=show)

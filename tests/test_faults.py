@@ -5,6 +5,7 @@ file and the fix (checkpoints, workdir lock, signals, NaN, temp files)."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -428,33 +429,102 @@ def test_a_worker_whose_peers_never_start_names_them(tmp_path, data_dir):
   assert "Traceback" not in result.stderr and "I0000" not in result.stderr
 
 
-def test_sigterm_on_one_worker_stops_it_nonzero_and_the_chief_saves(
-    tmp_path, data_dir):
-  workdir = tmp_path / "run"
+def _start_workers(workdir, data_dir, *args):
   ports = util.free_ports(2)
-  args = ("--config.distributed=True", "--config.train.num_steps=100000",
-          "--config.train.checkpoint_every=100000",
-          "--config.train.eval_every=0", "--config.train.log_every=1",
-          "--config.collective_timeout_seconds=10")
-  workers = [subprocess.Popen(_train_cmd(workdir, data_dir, *args),
-                              env=_worker_env(ports, i), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+  return [subprocess.Popen(
+      _train_cmd(workdir, data_dir, "--config.distributed=True",
+                 "--config.train.num_steps=100000",
+                 "--config.train.eval_every=0", "--config.train.log_every=1",
+                 *args),
+      env=_worker_env(ports, i), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _wait_for_checkpoint(manager_dir, workers, step, seconds=900):
+  """True once a checkpoint of `step` or later exists (the keep-N rotation
+  may already have deleted that one); False if a worker ends first or after
+  `seconds` (a busy machine takes minutes)."""
+  deadline = time.time() + seconds
+  while time.time() < deadline:
+    steps = checkpoints.checkpoint_steps(manager_dir)
+    if steps and steps[0] >= step:
+      return True
+    if any(worker.poll() is not None for worker in workers):
+      return False
+    time.sleep(0.2)
+  return False
+
+
+def _finish_workers(workers, kill=False):
+  """[(stdout, stderr)] of each worker, once all have ended."""
   try:
-    _wait_for(lambda: (workdir / "model_info.json").exists(), workers[0])
-    time.sleep(8.0)  # a few steps
-    workers[1].send_signal(signal.SIGTERM)
-    other_out, other_err = workers[1].communicate(timeout=300)
-    chief_out, chief_err = workers[0].communicate(timeout=300)
+    for worker in workers if kill else ():
+      if worker.poll() is None:
+        worker.kill()
+    return [worker.communicate(timeout=900) for worker in workers]
   finally:
     for worker in workers:
       if worker.poll() is None:
         worker.kill()
-  assert workers[1].returncode == 143, other_err[-2000:]
-  assert workers[0].returncode == user_errors.EXIT_WORKER_LOST, \
-      chief_err[-2000:]
-  newest = checkpoints.checkpoint_steps(workdir / "checkpoints")[0]
-  assert newest > 0
-  assert checkpoints.verify(ckpt(workdir, newest, "")) is None
-  assert f"ckpt-{newest})" in chief_err  # the newest, saved on the way out
-  assert "Traceback" not in chief_err
+        worker.wait()
+
+
+def _tails(outputs):
+  return "\n".join(f"--- worker {i}:\n{out[-1500:]}\n{err[-3000:]}"
+                   for i, (out, err) in enumerate(outputs))
+
+
+def test_sigterm_on_one_worker_stops_all_at_one_step_the_chief_saves(
+    tmp_path, data_dir, trained):
+  """SIGTERM to the non-chief: every worker stops after the same step with
+  exit 143, the chief saves that step; the restarted workers resume from it,
+  and when the chief is then killed the non-chief's WorkerLostError names
+  the newest checkpoint (not the one it resumed from)."""
+  del trained  # the data exists before the workers start (no race on it)
+  workdir = tmp_path / "run"
+  manager_dir = workdir / "checkpoints"
+  workers = _start_workers(workdir, data_dir,
+                           "--config.train.checkpoint_every=2")
+  # A checkpoint saved: every worker is in its training loop.
+  ready = _wait_for_checkpoint(manager_dir, workers, 2)
+  if ready:
+    workers[1].send_signal(signal.SIGTERM)
+  outputs = _finish_workers(workers, kill=not ready)
+  (chief_out, chief_err), (other_out, other_err) = outputs
+  assert ready, _tails(outputs)
+  assert workers[1].returncode == 143, _tails(outputs)
+  assert workers[0].returncode == 143, _tails(outputs)
+  stops = [re.search(r"Stopped by signal at step (\d+) \(SIGTERM on "
+                     r"(this|another) worker; every worker stopped after "
+                     r"this step\)", out)
+           for out in (chief_out, other_out)]
+  assert all(stops), _tails(outputs)
+  assert [m.group(2) for m in stops] == ["another", "this"]
+  step = int(stops[0].group(1))
+  assert int(stops[1].group(1)) == step >= 2  # the same step on both
+  assert checkpoints.checkpoint_steps(manager_dir)[0] == step
+  assert checkpoints.verify(manager_dir / f"ckpt-{step}") is None
+  assert f"the chief saved {manager_dir / f'ckpt-{step}'}" in other_out
+  assert "Done" not in chief_out + other_out
+  assert "Traceback" not in chief_err + other_err
+
+  # Restart both: they resume from that step. Kill the chief a few
+  # checkpoints later: the non-chief names the newest one.
+  workers = _start_workers(workdir, data_dir,
+                           "--config.train.checkpoint_every=1")
+  ready = _wait_for_checkpoint(manager_dir, workers, step + 2)
+  if ready:
+    workers[0].send_signal(signal.SIGKILL)
+  outputs = _finish_workers(workers, kill=not ready)
+  (chief_out, _), (other_out, other_err) = outputs
+  assert ready, _tails(outputs)
+  for out in (chief_out, other_out):
+    assert f"Resumed from {manager_dir / f'ckpt-{step}'} at step {step}." \
+        in out, _tails(outputs)
+  assert workers[1].returncode == user_errors.EXIT_WORKER_LOST, \
+      _tails(outputs)
+  newest = tf.train.latest_checkpoint(str(manager_dir))
+  assert workdir_lib.checkpoint_step(newest) >= step + 2
+  assert "worker 1 of 2: the gradient all-reduce" in other_err
+  assert f"last checkpoint ({newest})" in other_err, other_err[-2000:]
+  assert "Traceback" not in other_err

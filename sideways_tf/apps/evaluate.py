@@ -7,9 +7,11 @@ DIR/eval.json and to TensorBoard (DIR/eval).
 """
 
 import json
-import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
+from sideways_tf import quiet
+
+quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 

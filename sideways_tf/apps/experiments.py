@@ -13,6 +13,10 @@ updates the checkout's docs/results.md).
 import pathlib
 import sys
 
+from sideways_tf import quiet
+
+quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
+
 from absl import flags
 
 from sideways_tf import cli

@@ -8,9 +8,11 @@ go to OUTPUT/assets.extra/class_names.txt and the `labels` output. --tflite
 also writes the streaming `step` as OUTPUT/tflite/step.tflite.
 """
 
-import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
+from sideways_tf import quiet
+
+quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 

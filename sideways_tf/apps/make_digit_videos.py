@@ -10,10 +10,12 @@ bin/prepare_videos and bin/train --config=configs/video_folder.py; the
 commands are printed at the end. Rerunning the same command resumes.
 """
 
-import os
 import pathlib
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
+from sideways_tf import quiet
+
+quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 from ml_collections import config_flags

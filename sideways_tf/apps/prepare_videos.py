@@ -12,8 +12,11 @@ docs/data.md for the layouts, split files and output format.
 
 import os
 import pathlib
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
+from sideways_tf import quiet
+
+quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 

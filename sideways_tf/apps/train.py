@@ -7,10 +7,11 @@
 Rerunning with the same --workdir resumes from its last checkpoint.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads
+from sideways_tf import quiet
+
+quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 from ml_collections import config_flags

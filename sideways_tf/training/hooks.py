@@ -14,7 +14,6 @@ import json
 import pathlib
 from typing import Dict
 
-import keras
 import numpy as np
 
 from absl import logging
@@ -23,6 +22,7 @@ from sideways_tf import diagnostics
 from sideways_tf import summaries
 from sideways_tf.data import shard_check
 from sideways_tf.files import atomic_write_text
+from sideways_tf.training import progress
 from sideways_tf.training import workdir as workdir_lib
 
 
@@ -128,9 +128,11 @@ class LogHook(Hook):
     self.every, self.num_steps = every, num_steps
     self.window = Window()
     self.last = {"loss": float("nan"), "accuracy": float("nan")}
-    self.progress = keras.utils.Progbar(num_steps, stateful_metrics=[
-        "loss", "accuracy", "frames/s"], unit_name="step")
-    self.progress.update(first_step)
+    # `with log.progress:` around the loop keeps warnings off its line.
+    self.progress = progress.ProgressBar(
+        num_steps, first_step, stateful_metrics=["loss", "accuracy",
+                                                 "frames/s"],
+        unit_name="step")
 
   def after_step(self, ctx, step, frames, metrics, seconds):
     self.window.add(metrics, int(frames.shape[0]) * int(frames.shape[1]),

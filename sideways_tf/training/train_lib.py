@@ -114,7 +114,8 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
   first_step, run_start = int(setup.step), time.perf_counter()
   stop = _StopFlag()
   try:
-    frames_per_clip = _loop(ctx, hooks, cluster, stop)
+    with log.progress:  # a warning never continues the progress bar's line
+      frames_per_clip = _loop(ctx, hooks, cluster, stop)
   except FloatingPointError:
     ctx.train_writer.flush()
     raise
@@ -128,11 +129,14 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
   ctx.eval_writer.flush()
   wall = time.perf_counter() - run_start
   if not is_chief:
-    return _worker_result(cluster, step, stop, log.last)
+    return _worker_result(cluster, step, stop, log.last, workdir)
   if stop.requested:
-    print(f"\nStopped by signal at step {step} "
-          f"({signal.Signals(stop.signum).name}); checkpoint saved. Rerun "
-          f"the same command to resume.", flush=True)
+    if cluster is None:
+      print(f"\nStopped by signal at step {step} "
+            f"({signal.Signals(stop.signum).name}); checkpoint saved. Rerun "
+            f"the same command to resume.", flush=True)
+    else:
+      _print_cluster_stop(cluster, step, stop, workdir)
     return {"step": step, "interrupted": True, "signal": stop.signum}
   eval_metrics = evaluation.metrics or hooks_lib.evaluate(
       setup, ctx.eval_writer, step, workdir)
@@ -168,10 +172,19 @@ def _start(setup, config, workdir, latest, cluster,
 
 
 def _loop(ctx, hooks, cluster, stop) -> Optional[int]:
-  """Train steps until num_steps or a stop signal; returns frames per clip."""
+  """Train steps until num_steps or a stop signal; returns frames per clip.
+
+  With a cluster, a signal on any worker stops every worker after the same
+  step: the signalled worker's vote rides on the next gradient all-reduce,
+  so all of them leave the loop together and the chief saves that step.
+  """
   setup, frames_per_clip = ctx.setup, None
   iterator = iter(setup.datasets.train)
-  while int(setup.step) < setup.config.train.num_steps and not stop.requested:
+  while int(setup.step) < setup.config.train.num_steps:
+    if cluster is not None:
+      cluster.vote_stop(stop.signum)
+    elif stop.requested:
+      break
     with shard_check.named_data_errors(setup.config.data):
       batch = next(iterator)
     step = int(setup.step) + 1
@@ -196,6 +209,9 @@ def _loop(ctx, hooks, cluster, stop) -> Optional[int]:
     setup.step.assign(step)
     for hook in hooks:
       hook.after_step(ctx, step, frames, metrics, elapsed)
+    if cluster is not None and cluster.agreed_stop() is not None:
+      stop.agree(cluster.agreed_stop())
+      break
   return frames_per_clip
 
 
@@ -211,7 +227,23 @@ def _worker_lost(ctx, cluster, step, error) -> distributed.WorkerLostError:
       cluster, step, tf.train.latest_checkpoint(str(manager_dir)), error))
 
 
-def _worker_result(cluster, step, stop, last_train) -> Dict[str, object]:
+def _print_cluster_stop(cluster, step, stop, workdir):
+  where = "this worker" if stop.own else "another worker"
+  when = ("every worker stopped after this step" if stop.agreed else
+          "the last step")
+  print(f"\nStopped by signal at step {step} "
+        f"({signal.Signals(stop.signum).name} on {where}; {when}): worker "
+        f"{cluster.worker_index} of {cluster.num_workers}; the chief saved "
+        f"{workdir / 'checkpoints' / f'ckpt-{step}'}. Start all workers again "
+        f"with the same commands to resume.", flush=True)
+
+
+def _worker_result(cluster, step, stop, last_train,
+                   workdir) -> Dict[str, object]:
+  if stop.requested:
+    _print_cluster_stop(cluster, step, stop, workdir)
+    return {"step": step, "interrupted": True, "signal": stop.signum,
+            "train_loss": last_train["loss"]}
   print(f"\nDone: worker {cluster.worker_index} of {cluster.num_workers} at "
         f"step {step}; train loss {last_train['loss']:.4f} on this worker's "
         f"shard. The chief writes checkpoints, logs and evaluations.",
@@ -309,6 +341,8 @@ class _StopFlag:
   def __init__(self):
     self.requested = False
     self.signum = None
+    self.own = False  # the signal came to this process
+    self.agreed = False  # every worker of the cluster stops at this step
     self._previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
@@ -327,3 +361,10 @@ class _StopFlag:
     logging.warning("signal %d: saving a checkpoint and stopping", signum)
     self.requested = True
     self.signum = signum
+    self.own = True
+
+  def agree(self, signum):
+    """The cluster agreed to stop on `signum` (this worker's or a peer's)."""
+    self.agreed = True
+    if not self.requested:
+      self.requested, self.signum = True, signum

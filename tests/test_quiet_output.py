@@ -1,0 +1,128 @@
+"""A run prints its own lines only (item 12 of the robustness list): the
+`sideways-*` console scripts hide TensorFlow's C++ start-up lines as bin/*
+do, and a warning logged while the progress bar is drawn starts a line of
+its own."""
+
+import io
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
+import warnings
+
+import pytest
+
+from sideways_tf.training import progress
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "tests" / "faults" / "tiny_config.py")
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())[
+    "project"]["scripts"]
+# TensorFlow's C++ start-up lines on a CPU machine (TF 2.21).
+TF_NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cuda",
+            "cpu_feature_guard", "cuInit", "I0000", "E0000")
+
+# What pip writes as bin/sideways-train (setuptools' console-script launcher).
+LAUNCHER = """import sys
+from {module} import {function}
+if __name__ == '__main__':
+    sys.argv[0] = sys.argv[0].removesuffix('.exe')
+    sys.exit({function}())
+"""
+
+
+@pytest.fixture(scope="module")
+def console_run(tmp_path_factory):
+  """`sideways-train` as installed (the package on the path, run from
+  another directory): a 4-step run whose step 2 logs the fidelity risk
+  warning while the progress bar is drawn; stdout and stderr in one
+  stream, as a terminal or `2>&1 | tee` shows them."""
+  tmp = tmp_path_factory.mktemp("console")
+  module, function = SCRIPTS["sideways-train"].split(":")
+  script = tmp / "sideways-train"
+  script.write_text(LAUNCHER.format(module=module, function=function))
+  env = {k: v for k, v in os.environ.items()
+         if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell: not set
+  env["PYTHONPATH"] = str(ROOT)  # as `pip install -e .` does
+  result = subprocess.run(
+      [sys.executable, str(script), f"--config={TINY}",
+       f"--workdir={tmp / 'run'}", f"--config.data.data_dir={tmp / 'data'}",
+       "--config.train.fidelity_every=2", "--config.train.log_every=1"],
+      cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:]
+  assert "Done: sideways, 4 steps" in result.stdout, result.stdout[-3000:]
+  return result.stdout
+
+
+def test_console_script_prints_no_tensorflow_start_up_lines(console_run):
+  for noise in TF_NOISE:
+    assert noise not in console_run, noise
+
+
+def test_a_warning_logged_mid_run_starts_its_own_line(console_run):
+  lines = console_run.split("\n")
+  warned = [line for line in lines if "fidelity/risk =" in line]
+  assert len(warned) == 1, console_run[-3000:]
+  # absl's format, from the first character: no progress bar before it.
+  assert re.match(r"W\d{4} [\d:.]+ +\d+ hooks\.py:\d+\] step 2: "
+                  r"fidelity/risk", warned[0]), repr(warned[0][:300])
+  # The bar goes on below the warning.
+  after = "\n".join(lines[lines.index(warned[0]) + 1:])
+  assert "4/4" in after
+
+
+def test_python_warnings_end_the_bar_line_first(monkeypatch):
+  stdout, stderr = io.StringIO(), io.StringIO()
+  monkeypatch.setattr(sys, "stdout", stdout)
+  monkeypatch.setattr(sys, "stderr", stderr)
+  with warnings.catch_warnings():
+    warnings.simplefilter("always")
+    # Python's default display (pytest's own recorder would hide it).
+    warnings.showwarning = (lambda message, category, *args, **kwargs:
+                            sys.stderr.write(f"{category.__name__}: "
+                                             f"{message}\n"))
+    bar = progress.ProgressBar(10, 0, unit_name="step")
+    with bar:
+      bar.update(3, [("loss", 1.0)])
+      assert not stdout.getvalue().endswith("\n")  # the bar's line is open
+      warnings.warn("something odd")
+      assert stdout.getvalue().endswith("\n")  # ended before the warning
+      assert stderr.getvalue() == "UserWarning: something odd\n"
+      warnings.warn("again")  # the line is already ended: no blank line
+      assert not stdout.getvalue().endswith("\n\n")
+      bar.update(10)
+    assert stdout.getvalue().endswith("\n")
+    shown = warnings.showwarning
+  assert shown.__name__ == "<lambda>"  # restored on leaving the bar
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_every_console_script_imports_tensorflow_quietly_first(name):
+  """Each entry module's first TensorFlow import happens inside
+  quiet.import_tensorflow (checked without importing TensorFlow: the
+  import is refused and where it came from is recorded)."""
+  module = SCRIPTS[name].split(":")[0]
+  probe = f"""
+import sys, traceback
+class Refuse:
+  def find_spec(self, fullname, path=None, target=None):
+    if fullname.split(".")[0] in ("tensorflow", "keras"):
+      frames = [f for f in traceback.extract_stack()
+                if "sideways_tf" in f.filename]
+      print("FIRST", frames[-1].filename, frames[-1].name)
+      raise ImportError("refused " + fullname)
+sys.meta_path.insert(0, Refuse())
+try:
+  import {module}
+except ImportError as error:
+  print("STOPPED", error)
+"""
+  result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  first = re.search(r"FIRST (\S+) (\S+)", result.stdout)
+  assert first, result.stdout + result.stderr[-2000:]
+  assert first.group(1).endswith("sideways_tf/quiet.py"), result.stdout
+  assert first.group(2) == "import_tensorflow", result.stdout
