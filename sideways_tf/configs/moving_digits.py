@@ -43,7 +43,7 @@ def get_config():
   data.seed = 0  # generation seed: instance split and videos
   # Real video moves: the two bottom modules take their backward step at the
   # input their gradient belongs to (docs/fidelity.md: on moving digits at
-  # 1-2 px/frame this takes Sideways from ~34 to ~5 points behind BP).
+  # 1-2 px/frame this takes Sideways from ~38 to ~4 points behind BP).
   config.replay_modules = 2
   config.train.num_steps = 4000
   config.train.eval_every = 1000

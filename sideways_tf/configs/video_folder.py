@@ -24,7 +24,7 @@ def get_config():
                            num_classes=0)
   # Real video moves: the two bottom modules take their backward step at the
   # input their gradient belongs to (docs/fidelity.md: on moving digits at
-  # 1-2 px/frame this takes Sideways from ~34 to ~5 points behind BP).
+  # 1-2 px/frame this takes Sideways from ~38 to ~4 points behind BP).
   config.replay_modules = 2
   config.train.num_steps = 2000
   config.train.eval_every = 500
