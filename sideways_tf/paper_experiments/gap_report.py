@@ -168,7 +168,7 @@ def section(outdir, report_dir, command: str) -> List[str]:
       "Sideways runs. The map runs plain Sideways (`replay_modules=0`) "
       "unless a cell says otherwise; the *user path* cell instead writes the "
       "videos as mp4 files (`bin/make_digit_videos`), prepares them "
-      "(`bin/prepare_videos --short_side=32`) and trains "
+      "with `bin/prepare_videos` (short side 32 px) and trains "
       "`configs/video_folder.py` with the defaults it ships (replay "
       "included), overriding only the data path, 32 px, T = 16, no crop and "
       "no flip.", "",
