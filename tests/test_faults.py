@@ -279,9 +279,12 @@ def test_second_train_refused_then_sigterm_saves_and_exits_143(
 
 def test_sigint_during_start_up_exits_130_without_traceback(
     tmp_path, data_dir):
+  # A shell without job control starts background jobs with SIGINT ignored,
+  # and Python keeps an ignored SIGINT ignored: give the run Ctrl-C's default.
   process = subprocess.Popen(
       _train_cmd(tmp_path / "run", data_dir),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   line = process.stdout.readline()  # printed before TensorFlow loads
   assert line.startswith("Training tiny"), line
   process.send_signal(signal.SIGINT)
