@@ -13,8 +13,10 @@ CLASSES = ("class_a", "class_b", "class_c")
 FRAME_VALUE_OFFSET, FRAME_VALUE_STEP = 10, 20
 
 
-def write_video(path, num_frames, height=24, width=32, codec="mpeg4"):
-  """Frame i is a uniform grey of value 10 + 20 i (frame_index recovers i)."""
+def write_video(path, num_frames, height=24, width=32, codec="mpeg4",
+                image_of=None):
+  """Frame i is `image_of(i)` (uint8 [height, width, 3]); by default a
+  uniform grey of value 10 + 20 i (frame_index recovers i)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   with av.open(str(path), "w") as container:
@@ -23,8 +25,9 @@ def write_video(path, num_frames, height=24, width=32, codec="mpeg4"):
     if codec == "mpeg4":
       stream.options = {"qscale": "1"}
     for index in range(num_frames):
-      value = FRAME_VALUE_OFFSET + FRAME_VALUE_STEP * index
-      image = np.full((height, width, 3), value, np.uint8)
+      image = (image_of(index) if image_of else np.full(
+          (height, width, 3), FRAME_VALUE_OFFSET + FRAME_VALUE_STEP * index,
+          np.uint8))
       for packet in stream.encode(
           av.VideoFrame.from_ndarray(image, format="rgb24")):
         container.mux(packet)

@@ -253,21 +253,15 @@ PATTERN_FRAMES, PATTERN_HEIGHT, PATTERN_WIDTH = 6, 24, 32
 def write_pattern_video(path, shift):
   """A grey ramp, steeper along the width than the height (a transposed or
   mis-shaped read scrambles it), brightening by `shift` per frame."""
-  path.parent.mkdir(parents=True, exist_ok=True)
   rows = np.arange(PATTERN_HEIGHT)[:, None]
   columns = np.arange(PATTERN_WIDTH)[None, :]
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream("mpeg4", rate=25)
-    stream.width, stream.height = PATTERN_WIDTH, PATTERN_HEIGHT
-    stream.pix_fmt, stream.options = "yuv420p", {"qscale": "1"}
-    for t in range(PATTERN_FRAMES):
-      grey = (20 + 3 * rows + 4 * columns + shift * t).astype(np.uint8)
-      image = np.repeat(grey[..., None], 3, axis=-1)
-      for packet in stream.encode(
-          av.VideoFrame.from_ndarray(image, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+
+  def image_of(t):
+    grey = (20 + 3 * rows + 4 * columns + shift * t).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+  write_video(path, PATTERN_FRAMES, PATTERN_HEIGHT, PATTERN_WIDTH,
+              image_of=image_of)
 
 
 def pattern_tree(root):
