@@ -45,12 +45,21 @@ def load(outdir) -> List[Dict]:
           for p in sorted((pathlib.Path(outdir) / "gap").glob("*/*/result.json"))]
 
 
+def _by_key(results: List[Dict]) -> Dict[tuple, Dict]:
+  return {(r["cell"], r["algorithm"], r["seed"]): r for r in results}
+
+
+def _bp_cell(cell) -> str:
+  """The cell whose BP runs a cell's Sideways runs are paired with."""
+  return cell.bp_from or cell.name
+
+
 def cells(results: List[Dict]) -> List[Dict]:
   """Per cell: accuracies, paired gaps and early diagnostics, in map order."""
-  by_key = {(r["cell"], r["algorithm"], r["seed"]): r for r in results}
+  by_key = _by_key(results)
   rows = []
   for cell in gap_map.CELLS:
-    bp_cell = cell.bp_from or cell.name
+    bp_cell = _bp_cell(cell)
     seeds = sorted({s for (c, a, s) in by_key if c == cell.name
                     and a == "sideways"} & {s for (c, a, s) in by_key
                                             if c == bp_cell and a == "bp"})
@@ -85,29 +94,25 @@ def detection(outdir, results: List[Dict], threshold: float,
   `bp_learns` are left out: no gap can show where BP itself does not learn.
   Returns counts of flagged runs among the runs with and without a big gap.
   """
-  by_key = {(r["cell"], r["algorithm"], r["seed"]): r for r in results}
+  by_key = _by_key(results)
+  cells_by_name = {cell.name: cell for cell in gap_map.CELLS}
   counts = {"big_gap": [0, 0], "small_gap": [0, 0], "skipped": 0}
-  for cell in gap_map.CELLS:
-    for (name, algorithm, seed), run in by_key.items():
-      if name != cell.name or algorithm != "sideways":
-        continue
-      bp = by_key.get((cell.bp_from or cell.name, "bp", seed))
-      train = gap_map.run_dir(outdir, cell, "sideways", seed) / "train"
-      risk = [v for step, v in _scalars(train, "fidelity/risk")
-              if step < gap_map.EARLY_STEP]
-      if bp is None or not risk or bp["test_accuracy"] < bp_learns:
-        counts["skipped"] += 1
-        continue
-      key = ("big_gap" if run["test_accuracy"] - bp["test_accuracy"] <
-             -big_gap else "small_gap")
-      counts[key][0] += max(risk) > threshold
-      counts[key][1] += 1
+  for run in results:
+    cell, seed = cells_by_name.get(run["cell"]), run["seed"]
+    if run["algorithm"] != "sideways" or cell is None:  # not on the map now
+      continue
+    bp = by_key.get((_bp_cell(cell), "bp", seed))
+    train = gap_map.run_dir(outdir, cell, "sideways", seed) / "train"
+    risk = [v for step, v in _series(train, "fidelity/risk").items()
+            if step < gap_map.EARLY_STEP]
+    if bp is None or not risk or bp["test_accuracy"] < bp_learns:
+      counts["skipped"] += 1
+      continue
+    key = ("big_gap" if run["test_accuracy"] - bp["test_accuracy"] <
+           -big_gap else "small_gap")
+    counts[key][0] += max(risk) > threshold
+    counts[key][1] += 1
   return counts
-
-
-def _scalars(logdir, tag):
-  from sideways_tf.paper_experiments.runs import scalars  # noqa: PLC0415
-  return scalars(logdir, tag) if pathlib.Path(logdir).is_dir() else []
 
 
 def correlations(rows: List[Dict]) -> Dict[str, Dict[str, float]]:
@@ -152,7 +157,8 @@ def _acc(pair):
 
 def section(outdir, report_dir, command: str) -> List[str]:
   """Markdown lines of the gap map (and its two plots in report_dir)."""
-  rows = cells(load(outdir))
+  results = load(outdir)
+  rows = cells(results)
   if not rows:
     return []
   report_dir = pathlib.Path(report_dir)
@@ -209,7 +215,7 @@ def section(outdir, report_dir, command: str) -> List[str]:
     lines.append("")
   from sideways_tf.training.hooks import FidelityHook  # noqa: PLC0415
   threshold = FidelityHook.RISK_THRESHOLD
-  found = detection(outdir, load(outdir), threshold)
+  found = detection(outdir, results, threshold)
   (hit, big), (alarm, small) = found["big_gap"], found["small_gap"]
   if big or small:
     lines += [
