@@ -117,6 +117,19 @@ def summarise(seconds: List[float]) -> Dict[str, float]:
           "samples_s": [float(x) for x in s]}
 
 
+def alternating_rates(step_fns: Dict[str, callable],
+                      config: "BenchmarkConfig"):
+  """Times the train steps alternating (`time_alternating`); returns the
+  seconds and, per step function, `summarise` plus frames_per_s at the
+  config's B x T."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  seconds = time_alternating(step_fns, config.repeats, config.warmup)
+  frames_per_step = config.batch_size * config.num_frames
+  return seconds, {name: dict(summarise(s), frames_per_s=frames_per_step /
+                              float(np.median(s)))
+                   for name, s in seconds.items()}
+
+
 def time_alternating(step_fns: Dict[str, callable], repeats: int,
                      warmup: int) -> Dict[str, List[float]]:
   """Runs the step functions in turn, `repeats` rounds; seconds per call.

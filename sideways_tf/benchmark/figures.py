@@ -11,14 +11,13 @@ import pathlib
 from typing import Dict
 
 from sideways_tf.benchmark.common import ALGORITHMS
+from sideways_tf.benchmark.common import alternating_rates
 from sideways_tf.benchmark.common import GOALS
 from sideways_tf.benchmark.common import BenchmarkConfig
 from sideways_tf.benchmark.common import build_stages
 from sideways_tf.benchmark.common import log
 from sideways_tf.benchmark.common import make_clip
 from sideways_tf.benchmark.common import make_trainers
-from sideways_tf.benchmark.common import summarise
-from sideways_tf.benchmark.common import time_alternating
 from sideways_tf.benchmark.children import run_child
 
 
@@ -49,11 +48,9 @@ def throughput(config: BenchmarkConfig, trainers, frames, labels) -> dict:
   log(f"throughput: Sideways vs BP train steps, {config.repeats} "
       f"alternating repetitions, B={config.batch_size} T={config.num_frames}"
       f" {config.image_size}x{config.image_size}x{config.channels}")
-  seconds = time_alternating(
+  seconds, fig = alternating_rates(
       {a: (lambda t=t: t.train_step(frames, labels))
-       for a, t in trainers.items()}, config.repeats, config.warmup)
-  fig = {a: dict(summarise(s), frames_per_s=frames_per_step /
-                 float(np.median(s))) for a, s in seconds.items()}
+       for a, t in trainers.items()}, config)
   ratio = fig["sideways"]["frames_per_s"] / fig["bp"]["frames_per_s"]
   # Spread of the ratio: per-round ratios (each round has one of each).
   rounds = [b / s for s, b in zip(seconds["sideways"], seconds["bp"])]

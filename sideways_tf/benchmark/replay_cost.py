@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Dict
 
 from sideways_tf.benchmark.common import BenchmarkConfig
+from sideways_tf.benchmark.common import alternating_rates
 from sideways_tf.benchmark.common import build_stages
 from sideways_tf.benchmark.common import log
 from sideways_tf.benchmark.common import make_clip
-from sideways_tf.benchmark.common import summarise
-from sideways_tf.benchmark.common import time_alternating
 
 
 def variant_names(num_modules: int):
@@ -26,7 +25,6 @@ def variant_names(num_modules: int):
 def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
   """Frames/s of each variant and its ratio to plain Sideways and to BP."""
   import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
   frames, labels = make_clip(config)
   steps = {}
@@ -42,10 +40,7 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
       f"repetitions, B={config.batch_size} T={config.num_frames} "
       f"{config.image_size}x{config.image_size}x{config.channels}, "
       f"L={config.num_modules}")
-  seconds = time_alternating(steps, config.repeats, config.warmup)
-  frames_per_step = config.batch_size * config.num_frames
-  fig = {name: dict(summarise(s), frames_per_s=frames_per_step /
-                    float(np.median(s))) for name, s in seconds.items()}
+  _, fig = alternating_rates(steps, config)
   plain, bp = fig["replay_0"]["frames_per_s"], fig["bp"]["frames_per_s"]
   for name, row in fig.items():
     row["vs_plain_sideways"] = row["frames_per_s"] / plain
@@ -53,7 +48,8 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
     log(f"  {name}: {row['frames_per_s']:.0f} frames/s, "
         f"{row['vs_plain_sideways']:.2f}x plain Sideways, "
         f"{row['vs_bp']:.2f}x BP")
-  return dict(variants=fig, frames_per_step=frames_per_step)
+  return dict(variants=fig,
+              frames_per_step=config.batch_size * config.num_frames)
 
 
 def markdown(fig: dict) -> list:
