@@ -58,6 +58,8 @@ def test_benchmark_tool_writes_json_and_markdown(tmp_path):
   replay = data["replay_cost"]["variants"]
   assert set(replay) == {"bp", "replay_0", "replay_1"}  # L = 2
   assert replay["replay_0"]["vs_plain_sideways"] == 1.0
+  assert [(r["algorithm"], r["replay_modules"]) for r in replay.values()] == [
+      ("bp", 0), ("sideways", 0), ("sideways", 1)]
   assert replay["bp"]["vs_bp"] == 1.0
   assert all(len(r["samples_s"]) == 2 for r in replay.values())
 

@@ -17,9 +17,11 @@ from sideways_tf.benchmark.common import log
 from sideways_tf.benchmark.common import make_clip
 
 
-def variant_names(num_modules: int):
-  """'bp' and 'replay_0' (plain Sideways) .. 'replay_{L-1}'."""
-  return ["bp"] + [f"replay_{n}" for n in range(num_modules)]
+def variants(num_modules: int) -> Dict[str, tuple]:
+  """name -> (algorithm, replay_modules): 'bp', then 'replay_0' (plain
+  Sideways) .. 'replay_{L-1}'."""
+  return {"bp": ("bp", 0), **{f"replay_{n}": ("sideways", n)
+                               for n in range(num_modules)}}
 
 
 def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
@@ -27,14 +29,13 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
   import keras  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
   frames, labels = make_clip(config)
-  steps = {}
-  for name in variant_names(config.num_modules):
-    replay = 0 if name == "bp" else int(name.split("_")[1])
+  steps, settings = {}, variants(config.num_modules)
+  for name, (algorithm, replay) in settings.items():
     # Same initial weights for every variant: the same seed.
     pipeline = sideways_tf.Pipeline(build_stages(config, seed=0),
                                     replay_modules=replay)
     trainer = sideways_tf.Trainer(pipeline, keras.optimizers.SGD(1e-3),
-                                  "bp" if name == "bp" else "sideways")
+                                  algorithm)
     steps[name] = lambda t=trainer: t.train_step(frames, labels)
   log(f"replay cost: {', '.join(steps)}, {config.repeats} alternating "
       f"repetitions, B={config.batch_size} T={config.num_frames} "
@@ -43,6 +44,7 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
   _, fig = alternating_rates(steps, config)
   plain, bp = fig["replay_0"]["frames_per_s"], fig["bp"]["frames_per_s"]
   for name, row in fig.items():
+    row["algorithm"], row["replay_modules"] = settings[name]
     row["vs_plain_sideways"] = row["frames_per_s"] / plain
     row["vs_bp"] = row["frames_per_s"] / bp
     log(f"  {name}: {row['frames_per_s']:.0f} frames/s, "
@@ -63,9 +65,11 @@ def markdown(fig: dict) -> list:
            "runs its forward once more per tick (docs/fidelity.md).", "",
            "| variant | frames/s | × plain Sideways | × BP |",
            "|---|---|---|---|"]
+  settings = variants(len(fig["variants"]) - 1)  # BP + L Sideways variants
   for name, row in fig["variants"].items():
-    label = ("BP" if name == "bp" else
-             f"Sideways, replay_modules={name.split('_')[1]}")
+    algorithm, replay = settings[name]
+    label = ("BP" if algorithm == "bp" else
+             f"Sideways, replay_modules={replay}")
     lines.append(f"| {label} | {row['frames_per_s']:.0f} | "
                  f"{row['vs_plain_sideways']:.2f} | {row['vs_bp']:.2f} |")
   return lines
