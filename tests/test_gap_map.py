@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_report
@@ -24,8 +25,9 @@ def test_plan_lists_both_algorithms_per_seed_in_priority_order(tmp_path):
   runs = gap_map.plan(tmp_path, seeds=2, only_groups=["speed"])
   cells = [cell.name for cell, _, _, _ in runs]
   assert cells[0] == "1-2 px/frame (default)"
-  # 4 speeds, 2 seeds, Sideways and BP; the default cell has 5 seeds.
-  assert len(runs) == 3 * 2 * 2 + 5 * 2
+  # 4 speeds, 2 seeds, Sideways and BP; the default cell has 5 seeds and
+  # the 0.25-0.5 px/frame cell 8.
+  assert len(runs) == 2 * 2 * 2 + 5 * 2 + 8 * 2
   assert len({str(d) for *_, d in runs}) == len(runs)
 
 
@@ -104,6 +106,17 @@ def test_the_user_path_cell_trains_on_the_prepared_mp4s_with_shipped_replay(
   assert not any(c.startswith("--config.data.data_dir") for c in command)
   plain = gap_map.train_command(gap_map.CELLS[0], "sideways", 0, workdir, 300)
   assert "--config.replay_modules=0" in plain  # the map's plain Sideways
+  slow = gap_map.cell_by_name("mp4 files, 0.25-0.5 px/frame, shipped defaults")
+  command = gap_map.train_command(slow, "sideways", 0, gap_map.run_dir(
+      tmp_path, slow, "sideways", 0), 300)
+  assert f"--config.data.path={tmp_path / 'videos_slow_prepared'}" in command
+  assert gap_map.VIDEO_SETS[slow.videos] == {
+      "data.speed_range": "(0.25, 0.5)"}
+
+
+def test_an_unknown_video_set_is_named_in_the_error(tmp_path):
+  with pytest.raises(ValueError, match="'fast'"):
+    gap_map.prepared_videos_dir(tmp_path / "gap" / "cell" / "run", "fast")
 
 
 def test_detection_counts_early_warnings_against_each_runs_own_gap(tmp_path):

@@ -44,7 +44,8 @@ class Cell:
   config: str = CONFIG
   # The user path: mp4 files -> bin/prepare_videos -> configs/video_folder.py
   # with the replay setting it ships (the map forces plain Sideways otherwise).
-  videos: bool = False
+  # Names the video set (VIDEO_SETS) the cell trains on; "" = not the user path.
+  videos: str = ""
   # At least this many seeds (the headline cells get more than the map's).
   min_seeds: int = 0
 
@@ -58,6 +59,9 @@ VIDEO_FOLDER = "configs/video_folder.py"
 # configs/video_folder.py on the prepared mp4s, set like the digits themselves.
 VIDEO_OVERRIDES = {"data.image_size": "32", "data.num_frames": "16",
                    "data.crop_fraction": "1.0", "data.random_flip": "False"}
+# The mp4 sets bin/make_digit_videos writes for the user-path cells: name ->
+# overrides of its config (the moving_digits data settings).
+VIDEO_SETS = {"moving": {}, "slow": {"data.speed_range": "(0.25, 0.5)"}}
 
 
 # In priority order: the map runs top to bottom, so a partial map has the
@@ -69,7 +73,8 @@ CELLS = (
     Cell("depth", "L=2", {"model.num_modules": "2"}, ("sideways",),
          bp_from="1-2 px/frame (default)"),
     Cell("speed", "static", {"data.speed_range": "(0.0, 0.0)"}),
-    Cell("speed", "0.25-0.5 px/frame", {"data.speed_range": "(0.25, 0.5)"}),
+    Cell("speed", "0.25-0.5 px/frame", {"data.speed_range": "(0.25, 0.5)"},
+       min_seeds=8),
     Cell("speed", "2-4 px/frame", {"data.speed_range": "(2.0, 4.0)"}),
     Cell("train set", "100 training videos", {"data.num_train": "100"}),
     Cell("improvement", "replay_modules=1", {"replay_modules": "1"},
@@ -78,9 +83,11 @@ CELLS = (
          ("sideways",), bp_from="1-2 px/frame (default)", min_seeds=5),
     Cell("improvement", "0.25-0.5 px/frame + replay_modules=2",
          {"data.speed_range": "(0.25, 0.5)", "replay_modules": "2"},
-         ("sideways",), bp_from="0.25-0.5 px/frame"),
+         ("sideways",), bp_from="0.25-0.5 px/frame", min_seeds=8),
     Cell("user path", "mp4 files, shipped video_folder defaults",
-         VIDEO_OVERRIDES, config=VIDEO_FOLDER, videos=True, min_seeds=5),
+         VIDEO_OVERRIDES, config=VIDEO_FOLDER, videos="moving", min_seeds=5),
+  Cell("user path", "mp4 files, 0.25-0.5 px/frame, shipped defaults",
+       VIDEO_OVERRIDES, config=VIDEO_FOLDER, videos="slow", min_seeds=8),
     Cell("stride", "stride 2", {"data.temporal_stride": "2"}),
     Cell("optimizer", "SGD lr 0.05",
          {"train.optimizer": "sgd", "train.learning_rate": "0.05"}),
@@ -139,7 +146,7 @@ def train_command(cell: Cell, algorithm: str, seed: int, workdir, steps: int,
                "train.stage_time_every": "0",
                "train.checkpoint_every": str(steps)}
   if cell.videos:
-    overrides["data.path"] = str(prepared_videos_dir(workdir))
+    overrides["data.path"] = str(prepared_videos_dir(workdir, cell.videos))
   else:
     overrides["replay_modules"] = "0"
     if data_dir:
@@ -153,36 +160,49 @@ def train_command(cell: Cell, algorithm: str, seed: int, workdir, steps: int,
   return command
 
 
-def prepared_videos_dir(workdir) -> pathlib.Path:
-  """OUTDIR/videos_prepared, from a run's OUTDIR/gap/<cell>/<run> workdir."""
-  return pathlib.Path(workdir).parents[2] / "videos_prepared"
+def _video_dirs(outdir, video_set: str) -> tuple:
+  """(mp4 dir, prepared dir) of a video set; the default set keeps the
+  original names (OUTDIR/videos, OUTDIR/videos_prepared)."""
+  if video_set not in VIDEO_SETS:
+    raise ValueError(f"unknown video set {video_set!r}; known: "
+                     f"{sorted(VIDEO_SETS)}")
+  stem = "videos" if video_set == "moving" else f"videos_{video_set}"
+  outdir = pathlib.Path(outdir)
+  return outdir / stem, outdir / f"{stem}_prepared"
 
 
-def prepare_videos(outdir, data_dir: str = "") -> pathlib.Path:
+def prepared_videos_dir(workdir, video_set: str = "moving") -> pathlib.Path:
+  """The prepared set, from a run's OUTDIR/gap/<cell>/<run> workdir."""
+  return _video_dirs(pathlib.Path(workdir).parents[2], video_set)[1]
+
+
+def prepare_videos(outdir, data_dir: str = "",
+                   video_set: str = "moving") -> pathlib.Path:
   """The user path's data: bin/make_digit_videos, then bin/prepare_videos.
 
   Both commands resume, and prepare_videos writes metadata.json last, so this
   is cheap once done.
   """
   outdir = pathlib.Path(outdir)
-  videos, prepared = outdir / "videos", outdir / "videos_prepared"
+  videos, prepared = _video_dirs(outdir, video_set)
   if (prepared / "metadata.json").exists():
     return prepared
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   make = [sys.executable, str(PROJECT_ROOT / "bin" / "make_digit_videos"),
           f"--output_dir={videos}"]
+  make += [f"--config.{k}={v}" for k, v in VIDEO_SETS[video_set].items()]
   if data_dir:
     make.append(f"--config.data.data_dir={data_dir}")
   prepare = [sys.executable, str(PROJECT_ROOT / "bin" / "prepare_videos"),
              f"--input_dir={videos}", f"--output_dir={prepared}",
              "--short_side=32"]
   outdir.mkdir(parents=True, exist_ok=True)
-  with open(outdir / "videos.log", "w") as log:
+  with open(videos.with_suffix(".log"), "w") as log:
     for command in (make, prepare):
       if subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
                          env=env):
         raise RuntimeError(f"{' '.join(command)} failed; see "
-                           f"{outdir / 'videos.log'}")
+                           f"{videos.with_suffix('.log')}")
   return prepared
 
 
@@ -245,10 +265,11 @@ def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
   # Cached runs return at once, so the ETA counts only the runs that train.
   cached = {str(w) for *_, w in todo if (w / "result.json").exists()}
   to_train = len(todo) - len(cached)
-  if any(cell.videos and str(w) not in cached for cell, *_, w in todo):
-    print(f"[gap] writing and preparing the mp4 videos of the user path in "
-          f"{outdir}", flush=True)
-    prepare_videos(outdir, data_dir)
+  for video_set in sorted({cell.videos for cell, *_, w in todo
+                           if cell.videos and str(w) not in cached}):
+    print(f"[gap] writing and preparing the {video_set} mp4 videos of the "
+          f"user path in {outdir}", flush=True)
+    prepare_videos(outdir, data_dir, video_set)
   started = time.time()
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
     futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps,
