@@ -10,10 +10,12 @@ Exit codes (also in README.md):
        to do
   3    training stopped on a non-finite loss or variable (last good
        checkpoint named; rerun with a smaller learning rate to resume)
-  4    a distributed worker was lost or never started
+  4    a distributed worker was lost
   75   the workdir is locked by another run (EX_TEMPFAIL: retry later)
   130  stopped by SIGINT (Ctrl-C) after saving a checkpoint
   143  stopped by SIGTERM after saving a checkpoint
+  137  a cluster did not start in time (the workers that never started are
+       named; distributed_start.py)
 
 No TensorFlow import here: the bin/ programs use it before TF loads.
 """
