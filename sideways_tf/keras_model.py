@@ -126,13 +126,18 @@ class SidewaysModel(keras.Model):
     class_names: optional names of the classes; exported with the model.
     update_every_ticks: 0 = one optimizer step per clip; N = every N ticks
       (online learning, see Trainer).
+    replay_modules: Sideways only: the bottom N modules take their backward
+      step at the input their gradient belongs to (docs/fidelity.md; 2 is
+      what the shipped real-data configs use).
+    skip_combine: how a stage joins its skip inputs, "concat" or "add".
   """
 
   def __init__(self, stages: Sequence[keras.layers.Layer],
                algorithm: str = "sideways",
                devices: Optional[Sequence[Optional[str]]] = None,
                skips=None, *, class_names: Optional[Sequence[str]] = None,
-               update_every_ticks: int = 0, name: str = "sideways_model",
+               update_every_ticks: int = 0, replay_modules: int = 0,
+               skip_combine: str = "concat", name: str = "sideways_model",
                **kwargs):
     super().__init__(name=name, **kwargs)
     if algorithm not in pipeline_lib.ALGORITHMS:
@@ -143,7 +148,9 @@ class SidewaysModel(keras.Model):
     self.class_names = None if class_names is None else [
         str(c) for c in class_names]
     self.pipeline = pipeline_lib.Pipeline(stages, devices=devices,
-                                          skips=skips)
+                                          skips=skips,
+                                          skip_combine=skip_combine,
+                                          replay_modules=replay_modules)
     # Keras tracks the modules (and through them the stages and buffers) for
     # save_weights / BackupAndRestore / ModelCheckpoint.
     self.sideways_modules = list(self.pipeline.modules)

@@ -439,3 +439,20 @@ def test_skip_sideways_model_steps_with_the_pipeline_gradient():
   for w, w0, g in zip(model.pipeline.trainable_variables, before, grads):
     np.testing.assert_allclose(w, w0 - 0.5 * np.asarray(g), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_replay_model_steps_with_the_replayed_pipeline_gradient():
+  video, label = clips(2)
+  model = new_model(replay_modules=2, optimizer=keras.optimizers.SGD(0.5))
+  model.build((2, NUM_FRAMES) + SHAPE)
+  plain = sideways_tf.Pipeline(model.pipeline.stages)
+  grads = model.pipeline.compute_gradients(video, label)
+  assert not all(np.allclose(a, b, rtol=1e-3) for a, b in zip(
+      numpy_list(grads), numpy_list(plain.compute_gradients(video, label))))
+  before = numpy_list(model.pipeline.trainable_variables)
+  model.fit(dataset(video, label), epochs=1, verbose=0)
+  for w, w0, g in zip(model.pipeline.trainable_variables, before, grads):
+    np.testing.assert_allclose(w, w0 - 0.5 * np.asarray(g), rtol=1e-5,
+                               atol=1e-6)
+  with pytest.raises(ValueError, match="replay_modules"):
+    new_model(replay_modules=3)  # L-1 = 2 at most
