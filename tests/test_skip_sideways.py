@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import sideways_tf
+from tests import skip_reference
 from tests import util
 from tests.test_pipeline import Scale, assert_all_close, grads_by_module
 from tests.test_pipeline import half_square_loss
@@ -182,3 +183,208 @@ def test_bad_skips_are_rejected(skips, message):
     sideways_tf.Pipeline(util.dense_stages(3), skips=skips)
   with pytest.raises(ValueError, match="unknown skip_combine"):
     sideways_tf.Pipeline(util.dense_stages(3), skip_combine="mul")
+
+
+# ------------------------------------------- the NumPy reference, many skips
+
+DENSE = [("dense", 4, True)] * 4 + [("dense", 3, False)]
+CONV = [("conv", 4, ""), ("conv", 4, "avg"), ("conv", 4, ""), ("head", 3)]
+# (stage specs, skips, frame shape, T): dense and conv stages, skips into the
+# middle and into the top, one and several sources, a pooled conv skip.
+SKIP_CASES = {
+    "dense L3 2:0": (DENSE[-3:], {2: [0]}, (5,), 7),
+    "dense L4 3:0": (DENSE[-4:], {3: [0]}, (5,), 9),
+    "dense L4 3:1": (DENSE[-4:], {3: [1]}, (5,), 8),
+    "dense L4 2:0 3:0,1": (DENSE[-4:], {2: [0], 3: [0, 1]}, (5,), 9),
+    "dense L5 3:1 4:0,2": (DENSE, {3: [1], 4: [0, 2]}, (5,), 11),
+    "conv L4 2:0 3:0,1 pooled": (CONV, {2: [0], 3: [0, 1]}, (8, 8, 2), 8),
+}
+
+
+def _reference_case(name, mode, align, clip=util.moving_clip):
+  specs, skips, shape, num_frames = SKIP_CASES[name]
+  stages = [skip_reference.keras_stage(s) for s in specs]
+  pipe = sideways_tf.Pipeline(stages, skips=skips, skip_combine=mode,
+                              skip_align=align)
+  frames = clip(batch=3, frames=num_frames, shape=shape)
+  labels = util.labels_for(3)
+  pipe.predict_frames(frames[:, :1])  # builds the stages
+  reference = skip_reference.numpy_stages(stages, specs)
+  return pipe, reference, frames, labels, skips
+
+
+@pytest.mark.parametrize("align", [False, True], ids=["offset", "aligned"])
+@pytest.mark.parametrize("mode", ["concat", "add"])
+@pytest.mark.parametrize("name", sorted(SKIP_CASES))
+def test_engine_matches_numpy_reference_on_moving_clip(name, mode, align):
+  """Sideways and BP with skips == the NumPy reference (rule of
+  docs/skip_sideways.md) for dense and conv stages, several (k, j) pairs,
+  both combines, offset and aligned skips."""
+  pipe, reference, frames, labels, skips = _reference_case(name, mode, align)
+  f64 = frames.astype(np.float64)
+  assert_all_close(pipe.compute_gradients(frames, labels, "sideways"),
+                   skip_reference.sideways(reference, f64, labels, skips,
+                                           mode, align))
+  assert_all_close(pipe.compute_gradients(frames, labels, "bp"),
+                   skip_reference.bp(reference, f64, labels, skips, mode,
+                                     align))
+
+
+@pytest.mark.parametrize("align", [False, True], ids=["offset", "aligned"])
+@pytest.mark.parametrize("mode", ["concat", "add"])
+@pytest.mark.parametrize("name", sorted(SKIP_CASES))
+def test_static_clip_scales_each_path_by_its_hop_count(name, mode, align):
+  """On a static clip a gradient that took h hops from the top counts in
+  T-L+1-h ticks: BP's per-path gradient times (T-L+1-h)/(T-L+1). Without
+  skips h = L-k for module k (property 2 of docs/algorithm.md); a skip path
+  is shorter, so a skip source is not one multiple of BP."""
+  pipe, reference, frames, labels, skips = _reference_case(
+      name, mode, align, clip=util.static_clip)
+  expected_sideways, expected_bp = skip_reference.static_sideways(
+      reference, frames[:, 0].astype(np.float64), labels, skips,
+      frames.shape[1], mode)
+  assert_all_close(pipe.compute_gradients(frames, labels, "sideways"),
+                   expected_sideways)
+  assert_all_close(pipe.compute_gradients(frames, labels, "bp"), expected_bp)
+
+
+# ------------------------------------------------------- aligned skips
+
+
+class Tags(keras.layers.Layer):
+  """Identity: a concat pipeline then carries every path's frame tag."""
+
+  def call(self, x):
+    return x
+
+
+@pytest.mark.parametrize("align", [False, True], ids=["offset", "aligned"])
+def test_frame_provenance_of_every_skip_path(align):
+  """Frame t carries the value t. With identity stages and concat, the top
+  (stage 3) emits one channel per path from the frame: its main input is
+  frame t-3; a skip j -> k brings frame (frame of k's main input) + k-1-j,
+  or the same frame when aligned. Stream, clip and tick engine agree."""
+  skips = {2: [0], 3: [0, 1]}
+  pipe = sideways_tf.Pipeline([Tags() for _ in range(4)], half_square_loss,
+                              skips=skips, skip_align=align)
+  offset = (lambda k, j: 0) if align else (lambda k, j: k - 1 - j)
+  num_frames = 12
+  frames = np.arange(1, num_frames + 1, dtype="float32").reshape(1, -1, 1)
+  specs = pipe.stream_state_specs((1,))
+  state = [tf.zeros((1,) + shape, dtype) for _, shape, dtype in specs]
+  for t in range(1, num_frames + 1):
+    out, state = pipe.stream_tick(tf.constant(frames[:, t - 1]), state)
+    if t < 4 + 2:  # every buffer holds a real frame from tick 6 on
+      continue
+    main = t - 3  # frame of stage 3's main input; stage 2 worked on it
+    expected = [main, main + offset(2, 0),  # stage 2's main and skip
+                main + offset(3, 0), main + offset(3, 1)]
+    np.testing.assert_array_equal(np.asarray(out)[0], expected)
+  clip = np.asarray(pipe.predict_frames(frames))[0]
+  depth = pipe.receptive_depth
+  assert depth == (0 if align else 2)
+  for s in range(1, num_frames - depth + 1):  # frame s (1-based)
+    np.testing.assert_array_equal(
+        clip[s - 1], [s, s + offset(2, 0), s + offset(3, 0),
+                      s + offset(3, 1)])
+
+
+def test_aligned_skip_gradient_provenance():
+  """Aligned skip 0 -> 2 in L = 3: stage 2 joins frames t-2 and t-2 (held
+  two ticks); its skip gradient joins d_0 one tick later, as unaligned."""
+  pipe = sideways_tf.Pipeline([ScaleSum() for _ in range(3)],
+                              half_square_loss, skips={2: [0]},
+                              skip_align=True)
+  frames = np.arange(1, 13, dtype="float32").reshape(1, -1, 1)
+  pipe.allocate_state(1, (1,))
+  pipe.reset_state()
+  assert tuple(pipe.modules[2].skip_buffers[0].shape) == (1, 2, 1)
+  delta2 = lambda t: 2 * (t - 2) if t >= 3 else 0  # top: y = 2 * tag t-2
+  delta1 = lambda t: delta2(t - 1)
+  delta0 = lambda t: delta1(t - 1) + delta2(t - 1)
+  for t in range(1, 13):
+    per_tick = grads_by_module(pipe, util.to_numpy(pipe.compute_gradients(
+        frames[:, t - 1:t], np.zeros([1], "int32"), reset=False)))
+    for k, delta in enumerate([delta0, delta1, delta2]):
+      assert per_tick[k][1] == delta(t), (t, k)
+    assert per_tick[0][0] == t * delta0(t)
+    assert per_tick[2][0] == 2 * (t - 2) * delta2(t) if t >= 3 else True
+
+
+def test_aligned_skips_bp_and_chunks():
+  """Aligned: BP == the unrolled frame-wise model; a stream in two chunks
+  == the whole clip (the skip queues carry over)."""
+  stages = util.conv_stages(3)
+  pipe = sideways_tf.Pipeline(stages, skips={2: [0]}, skip_align=True)
+  frames = tf.constant(util.moving_clip(batch=2, frames=7, shape=(6, 6, 2)))
+  labels = util.labels_for(2)
+  grads = pipe.compute_gradients(frames, labels, "bp")
+  with tf.GradientTape() as tape:
+    losses = []
+    for s in range(7):  # every frame on its own: D = 0
+      h0 = stages[0](frames[:, s])
+      logits = stages[2](tf.concat([stages[1](h0), h0], -1))
+      losses.append(keras.losses.sparse_categorical_crossentropy(
+          labels, logits, from_logits=True))
+    loss = tf.reduce_mean(tf.stack(losses))
+  assert_all_close(grads, tape.gradient(loss, pipe.trainable_variables))
+  whole = pipe.compute_gradients_and_metrics(frames, labels)
+  first = pipe.compute_gradients_and_metrics(frames[:, :4], labels)
+  second = pipe.compute_gradients_and_metrics(frames[:, 4:], labels,
+                                              reset=False)
+  n1, n2 = float(first.num_loss_terms), float(second.num_loss_terms)
+  assert_all_close(
+      [(n1 * a + n2 * b) / (n1 + n2) for a, b in zip(first.gradients,
+                                                     second.gradients)],
+      whole.gradients)
+
+
+def test_skip_align_must_be_a_bool():
+  with pytest.raises(ValueError, match="skip_align must be True or False"):
+    sideways_tf.Pipeline(util.dense_stages(3), skips={2: [0]},
+                         skip_align="yes")
+
+
+def test_replay_of_a_skip_source_uses_the_main_path_frame():
+  """Replay on a skip source (allowed: it takes no skip inputs) takes its
+  whole backward step at the input of the main path's frame, 2(L-1-j) ticks
+  old. The part of d_j that came along a skip into stage k started from a
+  loss whose BP pairing is the input 2(L-k) ticks old: with skips, replay
+  narrows the lag of that part (here from 4 frames to 2) but is not exact."""
+  pipe = sideways_tf.Pipeline([ScaleSum() for _ in range(4)],
+                              half_square_loss, skips={2: [0]},
+                              replay_modules=1)
+  frames = np.arange(1, 16, dtype="float32").reshape(1, -1, 1)
+  pipe.allocate_state(1, (1,))
+  pipe.reset_state()
+  for t in range(1, 16):
+    (grad_w, grad_b), *_ = grads_by_module(pipe, util.to_numpy(
+        pipe.compute_gradients(frames[:, t - 1:t], np.zeros([1], "int32"),
+                               reset=False)))
+    if t > 6:
+      assert grad_b != 0
+      assert grad_w == (t - 6) * grad_b, t  # input of frame t-6, all of d_0
+
+
+def test_exported_stream_equals_clip_with_aligned_skips(tmp_path):
+  """The SavedModel's streaming state carries the skip queues
+  (skip_k_from_j: [B, k-j, ...]) and streams like the clip path."""
+  from sideways_tf import export  # noqa: PLC0415
+  pipe = sideways_tf.Pipeline(util.conv_stages(4), skips={2: [0], 3: [0, 1]},
+                              skip_align=True)
+  video = np.random.RandomState(0).randint(
+      0, 256, size=(2, 5, 6, 6, 2)).astype(np.uint8)
+  clip = np.asarray(pipe.predict_frames(video.astype(np.float32) / 255.0))
+  loaded = tf.saved_model.load(str(export.export_saved_model(
+      pipe, (6, 6, 2), tmp_path / "model")))
+  state = loaded.signatures["init_state"](batch_size=tf.constant(2))
+  assert tuple(state["skip_4_from_1"].shape) == (2, 3, 6, 6, 4)
+  streamed = []
+  for t in range(5 + 3):
+    frame = video[:, t] if t < 5 else np.zeros_like(video[:, 0])
+    out = loaded.signatures["step"](frame=tf.constant(frame), **state)
+    state = {k: v for k, v in out.items() if k not in ("logits", "valid")}
+    if t >= 3:
+      streamed.append(out["logits"].numpy())
+  np.testing.assert_allclose(np.stack(streamed, 1), clip, rtol=1e-5,
+                             atol=1e-5)

@@ -32,6 +32,39 @@ import tensorflow as tf
 SKIP_COMBINE_MODES = ("concat", "add")
 
 
+def skip_delay(target: int, source: int, align: bool) -> int:
+  """Ticks between stage `source` emitting an output and stage `target`
+  combining it (0-based stages).
+
+  1 by default: the skip brings a frame target-1-source steps newer than the
+  main input (what lets a model see motion). k-j when aligned: the skip is
+  held k-j ticks, so both inputs come from the same frame.
+  """
+  return target - source if align else 1
+
+
+def skip_offset(target: int, source: int, align: bool) -> int:
+  """Stage `target` joins its main input of frame s with stage `source`'s
+  output of frame s + skip_offset (k-1-j, or 0 when aligned)."""
+  return target - source - skip_delay(target, source, align)
+
+
+def read_skip(buffer, delay: int):
+  """The skip input held in a skip buffer: the oldest of its `delay` outputs.
+
+  A buffer of delay 1 is the output itself ([B, ...]); a longer one is a
+  queue [B, delay, ...], oldest first.
+  """
+  return buffer if delay == 1 else buffer[:, 0]
+
+
+def push_skip(buffer, outputs, delay: int):
+  """The skip buffer for the next tick: `outputs` joins, the oldest leaves."""
+  if delay == 1:
+    return outputs
+  return tf.concat([buffer[:, 1:], tf.expand_dims(outputs, 1)], axis=1)
+
+
 class TickResult(NamedTuple):
   """What one module produces in one tick."""
   outputs: tf.Tensor            # y_k = f_k(a_k); becomes a_{k+1} next tick.
@@ -78,6 +111,12 @@ def combine_skips(inputs, skip_inputs, mode: str = "concat"):
       f"unknown skip_combine {mode!r}; expected one of {SKIP_COMBINE_MODES}")
 
 
+def skip_buffer_shape(shape, delay: int) -> tuple:
+  """Shape of a skip buffer holding `delay` outputs of shape [B, ...]."""
+  shape = tuple(shape)
+  return shape if delay == 1 else shape[:1] + (delay,) + shape[1:]
+
+
 class SidewaysModule(keras.layers.Layer):
   """A stage of a Sideways pipeline with its input and gradient buffers.
 
@@ -90,7 +129,7 @@ class SidewaysModule(keras.layers.Layer):
 
   def __init__(self, stage: keras.layers.Layer, index: int, num_modules: int,
                skip_sources: Sequence[int] = (), skip_combine: str = "concat",
-               replay_length: int = 0, **kwargs):
+               replay_length: int = 0, skip_align: bool = False, **kwargs):
     kwargs.setdefault("name", f"sideways_module_{index}")
     super().__init__(**kwargs)
     if not 0 <= index < num_modules:
@@ -101,6 +140,10 @@ class SidewaysModule(keras.layers.Layer):
     self.num_modules = num_modules
     self.skip_sources = tuple(skip_sources)  # lower modules feeding this one
     self.skip_combine = skip_combine
+    # Ticks each skip input is held (1, or k-j when aligned): its buffer
+    # keeps that many of the source's outputs.
+    self.skip_delays = tuple(skip_delay(index, j, skip_align)
+                             for j in self.skip_sources)
     self.input_buffer = None
     self.gradient_buffer = None
     self.skip_buffers = []
@@ -131,7 +174,9 @@ class SidewaysModule(keras.layers.Layer):
                      skip_specs: Sequence = ()) -> None:
     """Creates the zero-initialised buffers for a fixed batch and frame shape.
 
-    `skip_specs`: (shape, dtype) of each skip input, in skip_sources order.
+    `skip_specs`: (shape, dtype) of each skip input, in skip_sources order
+    (with batch); a skip held for more than one tick keeps a queue
+    [B, delay, ...] of them.
     """
     if self._has_state:
       raise RuntimeError(
@@ -146,9 +191,11 @@ class SidewaysModule(keras.layers.Layer):
           shape=tuple(output_shape), dtype=output_dtype, initializer="zeros",
           trainable=False, name="gradient_buffer")
     self.skip_buffers = [
-        self.add_weight(shape=tuple(shape), dtype=dtype, initializer="zeros",
-                        trainable=False, name=f"skip_buffer_from_{source}")
-        for source, (shape, dtype) in zip(self.skip_sources, skip_specs)]
+        self.add_weight(shape=skip_buffer_shape(shape, delay), dtype=dtype,
+                        initializer="zeros", trainable=False,
+                        name=f"skip_buffer_from_{source}")
+        for source, delay, (shape, dtype) in zip(
+            self.skip_sources, self.skip_delays, skip_specs)]
     if self.replay_length:
       self.input_history = self.add_weight(
           shape=(self.replay_length,) + tuple(input_shape), dtype=input_dtype,

@@ -38,6 +38,8 @@ from sideways_tf.engine import gpipe
 from sideways_tf.engine import inference
 from sideways_tf.engine import state as state_lib
 from sideways_tf.engine.module import SKIP_COMBINE_MODES
+from sideways_tf.engine.module import push_skip
+from sideways_tf.engine.module import read_skip
 
 ALGORITHMS = ("sideways", "bp", "gpipe")
 
@@ -144,7 +146,9 @@ def tick(pipe: "Pipeline", s: TickState, frames, labels, ticks_before,
           module_input,
           output_gradient=None if module.is_top else s.grads[k],
           loss_of_outputs=masked_loss if module.is_top else None,
-          training=global_tick >= k + 1, skip_inputs=s.skips[k],
+          training=global_tick >= k + 1,
+          skip_inputs=[read_skip(b, delay) for b, delay in zip(
+              s.skips[k], module.skip_delays)],
           backward_inputs=replayed)
       accumulators = [acc + g for acc, g in zip(
           s.accumulators[k], results[k].parameter_gradients)]
@@ -157,17 +161,18 @@ def tick(pipe: "Pipeline", s: TickState, frames, labels, ticks_before,
       tf.argmax(top.outputs, axis=-1, output_type=tf.int32), labels),
                     tf.float32)
   return TickState(
-      s.t + 1, *_route(pipe, [r for r, _ in results]),
+      s.t + 1, *_route(pipe, [r for r, _ in results], s.skips),
       [acc for _, acc in results],
       s.loss_sum + top.loss,
       s.correct_sum + tf.reduce_sum(correct) * loss_mask,
       s.valid_ticks + loss_mask, histories)
 
 
-def _route(pipe: "Pipeline", results) -> tuple:
+def _route(pipe: "Pipeline", results, skip_buffers) -> tuple:
   """The next tick's buffers from this tick's results (double buffering).
 
-  a_{k+1} <- y_k; d_{k-1} <- e_k, plus e_{k->j} for every skip from j into k.
+  a_{k+1} <- y_k; d_{k-1} <- e_k, plus e_{k->j} for every skip from j into k;
+  y_j joins every skip buffer of a skip from j (its oldest entry leaves).
   """
   outputs = [r.outputs for r in results]
   grads = [r.emitted_gradient for r in results[1:]]
@@ -179,7 +184,9 @@ def _route(pipe: "Pipeline", results) -> tuple:
     if more:
       with tf.device(pipe.devices[j]):
         grads[j] = tf.add_n([grads[j]] + more)
-  skips = [[outputs[j] for j in m.skip_sources] for m in pipe.modules]
+  skips = [[push_skip(buffer, outputs[j], delay) for buffer, j, delay in zip(
+      buffers, m.skip_sources, m.skip_delays)]
+           for m, buffers in zip(pipe.modules, skip_buffers)]
   return outputs[:-1], grads, skips
 
 
@@ -278,6 +285,9 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       input. ``None``/``{}`` is plain Sideways.
     skip_combine: how a stage joins its skip inputs: "concat" (channels) or
       "add"; larger skip feature maps are average-pooled to the input size.
+    skip_align: hold each skip k-j ticks instead of one, so that stage k
+      joins stage j's output of the *same* frame as its main input (a
+      frame-wise model: it cannot see motion). Default False.
     replay_modules: Sideways only (docs/engine.md, "Replay"). The bottom
       `replay_modules` modules keep their last 2(L-k) inputs and take their
       backward step at the input their gradient belongs to (one extra forward
@@ -295,6 +305,7 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
                evaluation_order: Optional[Sequence[int]] = None,
                skips: Optional[Dict[int, Sequence[int]]] = None,
                skip_combine: str = "concat",
+               skip_align: bool = False,
                replay_modules: int = 0,
                gpipe_micro_batch_frames: int = 1,
                gpipe_rematerialize: bool = False,
@@ -312,6 +323,9 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     self.replay_modules = state_lib.check_replay(replay_modules,
                                                  self.skip_sources)
     self.skip_combine = skip_combine
+    if not isinstance(skip_align, bool):
+      raise ValueError(f"skip_align must be True or False, got {skip_align!r}")
+    self.skip_align = skip_align
     self.gpipe_options = gpipe.make_options(gpipe_micro_batch_frames,
                                             gpipe_rematerialize)
     self.stages = stages

@@ -185,6 +185,7 @@ class StateMethods:
     return [SidewaysModule(stage, k, num_modules,
                            skip_sources=self.skip_sources[k],
                            skip_combine=self.skip_combine,
+                           skip_align=self.skip_align,
                            replay_length=(2 * (num_modules - 1 - k)
                                           if k < self.replay_modules else 0))
             for k, stage in enumerate(self.stages)]
