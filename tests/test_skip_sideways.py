@@ -345,15 +345,15 @@ def test_skip_align_must_be_a_bool():
                          skip_align="yes")
 
 
-def test_replay_of_a_skip_source_uses_the_main_path_frame():
+def test_replay_of_a_skip_source_uses_the_main_path_frame(caplog):
   """Replay on a skip source (allowed: it takes no skip inputs) takes its
   whole backward step at the input of the main path's frame, 2(L-1-j) ticks
-  old. The part of d_j that came along a skip into stage k started from a
-  loss whose BP pairing is the input 2(L-k) ticks old: with skips, replay
-  narrows the lag of that part (here from 4 frames to 2) but is not exact."""
+  old, also for the part of d_j that came along the skip into stage k
+  (whose BP pairing is the input 2(L-k) ticks old): not exact with skips."""
   pipe = sideways_tf.Pipeline([ScaleSum() for _ in range(4)],
                               half_square_loss, skips={2: [0]},
                               replay_modules=1)
+  assert "feed Skip-Sideways skips" in caplog.text  # a warning says so
   frames = np.arange(1, 16, dtype="float32").reshape(1, -1, 1)
   pipe.allocate_state(1, (1,))
   pipe.reset_state()

@@ -37,6 +37,8 @@ def test_plan_and_run_dirs_keep_steps_apart(tmp_path):
       ("default", "sideways", 0), ("default", "bp", 0)]
   assert len(runs) == 3 * 2 + 3  # replay shares the default cell's BP
   assert len({str(d) for *_, d in runs}) == len(runs)
+  everything = skip_variants.plan(tmp_path, steps=1000, seeds=1)
+  assert "longer" not in {c.group for c, *_ in everything}  # only if asked
   cell = skip_variants.CELLS[0]
   assert (skip_variants.run_dir(tmp_path, cell, "bp", 0, 1000)
           != skip_variants.run_dir(tmp_path, cell, "bp", 0, 3000))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Sequence
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -86,6 +87,15 @@ def check_replay(replay_modules, sources) -> int:
     raise ValueError(
         f"replay_modules={replay_modules} would replay stage(s) {with_skips}, "
         "which take Skip-Sideways inputs; replay supports plain modules only")
+  skip_sources = sorted({j for k in range(num_modules) for j in sources[k]
+                         if j < replay_modules})
+  if skip_sources:
+    logging.warning(
+        "replay_modules=%d replays stage(s) %s, which feed Skip-Sideways "
+        "skips: replay takes their skip gradient at the wrong frame (on the "
+        "motion label that trained worse than no replay; "
+        "docs/skip_sideways.md).",
+        replay_modules, skip_sources)
   return int(replay_modules)
 
 

@@ -49,6 +49,9 @@ CELLS = (
     _cell("combine", "offset skip, add, widths 16-16-64",
           dict(NARROW, skip_combine="add")),
     _cell("speed", "offset skip, 1 px/frame", {"data.speed": "1.0"}),
+    # Run with a larger --steps: does Sideways get there later?
+    _cell("longer", "offset skip 2:0, Sideways only", {}, ("sideways",),
+          bp_from=DEFAULT),
 )
 
 
@@ -68,10 +71,14 @@ def run_dir(outdir, cell, algorithm: str, seed: int,
 
 def plan(outdir, steps: int, seeds: int,
          only_groups: Sequence[str] = ()) -> List[tuple]:
-  """(cell, algorithm, seed, run_dir) of every run, in priority order."""
+  """(cell, algorithm, seed, run_dir) of every run, in priority order.
+
+  The "longer" group runs only when asked for (with a larger --steps).
+  """
   return [(cell, algorithm, seed, run_dir(outdir, cell, algorithm, seed,
                                           steps))
-          for cell in CELLS if not only_groups or cell.group in only_groups
+          for cell in CELLS if (cell.group in only_groups if only_groups
+                                else cell.group != "longer")
           for seed in range(seeds) for algorithm in cell.algorithms]
 
 
