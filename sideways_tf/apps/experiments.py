@@ -46,8 +46,8 @@ _SKIP_SEEDS = flags.DEFINE_integer(
     lower_bound=1)
 _SKIP_GROUPS = flags.DEFINE_list(
     "skip_groups", [], "skip_variants: only these groups of cells (default, "
-    "replay, align, plain, combine, speed, longer); [] = all, in priority "
-    "order.")
+    "replay, depth, align, plain, combine, speed, longer); [] = all but "
+    "longer, in priority order.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Run nothing: write the report from the runs "
     "already under --outdir (a map stopped early reports what it has).")
