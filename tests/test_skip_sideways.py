@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import sideways_tf
+from sideways_tf.engine.module import skip_offset
 from tests import skip_reference
 from tests import util
 from tests.test_pipeline import Scale, assert_all_close, grads_by_module
@@ -345,25 +346,135 @@ def test_skip_align_must_be_a_bool():
                          skip_align="yes")
 
 
-def test_replay_of_a_skip_source_uses_the_main_path_frame(caplog):
-  """Replay on a skip source (allowed: it takes no skip inputs) takes its
-  whole backward step at the input of the main path's frame, 2(L-1-j) ticks
-  old, also for the part of d_j that came along the skip into stage k
-  (whose BP pairing is the input 2(L-k) ticks old): not exact with skips."""
-  pipe = sideways_tf.Pipeline([ScaleSum() for _ in range(4)],
-                              half_square_loss, skips={2: [0]},
-                              replay_modules=1)
-  assert "feed Skip-Sideways skips" in caplog.text  # a warning says so
-  frames = np.arange(1, 16, dtype="float32").reshape(1, -1, 1)
-  pipe.allocate_state(1, (1,))
+# ------------------------------------------------------- replay with skips
+
+
+def _paths(pipe, k):
+  """(edges, lag) of every path from stage k up to the top: a main edge
+  costs 2 ticks of lag, a skip 1 + its delay (docs/skip_sideways.md)."""
+  top = pipe.num_modules - 1
+  if k == top:
+    return [((), 0)]
+  paths = [(((k, k + 1),) + edges, lag + 2)
+           for edges, lag in _paths(pipe, k + 1)]
+  for m in range(k + 2, top + 1):
+    module = pipe.modules[m]
+    for j, delay in zip(module.skip_sources, module.skip_delays):
+      if j == k:
+        paths += [(((k, m),) + edges, lag + 1 + delay)
+                  for edges, lag in _paths(pipe, m)]
+  return paths
+
+
+def _bp_along(pipe, frames, labels, edges, num_losses):
+  """BP gradient of the summed loss of frames 0..num_losses-1, through the
+  edges in `edges` only (the gradient stopped on every other edge)."""
+  batch, num_frames = frames.shape[:2]
+
+  def fold(x):
+    return tf.reshape(x, [batch * num_frames] + list(x.shape[2:]))
+
+  def unfold(x):
+    return tf.reshape(x, [batch, num_frames] + list(x.shape[1:]))
+
+  def newer(x, steps):
+    x = unfold(x)
+    return fold(tf.concat([x[:, steps:], tf.zeros_like(x[:, :steps])], 1))
+
+  def edge(x, j, k):
+    return x if (j, k) in edges else tf.stop_gradient(x)
+
+  with tf.GradientTape() as tape:
+    outputs = []
+    for k, module in enumerate(pipe.modules):
+      main = fold(tf.constant(frames)) if k == 0 else edge(outputs[-1], k - 1,
+                                                           k)
+      skips = [edge(newer(outputs[j], skip_offset(k, j, pipe.skip_align)),
+                    j, k) for j in module.skip_sources]
+      outputs.append(module.call(main, skips, training=False))
+    logits = unfold(outputs[-1])[:, :num_losses]
+    loss = tf.reduce_sum(pipe.loss_fn(
+        tf.repeat(labels, num_losses),
+        tf.reshape(logits, [-1, logits.shape[-1]])))
+  # (Zeros by hand: TF cannot fill in zeros for an unconnected Keras 3
+  # variable, whose dtype is a string.)
+  return [np.zeros(v.shape) if g is None else np.asarray(g) for v, g in zip(
+      pipe.trainable_variables,
+      tape.gradient(loss, pipe.trainable_variables))]
+
+
+@pytest.mark.parametrize("align", [False, True], ids=["offset", "aligned"])
+@pytest.mark.parametrize("name", sorted(SKIP_CASES))
+def test_replaying_every_module_below_the_top_gives_exact_path_gradients(
+    name, align):
+  """With replay_modules=L-1 every gradient is taken at the inputs of the
+  frame it belongs to: module k gets, for each path from the top, BP's
+  gradient along that path of the frames whose gradient reaches k within
+  the clip (1..T-L+1-e for a path of e edges), over the spec's B(T-L+1)."""
+  pipe, _, frames, labels, _ = _reference_case(name, "concat", align)
+  replayed = sideways_tf.Pipeline(
+      pipe.stages, skips=dict(SKIP_CASES[name][1]), skip_align=align,
+      replay_modules=pipe.num_modules - 1)
+  got = replayed.compute_gradients(frames, labels)
+  batch, num_frames = frames.shape[:2]
+  num_losses = num_frames - pipe.num_modules + 1
+  expected = [np.zeros(v.shape) for v in pipe.trainable_variables]
+  owner = [k for k, stage in enumerate(pipe.stages)
+           for _ in stage.trainable_variables]
+  for k in range(pipe.num_modules):
+    for edges, _ in _paths(replayed, k):
+      along = _bp_along(pipe, frames, labels, edges,
+                        num_losses - len(edges))
+      for i, gradient in enumerate(along):
+        if owner[i] == k:
+          expected[i] += gradient / (batch * num_losses)
+  assert_all_close(got, expected)
+  plain = pipe.compute_gradients(frames, labels)
+  assert not all(np.allclose(a, b, rtol=1e-3, atol=1e-5)
+                 for a, b in zip(util.to_numpy(plain), expected))
+
+
+def test_replay_keeps_one_gradient_buffer_per_path_lag():
+  """skips={2: [0]}, L = 4: stage 0's gradient comes down the main path
+  (lag 6) and along the skip (lag 4); each part is paired with its own
+  input, from its own buffer, and the state stays flat in T."""
+  pipe = sideways_tf.Pipeline(util.conv_stages(4), skips={2: [0]},
+                              replay_modules=3)
+  labels = util.labels_for(2)
+  pipe.compute_gradients(util.moving_clip(2, 8, (6, 6, 2)), labels)
+  assert [m.gradient_lags for m in pipe.modules] == [(6, 4), (4,), (2,),
+                                                      (0,)]
+  names = [v.path.split("/")[-1] for v in pipe.modules[0].state_variables]
+  assert "gradient_buffer_lag_4" in names
+  assert [v.path.split("/")[-1] for v in pipe.modules[2].skip_histories] == [
+      "skip_history_from_0"]
+  shapes = [tuple(v.shape) for v in pipe.state_variables]
+  pipe.compute_gradients(util.moving_clip(2, 30, (6, 6, 2)), labels)
+  assert [tuple(v.shape) for v in pipe.state_variables] == shapes
+  partial = sideways_tf.Pipeline(util.conv_stages(4), skips={2: [0]},
+                                 replay_modules=1)
+  # Stages that are not replayed pass one gradient at their main path's lag.
+  assert [m.gradient_lags for m in partial.modules] == [(6, 4), (4,), (2,),
+                                                       (0,)]
+  aligned = sideways_tf.Pipeline(util.conv_stages(4), skips={2: [0]},
+                                 skip_align=True, replay_modules=3)
+  assert aligned.modules[0].gradient_lags == (6, 5)  # the skip waits 2 ticks
+
+
+def test_stream_in_chunks_equals_whole_clip_with_replayed_skips():
+  pipe = sideways_tf.Pipeline(util.conv_stages(4), skips={2: [0]},
+                              replay_modules=3)
+  frames = util.moving_clip(batch=2, frames=12, shape=(6, 6, 2))
+  labels = util.labels_for(2)
+  whole = pipe.compute_gradients(frames, labels)
   pipe.reset_state()
-  for t in range(1, 16):
-    (grad_w, grad_b), *_ = grads_by_module(pipe, util.to_numpy(
-        pipe.compute_gradients(frames[:, t - 1:t], np.zeros([1], "int32"),
-                               reset=False)))
-    if t > 6:
-      assert grad_b != 0
-      assert grad_w == (t - 6) * grad_b, t  # input of frame t-6, all of d_0
+  first = pipe.compute_gradients(frames[:, :5], labels, reset=False)
+  second = pipe.compute_gradients(frames[:, 5:], labels, reset=False)
+  # Chunk gradients are each normalised by their own valid terms: 2 and 7.
+  for w, a, b in zip(whole, first, second):
+    np.testing.assert_allclose(np.asarray(w) * 9,
+                               np.asarray(a) * 2 + np.asarray(b) * 7,
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_exported_stream_equals_clip_with_aligned_skips(tmp_path):

@@ -40,8 +40,14 @@ def _cell(group, name, overrides, algorithms=("sideways", "bp"), bp_from=""):
 # In priority order.
 CELLS = (
     _cell("default", DEFAULT, {}),
+    # Replay with one gradient per path lag (docs/skip_sideways.md): 3 =
+    # every module below the top, BP's pairing along every path.
+    _cell("replay", "offset skip + replay_modules=3 (every path exact)",
+          {"replay_modules": "3"}, ("sideways",), bp_from=DEFAULT),
     _cell("replay", "offset skip + replay_modules=2",
           {"replay_modules": "2"}, ("sideways",), bp_from=DEFAULT),
+    _cell("replay", "offset skip + replay_modules=1",
+          {"replay_modules": "1"}, ("sideways",), bp_from=DEFAULT),
     # The same model (same layers, same skip) cut into 3 modules instead of
     # 4: BP's gradient does not depend on the cut, Sideways' lags shrink.
     _cell("depth", "offset skip 2:0, 3 modules (same model)",
