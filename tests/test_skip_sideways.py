@@ -434,7 +434,7 @@ def test_replaying_every_module_below_the_top_gives_exact_path_gradients(
                  for a, b in zip(util.to_numpy(plain), expected))
 
 
-def test_replay_keeps_one_gradient_buffer_per_path_lag():
+def test_replay_keeps_one_gradient_buffer_per_path_lag(caplog):
   """skips={2: [0]}, L = 4: stage 0's gradient comes down the main path
   (lag 6) and along the skip (lag 4); each part is paired with its own
   input, from its own buffer, and the state stays flat in T."""
@@ -442,6 +442,7 @@ def test_replay_keeps_one_gradient_buffer_per_path_lag():
                               replay_modules=3)
   labels = util.labels_for(2)
   pipe.compute_gradients(util.moving_clip(2, 8, (6, 6, 2)), labels)
+  assert "replays the source" not in caplog.text  # every path replayed
   assert [m.gradient_lags for m in pipe.modules] == [(6, 4), (4,), (2,),
                                                       (0,)]
   names = [v.path.split("/")[-1] for v in pipe.modules[0].state_variables]
@@ -453,6 +454,8 @@ def test_replay_keeps_one_gradient_buffer_per_path_lag():
   assert [tuple(v.shape) for v in pipe.state_variables] == shapes
   partial = sideways_tf.Pipeline(util.conv_stages(4), skips={2: [0]},
                                  replay_modules=1)
+  assert "replays the source but not the target" in caplog.text
+  assert "skip(s) 2:0" in caplog.text
   # Stages that are not replayed pass one gradient at their main path's lag.
   assert [m.gradient_lags for m in partial.modules] == [(6, 4), (4,), (2,),
                                                        (0,)]

@@ -35,7 +35,7 @@ def test_plan_and_run_dirs_keep_steps_apart(tmp_path):
                             only_groups=["default", "replay"])
   assert [(c.group, a, s) for c, a, s, _ in runs][:2] == [
       ("default", "sideways", 0), ("default", "bp", 0)]
-  assert len(runs) == 3 * 2 + 3  # replay shares the default cell's BP
+  assert len(runs) == 3 * 2 + 3 * 3  # the 3 replay cells share its BP
   assert len({str(d) for *_, d in runs}) == len(runs)
   everything = skip_variants.plan(tmp_path, steps=1000, seeds=1)
   assert "longer" not in {c.group for c, *_ in everything}  # only if asked

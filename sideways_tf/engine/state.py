@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Sequence
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -82,6 +83,17 @@ def check_replay(replay_modules, sources) -> int:
         f"replay_modules must be an integer in [0, L-1] = [0, "
         f"{num_modules - 1}] (the top module needs no replay), got "
         f"{replay_modules!r}")
+  split = sorted({(j, k) for k in range(int(replay_modules), num_modules)
+                  for j in sources[k] if j < replay_modules})
+  if split:
+    logging.warning(
+        "replay_modules=%d replays the source but not the target of the "
+        "Skip-Sideways skip(s) %s: the source pairs the skip gradient with "
+        "BP's frame, the target computed it at another; on the motion label "
+        "that trained worse than no replay. Use replay_modules=%d (every "
+        "module below the top) or 0 (docs/skip_sideways.md).",
+        replay_modules, ", ".join(f"{k}:{j}" for j, k in split),
+        num_modules - 1)
   return int(replay_modules)
 
 

@@ -185,7 +185,8 @@ def section(outdir, command: str) -> List[str]:
       "seeds", "",
       "`configs/motion_skip.py` (frame CNN, 4 modules, skip from stage 0 into "
       "stage 2, synthetic moving shapes at 2 px/frame, label = direction of "
-      "motion, chance 0.25), each cell's overrides, `bin/train` per run. "
+      "motion, chance 0.25), each cell's overrides (plain Sideways, "
+      "`replay_modules=0`, unless the cell sets it), `bin/train` per run. "
       "Test clip accuracy, mean ± 95% t-interval over the seeds (the gap "
       "over the seeds both algorithms ran, paired; a cell without its own "
       "BP runs shares the default cell's). `cos k`: the cosine between the Sideways "
