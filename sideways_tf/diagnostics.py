@@ -28,6 +28,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from sideways_tf.engine.module import skip_offset
+
 
 def module_lags(num_modules: int) -> List[int]:
   """Frames between a module's input and the frame its gradient came from."""
@@ -50,7 +52,9 @@ def module_inputs(pipeline, frames) -> List[np.ndarray]:
   outputs = []
   for k, module in enumerate(pipeline.modules):
     inputs.append(tf.reshape(x, [batch_size, num_frames, -1]).numpy())
-    skip_inputs = [_newer(outputs[j], k - 1 - j, batch_size, num_frames)
+    skip_inputs = [_newer(outputs[j],
+                          skip_offset(k, j, pipeline.skip_align),
+                          batch_size, num_frames)
                    for j in module.skip_sources]
     with tf.device(pipeline.devices[k]):
       x = module.call(x, skip_inputs, training=False)

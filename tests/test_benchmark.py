@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+from sideways_tf.benchmark import replay_cost
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -58,8 +60,9 @@ def test_benchmark_tool_writes_json_and_markdown(tmp_path):
   replay = data["replay_cost"]["variants"]
   assert set(replay) == {"bp", "replay_0", "replay_1"}  # L = 2
   assert replay["replay_0"]["vs_plain_sideways"] == 1.0
-  assert [(r["algorithm"], r["replay_modules"]) for r in replay.values()] == [
-      ("bp", 0), ("sideways", 0), ("sideways", 1)]
+  assert [(r["algorithm"], r["replay_modules"], r["skips"])
+          for r in replay.values()] == [
+              ("bp", 0, ""), ("sideways", 0, ""), ("sideways", 1, "")]
   assert replay["bp"]["vs_bp"] == 1.0
   assert all(len(r["samples_s"]) == 2 for r in replay.values())
 
@@ -69,3 +72,18 @@ def test_benchmark_tool_writes_json_and_markdown(tmp_path):
                   "## 3. Per-stage", "## 4. Placement", "## 6. Tracing",
                   "## 7. What replay costs"):
     assert heading in text
+
+
+def test_replay_cost_adds_the_skip_model_from_three_modules():
+  table = replay_cost.variants(4)
+  assert list(table)[:5] == ["bp", "replay_0", "replay_1", "replay_2",
+                             "replay_3"]
+  assert table["skip_replay_3"] == ("sideways", 3, "2:0")
+  assert table["skip_bp"] == ("bp", 0, "2:0")
+  assert not any(name.startswith("skip") for name in replay_cost.variants(2))
+  rows = {name: dict(algorithm=a, replay_modules=n, skips=s,
+                     frames_per_s=100.0, vs_plain_sideways=1.0, vs_bp=1.0)
+          for name, (a, n, s) in table.items()}
+  text = "\n".join(replay_cost.markdown({"variants": rows}))
+  assert "| skips 2:0: Sideways, replay_modules=3 | 100 |" in text
+  assert "| Sideways, replay_modules=2 | 100 |" in text

@@ -4,6 +4,7 @@
   bin/experiments --only=skip --steps=500
   bin/experiments --base_config=configs/ucf101_vgg8.py --steps=30000  # GPUs
   bin/experiments --only=gap --steps=4000 --jobs=2   # where Sideways is safe
+  bin/experiments --only=skip_variants --skip_seeds=5 --jobs=2  # motion label
 
 Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
 the tables and PNG plots of results.md in OUTDIR/report (--report_dir=docs
@@ -40,6 +41,13 @@ _GAP_SEEDS = flags.DEFINE_integer(
 _GAP_GROUPS = flags.DEFINE_list(
     "gap_groups", [], "gap: only these groups of cells (speed, improvement, "
     "depth, train set, stride, optimizer); [] = all, in priority order.")
+_SKIP_SEEDS = flags.DEFINE_integer(
+    "skip_seeds", 5, "skip_variants: seeds per cell (>= 3 for intervals).",
+    lower_bound=1)
+_SKIP_GROUPS = flags.DEFINE_list(
+    "skip_groups", [], "skip_variants: only these groups of cells (default, "
+    "replay, depth, align, plain, combine, speed, longer); [] = all but "
+    "longer, in priority order.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Run nothing: write the report from the runs "
     "already under --outdir (a map stopped early reports what it has).")
@@ -49,29 +57,39 @@ _REPORT_DIR = flags.DEFINE_string(
     "no report).")
 
 
+# Experiments that update only their own section of an existing results.md.
+SECTIONS = ("gap", "skip_variants")
+
+
 def main(argv):
   cli.start(argv)
   from sideways_tf.paper_experiments import report  # noqa: PLC0415
   from sideways_tf.paper_experiments import runs  # noqa: PLC0415
   from sideways_tf.paper_experiments import gap_map  # noqa: PLC0415
   from sideways_tf.paper_experiments import gap_report  # noqa: PLC0415
+  from sideways_tf.paper_experiments import skip_variants  # noqa: PLC0415
   outdir = pathlib.Path(_OUTDIR.value)
   for name in _ONLY.value:
-    if name not in runs.EXPERIMENTS + ("gap",):
+    if name not in runs.EXPERIMENTS + SECTIONS:
       raise ValueError(f"unknown experiment {name!r}; expected some of "
-                       f"{runs.EXPERIMENTS + ('gap',)}")
+                       f"{runs.EXPERIMENTS + SECTIONS}")
   for name in [] if _REPORT_ONLY.value else _ONLY.value:
     if name == "gap":
       gap_map.run_map(outdir, _STEPS.value, _GAP_SEEDS.value, _JOBS.value,
                       _GAP_GROUPS.value)
+    elif name == "skip_variants":
+      skip_variants.run(outdir, _STEPS.value, _SKIP_SEEDS.value, _JOBS.value,
+                        _SKIP_GROUPS.value)
     else:
       runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
   report_dir = (str(outdir / "report") if _REPORT_DIR.value is None
                 else _REPORT_DIR.value)
   if report_dir:
     command = ("bin/experiments " + " ".join(argv[1:] or sys.argv[1:])).strip()
-    if _ONLY.value == ["gap"]:  # keep the other sections of results.md
-      path = gap_report.update(outdir, pathlib.Path(report_dir), command)
+    if set(_ONLY.value) <= set(SECTIONS):  # keep the rest of results.md
+      for name in _ONLY.value:
+        update = (gap_report if name == "gap" else skip_variants).update
+        path = update(outdir, pathlib.Path(report_dir), command)
     else:
       path = report.write(outdir, pathlib.Path(report_dir), command)
     print(f"Report written to {path}")

@@ -1,9 +1,11 @@
 """What replay costs: Sideways train steps with `replay_modules` = 0..L-1
-against BP, alternating in one process on the same model, batch and clip.
+against BP, alternating in one process on the same model, batch and clip;
+and, for L >= 3, the same with a Skip-Sideways skip from stage 0 into 2.
 
-Replay (docs/engine.md) recomputes each replayed module once more per tick,
-at the stored input its gradient belongs to, so its cost is a fraction of a
-forward pass per replayed module; this figure measures that fraction.
+Replay (docs/engine.md) recomputes each replayed module once more per tick
+(with skips, once per path lag), at the stored input its gradient belongs
+to, so its cost is a fraction of a forward pass per replayed module; this
+figure measures that fraction.
 """
 
 from __future__ import annotations
@@ -17,11 +19,21 @@ from sideways_tf.benchmark.common import log
 from sideways_tf.benchmark.common import make_clip
 
 
+SKIPS = "2:0"  # the skip rows' skip (config.skips syntax): stage 0 into 2
+
+
 def variants(num_modules: int) -> Dict[str, tuple]:
-  """name -> (algorithm, replay_modules): 'bp', then 'replay_0' (plain
-  Sideways) .. 'replay_{L-1}'."""
-  return {"bp": ("bp", 0), **{f"replay_{n}": ("sideways", n)
-                               for n in range(num_modules)}}
+  """name -> (algorithm, replay_modules, skips): 'bp', then 'replay_0'
+  (plain Sideways) .. 'replay_{L-1}'; for L >= 3 the skip model's BP, plain
+  Sideways and replay of every module below the top."""
+  table = {"bp": ("bp", 0, ""), **{f"replay_{n}": ("sideways", n, "")
+                                   for n in range(num_modules)}}
+  if num_modules >= 3:
+    table.update({"skip_bp": ("bp", 0, SKIPS),
+                  "skip_replay_0": ("sideways", 0, SKIPS),
+                  f"skip_replay_{num_modules - 1}": ("sideways",
+                                                     num_modules - 1, SKIPS)})
+  return table
 
 
 def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
@@ -30,9 +42,10 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
   import sideways_tf  # pylint: disable=g-import-not-at-top
   frames, labels = make_clip(config)
   steps, settings = {}, variants(config.num_modules)
-  for name, (algorithm, replay) in settings.items():
+  for name, (algorithm, replay, skips) in settings.items():
     # Same initial weights for every variant: the same seed.
     pipeline = sideways_tf.Pipeline(build_stages(config, seed=0),
+                                    skips={2: [0]} if skips else None,
                                     replay_modules=replay)
     trainer = sideways_tf.Trainer(pipeline, keras.optimizers.SGD(1e-3),
                                   algorithm)
@@ -42,11 +55,12 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
       f"{config.image_size}x{config.image_size}x{config.channels}, "
       f"L={config.num_modules}")
   _, fig = alternating_rates(steps, config)
-  plain, bp = fig["replay_0"]["frames_per_s"], fig["bp"]["frames_per_s"]
   for name, row in fig.items():
-    row["algorithm"], row["replay_modules"] = settings[name]
-    row["vs_plain_sideways"] = row["frames_per_s"] / plain
-    row["vs_bp"] = row["frames_per_s"] / bp
+    row["algorithm"], row["replay_modules"], row["skips"] = settings[name]
+    prefix = "skip_" if row["skips"] else ""  # ratios within one model
+    row["vs_plain_sideways"] = (row["frames_per_s"] /
+                                fig[prefix + "replay_0"]["frames_per_s"])
+    row["vs_bp"] = row["frames_per_s"] / fig[prefix + "bp"]["frames_per_s"]
     log(f"  {name}: {row['frames_per_s']:.0f} frames/s, "
         f"{row['vs_plain_sideways']:.2f}x plain Sideways, "
         f"{row['vs_bp']:.2f}x BP")
@@ -62,14 +76,17 @@ def markdown(fig: dict) -> list:
            "Sideways with `replay_modules` = 0 (plain) to L-1, and BP, train "
            "steps alternating on the same model, batch and clip "
            "(`sideways_tf/benchmark/replay_cost.py`). Each replayed module "
-           "runs its forward once more per tick (docs/fidelity.md).", "",
+           "runs its forward once more per tick, with skips once per path "
+           "lag (docs/fidelity.md, docs/skip_sideways.md). The skip rows "
+           f"add a skip `{SKIPS}` to the same model; their ratios are to "
+           "the skip model's plain Sideways and BP.", "",
            "| variant | frames/s | × plain Sideways | × BP |",
            "|---|---|---|---|"]
-  settings = variants(len(fig["variants"]) - 1)  # BP + L Sideways variants
-  for name, row in fig["variants"].items():
-    algorithm, replay = settings[name]
-    label = ("BP" if algorithm == "bp" else
-             f"Sideways, replay_modules={replay}")
+  for row in fig["variants"].values():
+    label = ("BP" if row["algorithm"] == "bp" else
+             f"Sideways, replay_modules={row['replay_modules']}")
+    if row.get("skips"):
+      label = f"skips {row['skips']}: {label}"
     lines.append(f"| {label} | {row['frames_per_s']:.0f} | "
                  f"{row['vs_plain_sideways']:.2f} | {row['vs_bp']:.2f} |")
   return lines

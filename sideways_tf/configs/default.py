@@ -82,6 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
   # stage 0's output of the previous tick; "" = plain Sideways.
   config.skips = ""
   config.skip_combine = "concat"  # or "add"
+  # True: hold each skip k-j ticks so stage k joins stage j's output of the
+  # same frame as its main input (frame-wise: no motion); False: the newer
+  # frame of the previous tick (docs/skip_sideways.md).
+  config.skip_align = False
   # Replay (docs/fidelity.md): the bottom N modules keep their last 2(L-k)
   # inputs and take their backward step at the input their gradient belongs
   # to; one extra forward of each such module per tick, memory still flat in

@@ -12,16 +12,22 @@ from typing import List
 
 import tensorflow as tf
 
+from sideways_tf.engine.module import push_skip
+from sideways_tf.engine.module import read_skip
+from sideways_tf.engine.module import skip_buffer_shape
+from sideways_tf.engine.module import skip_offset
 
-def receptive_depth(skip_sources: List[tuple]) -> int:
+
+def receptive_depth(skip_sources: List[tuple], align: bool = False) -> int:
   """How many frames past frame s the prediction for frame s looks (D).
 
   0 for plain Sideways. A skip from stage j into stage k brings a frame
-  k-1-j steps newer than k's main input, so D is the longest such path.
+  k-1-j steps newer than k's main input (0 when aligned), so D is the
+  longest such path.
   """
   depth = [0] * len(skip_sources)
   for k in range(1, len(skip_sources)):
-    depth[k] = max([depth[k - 1]] + [depth[j] + k - 1 - j
+    depth[k] = max([depth[k - 1]] + [depth[j] + skip_offset(k, j, align)
                                      for j in skip_sources[k]])
   return depth[-1]
 
@@ -58,6 +64,8 @@ def sequence_outputs(pipe, frames, pad: int, training) -> tf.Tensor:
     return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
 
   def newer(x, steps):  # frame s gets frame s+steps (zeros past the end)
+    if not steps:
+      return x
     x = unfold(x)
     return fold(tf.concat([x[:, steps:], tf.zeros_like(x[:, :steps])], 1))
 
@@ -65,7 +73,7 @@ def sequence_outputs(pipe, frames, pad: int, training) -> tf.Tensor:
   for k, (module, device) in enumerate(zip(pipe.modules, pipe.devices)):
     with tf.device(device), tf.name_scope(f"stage_{k}"):
       inputs = fold(frames) if k == 0 else outputs[k - 1]
-      skip_inputs = [newer(outputs[j], k - 1 - j)
+      skip_inputs = [newer(outputs[j], skip_offset(k, j, pipe.skip_align))
                      for j in module.skip_sources]
       outputs.append(module.call(inputs, skip_inputs, training=training))
   return unfold(outputs[-1])
@@ -76,13 +84,17 @@ def stream_state_specs(pipe, shapes):
 
   activation_k: the input held by module k = 2..L; skip_k_from_j: the
   Skip-Sideways input module k holds from module j (1-based, as in
-  docs/algorithm.md). `shapes` come from the pipeline's probe pass.
+  docs/algorithm.md; with `skip_align` a queue [delay, ...] of them, oldest
+  first). `shapes` come from the pipeline's probe pass.
   """
   specs = [(f"activation_{k + 1}", shape.input_shape, shape.input_dtype)
            for k, shape in enumerate(shapes) if k > 0]
   for k, (module, shape) in enumerate(zip(pipe.modules, shapes)):
-    specs.extend((f"skip_{k + 1}_from_{j + 1}", s, d) for j, (s, d) in zip(
-        module.skip_sources, shape.skip_specs))
+    specs.extend(
+        (f"skip_{k + 1}_from_{j + 1}",
+         skip_buffer_shape((None,) + s, delay)[1:], d)
+        for j, delay, (s, d) in zip(module.skip_sources, module.skip_delays,
+                                    shape.skip_specs))
   return specs
 
 
@@ -103,10 +115,16 @@ def stream_tick(pipe, frame, state):
   outputs = []
   for k, (module, device) in enumerate(zip(pipe.modules, pipe.devices)):
     with tf.device(device), tf.name_scope(f"stage_{k}"):
-      outputs.append(module.call(frame if k == 0 else inputs[k - 1],
-                                 skip_inputs[k], training=False))
-  new_state = outputs[:-1] + [outputs[j] for m in pipe.modules
-                              for j in m.skip_sources]
+      outputs.append(module.call(
+          frame if k == 0 else inputs[k - 1],
+          [read_skip(b, delay) for b, delay in zip(skip_inputs[k],
+                                                   module.skip_delays)],
+          training=False))
+  new_state = outputs[:-1]
+  for module, buffers in zip(pipe.modules, skip_inputs):
+    buffers = buffers + [None] * (len(module.skip_sources) - len(buffers))
+    new_state += [push_skip(b, outputs[j], delay) for b, j, delay in zip(
+        buffers, module.skip_sources, module.skip_delays)]
   return outputs[-1], new_state
 
 
@@ -116,7 +134,7 @@ class InferenceMethods:
   @property
   def receptive_depth(self) -> int:
     """How many frames past frame s the prediction for frame s looks (D)."""
-    return receptive_depth(self.skip_sources)
+    return receptive_depth(self.skip_sources, self.skip_align)
 
   def predict_frames(self, frames) -> tf.Tensor:
     """Clip inference: every frame through all modules. Returns [B, T, C]."""

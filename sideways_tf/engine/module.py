@@ -32,6 +32,39 @@ import tensorflow as tf
 SKIP_COMBINE_MODES = ("concat", "add")
 
 
+def skip_delay(target: int, source: int, align: bool) -> int:
+  """Ticks between stage `source` emitting an output and stage `target`
+  combining it (0-based stages).
+
+  1 by default: the skip brings a frame target-1-source steps newer than the
+  main input (what lets a model see motion). k-j when aligned: the skip is
+  held k-j ticks, so both inputs come from the same frame.
+  """
+  return target - source if align else 1
+
+
+def skip_offset(target: int, source: int, align: bool) -> int:
+  """Stage `target` joins its main input of frame s with stage `source`'s
+  output of frame s + skip_offset (k-1-j, or 0 when aligned)."""
+  return target - source - skip_delay(target, source, align)
+
+
+def read_skip(buffer, delay: int):
+  """The skip input held in a skip buffer: the oldest of its `delay` outputs.
+
+  A buffer of delay 1 is the output itself ([B, ...]); a longer one is a
+  queue [B, delay, ...], oldest first.
+  """
+  return buffer if delay == 1 else buffer[:, 0]
+
+
+def push_skip(buffer, outputs, delay: int):
+  """The skip buffer for the next tick: `outputs` joins, the oldest leaves."""
+  if delay == 1:
+    return outputs
+  return tf.concat([buffer[:, 1:], tf.expand_dims(outputs, 1)], axis=1)
+
+
 class TickResult(NamedTuple):
   """What one module produces in one tick."""
   outputs: tf.Tensor            # y_k = f_k(a_k); becomes a_{k+1} next tick.
@@ -40,6 +73,14 @@ class TickResult(NamedTuple):
   loss: Optional[tf.Tensor]     # top module only: the (masked) summed loss.
   skip_gradients: list = []     # Skip-Sideways: one per skip input; added to
                                 # the source module's d_j next tick.
+
+
+class ReplayResult(NamedTuple):
+  """What a replayed module produces in one tick: one backward per lag."""
+  outputs: tf.Tensor
+  emitted_gradients: list       # per lag in replay_lags (None for module 1)
+  parameter_gradients: list     # summed over the lags
+  skip_gradients: list          # per lag: one per skip input
 
 
 def combine_skips(inputs, skip_inputs, mode: str = "concat"):
@@ -78,6 +119,12 @@ def combine_skips(inputs, skip_inputs, mode: str = "concat"):
       f"unknown skip_combine {mode!r}; expected one of {SKIP_COMBINE_MODES}")
 
 
+def skip_buffer_shape(shape, delay: int) -> tuple:
+  """Shape of a skip buffer holding `delay` outputs of shape [B, ...]."""
+  shape = tuple(shape)
+  return shape if delay == 1 else shape[:1] + (delay,) + shape[1:]
+
+
 class SidewaysModule(keras.layers.Layer):
   """A stage of a Sideways pipeline with its input and gradient buffers.
 
@@ -90,7 +137,8 @@ class SidewaysModule(keras.layers.Layer):
 
   def __init__(self, stage: keras.layers.Layer, index: int, num_modules: int,
                skip_sources: Sequence[int] = (), skip_combine: str = "concat",
-               replay_length: int = 0, **kwargs):
+               replay_lags: Sequence[int] = (), skip_align: bool = False,
+               gradient_lag: int = 0, **kwargs):
     kwargs.setdefault("name", f"sideways_module_{index}")
     super().__init__(**kwargs)
     if not 0 <= index < num_modules:
@@ -101,14 +149,34 @@ class SidewaysModule(keras.layers.Layer):
     self.num_modules = num_modules
     self.skip_sources = tuple(skip_sources)  # lower modules feeding this one
     self.skip_combine = skip_combine
+    # Ticks each skip input is held (1, or k-j when aligned): its buffer
+    # keeps that many of the source's outputs.
+    self.skip_delays = tuple(skip_delay(index, j, skip_align)
+                             for j in self.skip_sources)
     self.input_buffer = None
     self.gradient_buffer = None
     self.skip_buffers = []
-    # Replay (docs/engine.md, "Replay"): keep the last `replay_length` inputs
-    # and take the backward step at the one the gradient belongs to.
-    self.replay_length = int(replay_length)
+    # Replay (docs/engine.md, "Replay"): a gradient that came down a path of
+    # h edges belongs to this module's input of 2h ticks ago (its lag). A
+    # replayed module keeps its last max-lag inputs (and skip inputs) and one
+    # gradient buffer per distinct lag, largest (the main path's) first, and
+    # takes each backward step at the inputs that gradient belongs to.
+    self.replay_lags = tuple(int(lag) for lag in replay_lags)
+    if list(self.replay_lags) != sorted(set(self.replay_lags), reverse=True):
+      raise ValueError(f"replay_lags must be distinct and decreasing, got "
+                       f"{self.replay_lags}")
+    # The lag of the one gradient a module that is not replayed receives
+    # (its main path's): where the modules below it pair their gradients.
+    self.gradient_lags = self.replay_lags or (int(gradient_lag),)
     self.input_history = None
+    self.skip_histories = []
+    self.lag_gradient_buffers = []  # the lags after the first
     self._has_state = False
+
+  @property
+  def replay_length(self) -> int:
+    """How many past inputs a replayed module keeps (0: not replayed)."""
+    return self.replay_lags[0] if self.replay_lags else 0
 
   @property
   def is_first(self) -> bool:
@@ -124,14 +192,17 @@ class SidewaysModule(keras.layers.Layer):
     return [v for v in (self.input_buffer, self.gradient_buffer)
             if v is not None] + list(self.skip_buffers) + (
                 [self.input_history] if self.input_history is not None
-                else [])
+                else []) + list(self.skip_histories) + list(
+                    self.lag_gradient_buffers)
 
   def allocate_state(self, input_shape: Sequence[int], input_dtype,
                      output_shape: Sequence[int], output_dtype,
                      skip_specs: Sequence = ()) -> None:
     """Creates the zero-initialised buffers for a fixed batch and frame shape.
 
-    `skip_specs`: (shape, dtype) of each skip input, in skip_sources order.
+    `skip_specs`: (shape, dtype) of each skip input, in skip_sources order
+    (with batch); a skip held for more than one tick keeps a queue
+    [B, delay, ...] of them.
     """
     if self._has_state:
       raise RuntimeError(
@@ -146,13 +217,25 @@ class SidewaysModule(keras.layers.Layer):
           shape=tuple(output_shape), dtype=output_dtype, initializer="zeros",
           trainable=False, name="gradient_buffer")
     self.skip_buffers = [
-        self.add_weight(shape=tuple(shape), dtype=dtype, initializer="zeros",
-                        trainable=False, name=f"skip_buffer_from_{source}")
-        for source, (shape, dtype) in zip(self.skip_sources, skip_specs)]
+        self.add_weight(shape=skip_buffer_shape(shape, delay), dtype=dtype,
+                        initializer="zeros", trainable=False,
+                        name=f"skip_buffer_from_{source}")
+        for source, delay, (shape, dtype) in zip(
+            self.skip_sources, self.skip_delays, skip_specs)]
     if self.replay_length:
       self.input_history = self.add_weight(
           shape=(self.replay_length,) + tuple(input_shape), dtype=input_dtype,
           initializer="zeros", trainable=False, name="input_history")
+      self.skip_histories = [
+          self.add_weight(shape=(self.replay_length,) + tuple(shape),
+                          dtype=dtype, initializer="zeros", trainable=False,
+                          name=f"skip_history_from_{source}")
+          for source, (shape, dtype) in zip(self.skip_sources, skip_specs)]
+      self.lag_gradient_buffers = [
+          self.add_weight(shape=tuple(output_shape), dtype=output_dtype,
+                          initializer="zeros", trainable=False,
+                          name=f"gradient_buffer_lag_{lag}")
+          for lag in self.replay_lags[1:]]
     self._has_state = True
     self.built = True
 
@@ -170,8 +253,8 @@ class SidewaysModule(keras.layers.Layer):
            inputs: tf.Tensor,
            output_gradient: Optional[tf.Tensor] = None,
            loss_of_outputs: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
-           training=True, skip_inputs: Sequence[tf.Tensor] = (),
-           backward_inputs: Optional[tf.Tensor] = None) -> TickResult:
+           training=True, skip_inputs: Sequence[tf.Tensor] = ()
+           ) -> TickResult:
     """One Sideways tick of this module: forward, then backward at `inputs`.
 
     Exactly one of `output_gradient` (modules below the top: `d_k`, the
@@ -188,19 +271,12 @@ class SidewaysModule(keras.layers.Layer):
     `skip_inputs` (Skip-Sideways) are the outputs of `skip_sources` held
     since the previous tick; the Jacobian is taken at them too, and their
     gradients come back in `skip_gradients`.
-
-    `backward_inputs` (replay): take the backward step at this input instead
-    of `inputs`, i.e. recompute the stage on it; the forward output is still
-    that of `inputs`. Only for modules below the top, without skips.
     """
     if (output_gradient is None) == (loss_of_outputs is None):
       raise ValueError(
           "tick needs exactly one of output_gradient and loss_of_outputs")
     variables = self.stage.trainable_variables
     skip_inputs = list(skip_inputs)
-    if backward_inputs is not None:
-      return self._replay_tick(inputs, backward_inputs, output_gradient,
-                               training)
     with tf.GradientTape() as tape:
       tape.watch([inputs] + skip_inputs)
       outputs = self._forward(
@@ -224,22 +300,40 @@ class SidewaysModule(keras.layers.Layer):
     return TickResult(outputs, emitted, list(parameter_grads), loss,
                       list(skip_grads))
 
-  def _replay_tick(self, inputs, backward_inputs, output_gradient, training):
-    """Forward at `inputs`; backward (a recomputed forward) at the old input."""
-    if output_gradient is None or self.skip_sources:
+  def replay_tick(self, inputs, skip_inputs, backward, output_gradients,
+                  training=True) -> ReplayResult:
+    """A replayed module's tick: forward at `inputs` (and `skip_inputs`);
+    then, for each lag, a backward step with that lag's output gradient at
+    the inputs it belongs to, `backward[i]` = [input, *skip inputs] held
+    replay_lags[i] ticks ago (a recomputed forward per lag).
+    """
+    if self.is_top or len(backward) != len(self.replay_lags) or len(
+        output_gradients) != len(self.replay_lags):
       raise ValueError(
-          f"{self.name}: replay is for modules below the top without skip "
-          "inputs")
-    outputs = self._forward(inputs, training)
+          f"{self.name}: replay needs a module below the top and one "
+          f"(inputs, gradient) pair per lag {self.replay_lags}, got "
+          f"{len(backward)} and {len(output_gradients)}")
+    skip_inputs = list(skip_inputs)
+    outputs = self._forward(
+        combine_skips(inputs, skip_inputs, self.skip_combine), training)
     variables = list(self.stage.trainable_variables)
-    with tf.GradientTape() as tape:
-      tape.watch(backward_inputs)
-      replayed = self._forward(backward_inputs, training)
-    sources = variables if self.is_first else [backward_inputs] + variables
-    grads = tape.gradient(replayed, sources, output_gradients=output_gradient,
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    emitted = None if self.is_first else grads.pop(0)
-    return TickResult(outputs, emitted, list(grads), None, [])
+    emitted, skip_grads, parameter_grads = [], [], None
+    for (old_input, *old_skips), gradient in zip(backward, output_gradients):
+      with tf.GradientTape() as tape:
+        tape.watch([old_input] + old_skips)
+        replayed = self._forward(
+            combine_skips(old_input, old_skips, self.skip_combine), training)
+      sources = old_skips + variables
+      if not self.is_first:
+        sources = [old_input] + sources
+      grads = tape.gradient(replayed, sources, output_gradients=gradient,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      emitted.append(None if self.is_first else grads.pop(0))
+      skip_grads.append(grads[:len(old_skips)])
+      grads = grads[len(old_skips):]
+      parameter_grads = grads if parameter_grads is None else [
+          a + b for a, b in zip(parameter_grads, grads)]
+    return ReplayResult(outputs, emitted, parameter_grads, skip_grads)
 
   def _forward(self, inputs, training):
     if isinstance(training, bool) or not _has_moving_statistics(self.stage):

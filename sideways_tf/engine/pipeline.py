@@ -38,6 +38,8 @@ from sideways_tf.engine import gpipe
 from sideways_tf.engine import inference
 from sideways_tf.engine import state as state_lib
 from sideways_tf.engine.module import SKIP_COMBINE_MODES
+from sideways_tf.engine.module import push_skip
+from sideways_tf.engine.module import read_skip
 
 ALGORITHMS = ("sideways", "bp", "gpipe")
 
@@ -65,7 +67,8 @@ class TickState(NamedTuple):
   """The loop state of the tick loop: the buffers and the running sums.
 
   `inputs[k]` is a_k of module k+2 (module 1 reads the frame), `grads[k]` is
-  d_k of module k+1 (the top module has the loss), `skips[k]` the
+  d_k of module k+1 (the top module has the loss) as a list: one gradient,
+  or with replay one per lag (`module.gradient_lags`); `skips[k]` the
   Skip-Sideways inputs of module k+1 (usually none); `accumulators[k]` sums
   module k+1's parameter gradients over the ticks.
   """
@@ -77,7 +80,9 @@ class TickState(NamedTuple):
   loss_sum: tf.Tensor
   correct_sum: tf.Tensor
   valid_ticks: tf.Tensor
-  histories: list  # replay: the last 2(L-k) inputs of modules 1..replay_modules
+  # Replay: [inputs, *skip inputs] of modules 1..replay_modules, each the
+  # last 2(L-k) of them, oldest first.
+  histories: list
 
 
 def sideways_clip(pipe: "Pipeline", frames, labels, reset: bool,
@@ -95,12 +100,13 @@ def sideways_clip(pipe: "Pipeline", frames, labels, reset: bool,
   start = TickState(
       t=tf.constant(0),
       inputs=[read(m.input_buffer) for m in modules[1:]],
-      grads=[read(m.gradient_buffer) for m in modules[:-1]],
+      grads=[[read(b) for b in [m.gradient_buffer] + m.lag_gradient_buffers]
+             for m in modules[:-1]],
       skips=[[read(b) for b in m.skip_buffers] for m in modules],
       accumulators=[[tf.zeros_like(v) for v in m.stage.trainable_variables]
                     for m in modules],
       loss_sum=zero, correct_sum=zero, valid_ticks=zero,
-      histories=[read(m.input_history)
+      histories=[[read(h) for h in [m.input_history] + m.skip_histories]
                  for m in modules[:pipe.replay_modules]])
   ticks_before = (tf.constant(0, tf.int64) if reset
                   else pipe.ticks_seen.read_value())
@@ -135,17 +141,24 @@ def tick(pipe: "Pipeline", s: TickState, frames, labels, ticks_before,
         tf.control_dependencies(after):
       module_input = (tf.gather(frames, s.t, axis=1) if k == 0
                       else s.inputs[k - 1])
-      replayed = None
+      skip_inputs = [read_skip(b, delay) for b, delay in zip(
+          s.skips[k], module.skip_delays)]
       if k < pipe.replay_modules:
-        # The oldest held input is the one this tick's gradient belongs to.
-        replayed = s.histories[k][0]
-        histories[k] = tf.concat([s.histories[k][1:], module_input[None]], 0)
-      results[k] = module.tick(
-          module_input,
-          output_gradient=None if module.is_top else s.grads[k],
-          loss_of_outputs=masked_loss if module.is_top else None,
-          training=global_tick >= k + 1, skip_inputs=s.skips[k],
-          backward_inputs=replayed)
+        # The gradient of lag n belongs to the inputs held n ticks ago.
+        held = s.histories[k]
+        results[k] = module.replay_tick(
+            module_input, skip_inputs,
+            [[h[module.replay_length - lag] for h in held]
+             for lag in module.replay_lags],
+            s.grads[k], training=global_tick >= k + 1)
+        histories[k] = [tf.concat([h[1:], x[None]], 0) for h, x in zip(
+            held, [module_input] + skip_inputs)]
+      else:
+        results[k] = module.tick(
+            module_input,
+            output_gradient=None if module.is_top else s.grads[k][0],
+            loss_of_outputs=masked_loss if module.is_top else None,
+            training=global_tick >= k + 1, skip_inputs=skip_inputs)
       accumulators = [acc + g for acc, g in zip(
           s.accumulators[k], results[k].parameter_gradients)]
       results[k] = (results[k], accumulators)
@@ -157,29 +170,49 @@ def tick(pipe: "Pipeline", s: TickState, frames, labels, ticks_before,
       tf.argmax(top.outputs, axis=-1, output_type=tf.int32), labels),
                     tf.float32)
   return TickState(
-      s.t + 1, *_route(pipe, [r for r, _ in results]),
+      s.t + 1, *_route(pipe, [r for r, _ in results], s.skips),
       [acc for _, acc in results],
       s.loss_sum + top.loss,
       s.correct_sum + tf.reduce_sum(correct) * loss_mask,
       s.valid_ticks + loss_mask, histories)
 
 
-def _route(pipe: "Pipeline", results) -> tuple:
+def _route(pipe: "Pipeline", results, skip_buffers) -> tuple:
   """The next tick's buffers from this tick's results (double buffering).
 
-  a_{k+1} <- y_k; d_{k-1} <- e_k, plus e_{k->j} for every skip from j into k.
+  a_{k+1} <- y_k; d_{k-1} <- e_k, plus e_{k->j} for every skip from j into k;
+  y_j joins every skip buffer of a skip from j (its oldest entry leaves).
+  A replayed module j keeps the gradients of each lag apart (a gradient of
+  lag n from module k reaches j with lag n + 2, or n + 1 + the skip's delay).
   """
+  modules = pipe.modules
   outputs = [r.outputs for r in results]
-  grads = [r.emitted_gradient for r in results[1:]]
-  extra = [[] for _ in results]
-  for module, result in zip(pipe.modules, results):
-    for source, grad in zip(module.skip_sources, result.skip_gradients):
-      extra[source].append(grad)
-  for j, more in enumerate(extra):
-    if more:
-      with tf.device(pipe.devices[j]):
-        grads[j] = tf.add_n([grads[j]] + more)
-  skips = [[outputs[j] for j in m.skip_sources] for m in pipe.modules]
+  arriving = [[[] for _ in m.gradient_lags] for m in modules]
+
+  def send(j, lag, gradient):
+    slot = modules[j].gradient_lags.index(lag) if modules[j].replay_lags else 0
+    arriving[j][slot].append(gradient)
+
+  for module, result in zip(modules, results):
+    if module.replay_lags:
+      parts = zip(module.replay_lags, result.emitted_gradients,
+                  result.skip_gradients)
+    else:
+      parts = [(module.gradient_lags[0], result.emitted_gradient,
+                result.skip_gradients)]
+    for lag, emitted, skip_gradients in parts:
+      if not module.is_first:
+        send(module.index - 1, lag + 2, emitted)
+      for j, delay, gradient in zip(module.skip_sources, module.skip_delays,
+                                    skip_gradients):
+        send(j, lag + 1 + delay, gradient)
+  grads = []
+  for j, slots in enumerate(arriving[:-1]):
+    with tf.device(pipe.devices[j]):
+      grads.append([g[0] if len(g) == 1 else tf.add_n(g) for g in slots])
+  skips = [[push_skip(buffer, outputs[j], delay) for buffer, j, delay in zip(
+      buffers, m.skip_sources, m.skip_delays)]
+           for m, buffers in zip(modules, skip_buffers)]
   return outputs[:-1], grads, skips
 
 
@@ -193,14 +226,17 @@ def write_back(pipe: "Pipeline", s: TickState, num_ticks, reset) -> list:
     with tf.device(devices[k + 1]):
       updates.append(modules[k + 1].input_buffer.assign(s.inputs[k]))
     with tf.device(devices[k]):
-      updates.append(modules[k].gradient_buffer.assign(s.grads[k]))
+      updates.extend(b.assign(g) for b, g in zip(
+          [modules[k].gradient_buffer] + modules[k].lag_gradient_buffers,
+          s.grads[k]))
   for k, module in enumerate(modules):
     with tf.device(devices[k]):
       updates.extend(b.assign(v) for b, v in zip(module.skip_buffers,
                                                  s.skips[k]))
-  for k, history in enumerate(s.histories):
+  for k, held in enumerate(s.histories):
     with tf.device(devices[k]):
-      updates.append(modules[k].input_history.assign(history))
+      updates.extend(h.assign(v) for h, v in zip(
+          [modules[k].input_history] + modules[k].skip_histories, held))
   return updates
 
 
@@ -278,12 +314,16 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       input. ``None``/``{}`` is plain Sideways.
     skip_combine: how a stage joins its skip inputs: "concat" (channels) or
       "add"; larger skip feature maps are average-pooled to the input size.
+    skip_align: hold each skip k-j ticks instead of one, so that stage k
+      joins stage j's output of the *same* frame as its main input (a
+      frame-wise model: it cannot see motion). Default False.
     replay_modules: Sideways only (docs/engine.md, "Replay"). The bottom
       `replay_modules` modules keep their last 2(L-k) inputs and take their
       backward step at the input their gradient belongs to (one extra forward
-      of each such module per tick), which removes the approximation in them.
-      0 = plain Sideways; L-1 = the exact gradient of the frames whose
-      gradient reaches every module within the clip.
+      of each such module per tick; with skips, one per path lag), which
+      removes the approximation in them. 0 = plain Sideways; L-1 = the exact
+      gradient of the frames whose gradient reaches every module within the
+      clip (along every path, with skips).
     gpipe_micro_batch_frames, gpipe_rematerialize: options of
       ``algorithm="gpipe"`` (see engine/gpipe.py); it ignores replay.
   """
@@ -295,6 +335,7 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
                evaluation_order: Optional[Sequence[int]] = None,
                skips: Optional[Dict[int, Sequence[int]]] = None,
                skip_combine: str = "concat",
+               skip_align: bool = False,
                replay_modules: int = 0,
                gpipe_micro_batch_frames: int = 1,
                gpipe_rematerialize: bool = False,
@@ -312,6 +353,9 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     self.replay_modules = state_lib.check_replay(replay_modules,
                                                  self.skip_sources)
     self.skip_combine = skip_combine
+    if not isinstance(skip_align, bool):
+      raise ValueError(f"skip_align must be True or False, got {skip_align!r}")
+    self.skip_align = skip_align
     self.gpipe_options = gpipe.make_options(gpipe_micro_batch_frames,
                                             gpipe_rematerialize)
     self.stages = stages

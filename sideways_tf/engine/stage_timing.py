@@ -12,6 +12,8 @@ from typing import List
 import numpy as np
 import tensorflow as tf
 
+from sideways_tf.engine.module import read_skip
+
 
 def stage_tick_seconds(pipeline, frames, labels, repeats: int = 5,
                        ticks_per_call: int = 16) -> List[float]:
@@ -65,7 +67,8 @@ def _module_ticks(pipeline, k, frames, labels, num_ticks):
                                    tf.float32))
 
     def body(i, inputs, output_gradient, accumulators):
-      skip_inputs = [tf.convert_to_tensor(b) for b in module.skip_buffers]
+      skip_inputs = [read_skip(tf.convert_to_tensor(b), delay) for b, delay
+                     in zip(module.skip_buffers, module.skip_delays)]
       result = module.tick(
           tf.gather(frames, i % clip_length, axis=1) if module.is_first
           else inputs,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Sequence
 
+from absl import logging
 import keras
 import tensorflow as tf
 
 from sideways_tf.engine.module import SidewaysModule
+from sideways_tf.engine.module import skip_delay
 
 
 class StageShapes(NamedTuple):
@@ -81,12 +83,47 @@ def check_replay(replay_modules, sources) -> int:
         f"replay_modules must be an integer in [0, L-1] = [0, "
         f"{num_modules - 1}] (the top module needs no replay), got "
         f"{replay_modules!r}")
-  with_skips = [k for k in range(int(replay_modules)) if sources[k]]
-  if with_skips:
-    raise ValueError(
-        f"replay_modules={replay_modules} would replay stage(s) {with_skips}, "
-        "which take Skip-Sideways inputs; replay supports plain modules only")
+  split = sorted({(j, k) for k in range(int(replay_modules), num_modules)
+                  for j in sources[k] if j < replay_modules})
+  if split:
+    logging.warning(
+        "replay_modules=%d replays the source but not the target of the "
+        "Skip-Sideways skip(s) %s: the source pairs the skip gradient with "
+        "BP's frame, the target computed it at another; on the motion label "
+        "that trained worse than no replay. Use replay_modules=%d (every "
+        "module below the top) or 0 (docs/skip_sideways.md).",
+        replay_modules, ", ".join(f"{k}:{j}" for j, k in split),
+        num_modules - 1)
   return int(replay_modules)
+
+
+def gradient_lags(sources, delays, replay_modules) -> List[tuple]:
+  """Per stage, the lags of the gradients it receives, largest first.
+
+  A lag is how many ticks before the tick that applies a gradient the stage
+  held the input that gradient belongs to. An edge costs one tick down plus
+  the ticks the activation took up (1 along the main path, a skip's delay),
+  so a gradient that came down a path belongs to an input as many ticks back
+  as the path's edges cost; the main path, 2(L-1-k), is the longest. A
+  replayed stage (below `replay_modules`) keeps one gradient per distinct
+  lag of the paths above it; any other stage sums what it receives, so the
+  stages below pair its gradient with its main path's lag (plain replay).
+  `delays[m]` are stage m's skip delays, in `sources[m]` order.
+  """
+  num_modules = len(sources)
+  lags = [()] * num_modules
+  lags[-1] = (0,)
+  for k in range(num_modules - 2, -1, -1):
+    if k >= replay_modules:
+      lags[k] = (2 * (num_modules - 1 - k),)
+      continue
+    arriving = {lag + 2 for lag in lags[k + 1]}
+    for m in range(k + 2, num_modules):
+      for j, delay in zip(sources[m], delays[m]):
+        if j == k:
+          arriving |= {lag + 1 + delay for lag in lags[m]}
+    lags[k] = tuple(sorted(arriving, reverse=True))
+  return lags
 
 
 def check_clip(frames, labels, state_signature):
@@ -182,11 +219,16 @@ class StateMethods:
 
   def _new_modules(self) -> List[SidewaysModule]:
     num_modules = len(self.stages)
+    delays = [[skip_delay(k, j, self.skip_align) for j in sources]
+              for k, sources in enumerate(self.skip_sources)]
+    lags = gradient_lags(self.skip_sources, delays, self.replay_modules)
     return [SidewaysModule(stage, k, num_modules,
                            skip_sources=self.skip_sources[k],
                            skip_combine=self.skip_combine,
-                           replay_length=(2 * (num_modules - 1 - k)
-                                          if k < self.replay_modules else 0))
+                           skip_align=self.skip_align,
+                           replay_lags=lags[k] if k < self.replay_modules
+                           else (),
+                           gradient_lag=lags[k][0])
             for k, stage in enumerate(self.stages)]
 
   def _ensure_built(self, frame_shape, dtype) -> List[StageShapes]:

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sideways_tf.paper_experiments import gap_report  # noqa: E402
+from sideways_tf.paper_experiments import skip_variants  # noqa: E402
 
 
 def _load(outdir, name):
@@ -139,6 +140,9 @@ def write(outdir, report_dir, command) -> pathlib.Path:
       lines.append(f"| {label} | {run} | {r['test_accuracy']:.3f} | "
                    f"{r['test_frame_accuracy']:.3f} |")
     lines += [""]
+  variants = skip_variants.section(outdir, command)
+  if variants:
+    lines += [skip_variants.BEGIN, ""] + variants + [skip_variants.END, ""]
   path = report_dir / "results.md"
   tmp = path.with_name(".results.md.tmp")
   tmp.write_text("\n".join(lines) + "\n")

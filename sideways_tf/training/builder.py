@@ -81,6 +81,7 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   pipeline = Pipeline(stages, devices=devices,
                       skips=parse_skips(config.skips),
                       skip_combine=config.skip_combine,
+                      skip_align=bool(config.skip_align),
                       replay_modules=config.replay_modules,
                       gpipe_micro_batch_frames=config.gpipe.micro_batch_frames,
                       gpipe_rematerialize=config.gpipe.rematerialize)
