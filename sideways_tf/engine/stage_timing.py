@@ -1,8 +1,9 @@
 """Per-module tick times: the measurements behind stage balance.
 
-Each module's own `SidewaysModule.tick` runs alone, several ticks per call, on
-the pipeline's current buffers, so it measures exactly the work the engine
-does per module per tick. Used by TensorBoard's `stages/<k>/seconds`, the
+Each module's own `SidewaysModule.tick` (`replay_tick` for a replayed module,
+with its recomputed forwards) runs alone, several ticks per call, on the
+pipeline's current buffers, so it measures exactly the work the engine does
+per module per tick. Used by TensorBoard's `stages/<k>/seconds`, the
 benchmark tool and the stage balancer.
 """
 
@@ -69,16 +70,23 @@ def _module_ticks(pipeline, k, frames, labels, num_ticks):
     def body(i, inputs, output_gradient, accumulators):
       skip_inputs = [read_skip(tf.convert_to_tensor(b), delay) for b, delay
                      in zip(module.skip_buffers, module.skip_delays)]
-      result = module.tick(
-          tf.gather(frames, i % clip_length, axis=1) if module.is_first
-          else inputs,
-          output_gradient=None if module.is_top else output_gradient,
-          loss_of_outputs=loss_of_outputs if module.is_top else None,
-          training=i >= 0, skip_inputs=skip_inputs)
+      module_input = (tf.gather(frames, i % clip_length, axis=1)
+                      if module.is_first else inputs)
+      if module.replay_lags:
+        result = _replay_tick(module, i, module_input, skip_inputs,
+                              output_gradient)
+        emitted = result.emitted_gradients[0]
+      else:
+        result = module.tick(
+            module_input,
+            output_gradient=None if module.is_top else output_gradient,
+            loss_of_outputs=loss_of_outputs if module.is_top else None,
+            training=i >= 0, skip_inputs=skip_inputs)
+        emitted = result.emitted_gradient
       if not module.is_first:
         # Carry the input through the emitted gradient so that no part of
         # the tick is loop-invariant (grappler would hoist it out).
-        inputs = tf.where(i >= 0, inputs, result.emitted_gradient)
+        inputs = tf.where(i >= 0, inputs, emitted)
       return (i + 1, inputs, output_gradient,
               [acc + g for acc, g in zip(accumulators,
                                          result.parameter_gradients)])
@@ -89,3 +97,21 @@ def _module_ticks(pipeline, k, frames, labels, num_ticks):
     return tf.add_n([tf.reduce_sum(tf.cast(a, tf.float32))
                      for a in accumulators] + [tf.constant(0.0)])
 
+
+def _replay_tick(module, i, inputs, skip_inputs, output_gradient):
+  """A replayed module's tick on its held inputs: one backward per lag.
+
+  The held inputs and the other lags' gradients are made to depend on the
+  loop counter, so that no recomputed forward is hoisted out of the loop.
+  """
+  def varying(x):
+    return tf.where(i >= 0, x, -x)
+
+  held = [tf.convert_to_tensor(h)
+          for h in [module.input_history] + module.skip_histories]
+  backward = [[varying(h[module.replay_length - lag]) for h in held]
+              for lag in module.replay_lags]
+  gradients = [output_gradient] + [
+      varying(tf.convert_to_tensor(b)) for b in module.lag_gradient_buffers]
+  return module.replay_tick(inputs, skip_inputs, backward, gradients,
+                            training=i >= 0)
