@@ -172,3 +172,13 @@ def test_auto_run_logs_saves_and_reuses_the_split(tmp_path, capsys,
       info["stage_sizes"]
   assert json.loads((tmp_path / "run" / "model_info.json").read_text())[
       "stage_sizes"] == info["stage_sizes"]
+
+
+def test_time_balance_counts_replay_and_says_so(capsys):
+  config = model_config(balance="time")
+  stages = models.build_stages(config, 3)
+  recut, info = auto_balance.apply(config, stages, (16, 16, 3), 2,
+                                   replay_modules=2, skips={2: [0]})
+  assert sum(info["stage_sizes"]) == 7 and len(recut) == 3
+  assert ("balanced by time, with replay's extra forwards per module "
+          "[2, 1, 0]") in capsys.readouterr().out

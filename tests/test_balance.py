@@ -67,3 +67,42 @@ def test_balance_and_group_costs():
   assert balance.group_costs([1, 2, 3], [2, 1]) == [3.0, 3.0]
   with pytest.raises(ValueError, match="sizes"):
     balance.split([1, 2, 3], [2, 2])
+
+
+def test_replay_forwards_move_the_cut_up():
+  """A replayed module also recomputes its forward (once per gradient lag),
+  so the exact search charges the bottom groups their items' forward cost."""
+  costs = [4, 4, 4, 4]
+  assert balance.balanced_split(costs, 2) == [2, 2]
+  # Module 0 replays: its items cost 4 + 3 each, so it takes one item less.
+  assert balance.balanced_split(costs, 2, [3, 3, 3, 3], [1]) == [1, 3]
+  with pytest.raises(ValueError, match="one cost per item"):
+    balance.balanced_split(costs, 2, [3, 3], [1])
+
+
+def test_replay_forwards_count_one_per_gradient_lag():
+  assert balance.replay_forwards(4, 0) == [0, 0, 0, 0]
+  assert balance.replay_forwards(4, 2) == [1, 1, 0, 0]
+  # Below a skip's source two lags arrive (main path and skip): 2 forwards.
+  assert balance.replay_forwards(4, 3, {2: [0]}) == [2, 1, 1, 0]
+  assert balance.replay_forwards(4, 3, {2: [0]}, skip_align=True) == [
+      2, 1, 1, 0]
+
+
+def test_balance_by_time_with_replay_returns_a_valid_cut(monkeypatch):
+  layers = dense_layers([8, 8, 8, 3])
+  sample = np.random.RandomState(0).rand(2, 3).astype("float32")
+  measured = []
+  original = balance.time_costs
+
+  def spy(*args, **kwargs):
+    measured.append(kwargs.get("backward", True))
+    return original(*args, **kwargs)
+  monkeypatch.setattr(balance, "time_costs", spy)
+  sizes = balance.balance_by_time(layers, 2, sample, repeats=1,
+                                  replay_forwards=[1, 0])
+  assert sum(sizes) == 4 and min(sizes) >= 1
+  assert measured == [True, False]  # forward+backward, then forward only
+  measured.clear()
+  balance.balance_by_time(layers, 2, sample, repeats=1)
+  assert measured == [True]  # no replay: no forward-only timing

@@ -11,7 +11,8 @@ as possible, like torchgpipe's ``balance_by_time`` / ``balance_by_size``:
   conv's cost is its parameters times its output area, so early, wide-image
   layers are underestimated);
 * :func:`balance_by_time`: cost = measured forward + backward time of each item
-  on a sample batch of frames (what a tick actually spends).
+  on a sample batch of frames (what a tick actually spends), plus, with
+  replay, a measured forward per gradient lag in the replayed modules.
 
 Both return group sizes; :func:`split` turns sizes into groups and
 :func:`to_stages` into Keras stages for :class:`sideways_tf.Pipeline`. The
@@ -60,8 +61,9 @@ def param_costs(layers: Sequence, sample_input=None) -> List[int]:
 
 
 def time_costs(layers: Sequence, sample_input, repeats: int = 5,
-               inner: int = 8) -> List[float]:
-  """Seconds of one forward + backward (inputs and parameters) of each item.
+               inner: int = 8, backward: bool = True) -> List[float]:
+  """Seconds of one forward + backward (inputs and parameters) of each item;
+  with `backward=False`, of one forward (what replay recomputes).
 
   Each item runs on the output of the items before it (so shapes are the
   model's), `inner` times per ``tf.function`` call; the median over
@@ -82,8 +84,9 @@ def time_costs(layers: Sequence, sample_input, repeats: int = 5,
         with tf.GradientTape() as tape:
           tape.watch(perturbed)
           outputs = _apply(item, perturbed, True)
-        grads = tape.gradient(outputs, [perturbed] + variables,
-                              unconnected_gradients="zero")
+        grads = (tape.gradient(outputs, [perturbed] + variables,
+                               unconnected_gradients="zero") if backward
+                 else [outputs])
         return i + 1, acc + tf.add_n(
             [tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads])
 
@@ -108,14 +111,37 @@ def balance_by_params(layers: Sequence, num_modules: int,
 
 
 def balance_by_time(layers: Sequence, num_modules: int, sample_input,
-                    repeats: int = 5) -> List[int]:
+                    repeats: int = 5,
+                    replay_forwards: Sequence[int] = ()) -> List[int]:
   """Group sizes minimising the largest module's measured tick time.
 
   `sample_input`: a batch of frames ``[B, H, W, C]`` (the per-tick batch).
+  `replay_forwards[k]`: extra forwards module k runs per tick (replay: one
+  per gradient lag, :func:`replay_forwards`); they are timed too.
   """
   costs = time_costs(layers, sample_input, repeats=repeats)
+  forwards = (time_costs(layers, sample_input, repeats=repeats,
+                         backward=False) if any(replay_forwards) else None)
   # balanced_split works on integers: nanoseconds.
-  return balanced_split([max(1, int(c * 1e9)) for c in costs], num_modules)
+  return balanced_split(
+      [max(1, int(c * 1e9)) for c in costs], num_modules,
+      None if forwards is None else [int(c * 1e9) for c in forwards],
+      replay_forwards)
+
+
+def replay_forwards(num_modules: int, replay_modules: int, skips=None,
+                    skip_align: bool = False) -> List[int]:
+  """Extra forwards per tick of each module under replay: one per gradient
+  lag of a replayed module (more than one below a skip's source), else 0."""
+  from sideways_tf.engine import state  # noqa: PLC0415
+  from sideways_tf.engine.module import skip_delay  # noqa: PLC0415
+  sources = state.skip_sources(skips, num_modules)
+  delays = [[skip_delay(k, j, skip_align) for j in s]
+            for k, s in enumerate(sources)]
+  lags = state.gradient_lags(sources, delays, min(int(replay_modules),
+                                                  num_modules - 1))
+  return [len(lags[k]) if k < replay_modules else 0
+          for k in range(num_modules)]
 
 
 def to_stages(layers: Sequence, sizes: Sequence[int]):

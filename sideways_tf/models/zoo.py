@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import keras
 
@@ -151,23 +151,36 @@ def split(items: Sequence, sizes: Sequence[int]) -> List[list]:
   return groups
 
 
-def balanced_split(costs: Sequence[int], parts: int) -> List[int]:
+def balanced_split(costs: Sequence[int], parts: int,
+                   extra_costs: Optional[Sequence[int]] = None,
+                   extra_counts: Sequence[int] = ()) -> List[int]:
   """Sizes of `parts` consecutive non-empty groups balancing their cost sums.
 
   Minimises the largest group sum, then the sum of squared group sums (the
   most even split among the minimax ones), then prefers earlier cuts.
   Exhaustive over the C(n-1, parts-1) ways to cut n items: exact, and tiny
   for the zoo's <= 10 units.
+
+  `extra_costs`/`extra_counts` (replay): group g also pays `extra_counts[g]`
+  times the `extra_costs` of its items (a replayed module recomputes its
+  forward once per gradient lag); missing counts are 0.
   """
   costs = [int(c) for c in costs]
   n = len(costs)
   if not 1 <= parts <= n:
     raise ValueError(f"cannot split {n} items into {parts} non-empty groups")
+  if extra_costs is not None and len(extra_costs) != n:
+    raise ValueError(f"extra_costs must give one cost per item ({n}), got "
+                     f"{len(extra_costs)}")
+  counts = list(extra_counts)[:parts] + [0] * max(0, parts - len(extra_counts))
   prefix = [0] + list(itertools.accumulate(costs))
+  extra = [0] + list(itertools.accumulate(
+      int(c) for c in (extra_costs if extra_costs is not None else [0] * n)))
   best, best_key = None, None
   for cuts in itertools.combinations(range(1, n), parts - 1):
     bounds = (0,) + cuts + (n,)
-    sums = [prefix[b] - prefix[a] for a, b in zip(bounds[:-1], bounds[1:])]
+    sums = [prefix[b] - prefix[a] + count * (extra[b] - extra[a])
+            for a, b, count in zip(bounds[:-1], bounds[1:], counts)]
     key = (max(sums), sum(s * s for s in sums), cuts)
     if best_key is None or key < best_key:
       best, best_key = bounds, key

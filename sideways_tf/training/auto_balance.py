@@ -49,7 +49,8 @@ def check_num_modules(model_config):
 
 def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
           stage_sizes: Optional[Sequence[int]] = None,
-          num_devices: int = 0) -> Tuple[list, dict]:
+          num_devices: int = 0, replay_modules: int = 0, skips=None,
+          skip_align: bool = False) -> Tuple[list, dict]:
   """Re-cut `stages` as `model_config` asks; returns (stages, info).
 
   `info` is ``{}`` without balancing, else ``{"balance", "num_modules",
@@ -57,6 +58,8 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
   ``num_modules="auto"`` also ``"num_modules_from"``). `stage_sizes`: a split
   saved by an earlier run, used as is. `num_devices`: how many devices
   config.devices names (0: none), the number of modules "auto" chooses.
+  `replay_modules`, `skips`, `skip_align`: Sideways' replay, whose extra
+  forwards in the bottom modules the time balance counts.
   """
   mode = model_config.get("balance", "") or ""
   if mode not in BALANCE_MODES:
@@ -92,10 +95,17 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
     sample = tf.random.stateless_uniform(
         (int(batch_size),) + tuple(frame_shape), seed=(0, 0))
     if mode == "time":
-      stage_sizes = balance.balance_by_time(layers, num_modules, sample)
+      extra = (balance.replay_forwards(num_modules, replay_modules, skips,
+                                       skip_align)
+               if 0 < replay_modules < num_modules else [])
+      stage_sizes = balance.balance_by_time(layers, num_modules, sample,
+                                            replay_forwards=extra)
+      how = "balanced by time" + (
+          f", with replay's extra forwards per module {extra}"
+          if any(extra) else "")
     else:
       stage_sizes = balance.balance_by_params(layers, num_modules, sample)
-    how = f"balanced by {mode}"
+      how = "balanced by params"
   else:
     how = "saved split"
   stage_sizes = [int(s) for s in stage_sizes]

@@ -74,9 +74,12 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   keras.mixed_precision.set_dtype_policy(precision)  # before the stages
   auto_balance.check_num_modules(config.model)
   stages = models.build_stages(config.model, num_classes)
-  stages, split = auto_balance.apply(config.model, stages, frame_shape,
-                                     config.train.batch_size, stage_sizes,
-                                     num_devices=count_devices(config.devices))
+  stages, split = auto_balance.apply(
+      config.model, stages, frame_shape, config.train.batch_size, stage_sizes,
+      num_devices=count_devices(config.devices),
+      replay_modules=(int(config.replay_modules)
+                      if config.algorithm == "sideways" else 0),
+      skips=parse_skips(config.skips), skip_align=bool(config.skip_align))
   devices = resolve_devices(config.devices, len(stages))
   pipeline = Pipeline(stages, devices=devices,
                       skips=parse_skips(config.skips),
