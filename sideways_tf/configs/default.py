@@ -88,8 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.skip_align = False
   # Replay (docs/fidelity.md): the bottom N modules keep their last 2(L-k)
   # inputs and take their backward step at the input their gradient belongs
-  # to; one extra forward of each such module per tick, memory still flat in
-  # T. 0 = plain Sideways.
+  # to; one extra forward of each such module per tick (with skips, one per
+  # path lag: replay every module below the top or none, see
+  # docs/skip_sideways.md), memory still flat in T. 0 = plain Sideways.
   config.replay_modules = 0
   # algorithm="gpipe" (sideways_tf/engine/gpipe.py): BP's exact gradient
   # pipelined over the module devices, the clip's frames as micro-batches.
