@@ -18,3 +18,18 @@ def atomic_write_text(path: pathlib.Path, text: str) -> None:
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   tmp.write_text(text)
   os.replace(tmp, path)
+
+
+def write_marked_section(path: pathlib.Path, begin: str, end: str,
+                         lines, new_file: str = "# Results\n\n") -> None:
+  """Puts `lines` between the markers `begin` and `end` of the file at
+  `path`, keeping the rest of it (the section is appended the first time; a
+  missing file starts as `new_file`). Atomic."""
+  path = pathlib.Path(path)
+  text = path.read_text() if path.exists() else new_file
+  block = "\n".join([begin, ""] + list(lines) + [end])
+  if begin in text and end in text:
+    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+  else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+  atomic_write_text(path, text)

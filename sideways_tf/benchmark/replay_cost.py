@@ -40,12 +40,13 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
   """Frames/s of each variant and its ratio to plain Sideways and to BP."""
   import keras  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
+  from sideways_tf.training.builder import parse_skips  # pylint: disable=g-import-not-at-top
   frames, labels = make_clip(config)
   steps, settings = {}, variants(config.num_modules)
   for name, (algorithm, replay, skips) in settings.items():
     # Same initial weights for every variant: the same seed.
     pipeline = sideways_tf.Pipeline(build_stages(config, seed=0),
-                                    skips={2: [0]} if skips else None,
+                                    skips=parse_skips(skips),
                                     replay_modules=replay)
     trainer = sideways_tf.Trainer(pipeline, keras.optimizers.SGD(1e-3),
                                   algorithm)

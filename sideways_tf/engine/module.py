@@ -300,6 +300,12 @@ class SidewaysModule(keras.layers.Layer):
     return TickResult(outputs, emitted, list(parameter_grads), loss,
                       list(skip_grads))
 
+  def held_at_lags(self, held) -> list:
+    """Per replay lag, the [input, *skip inputs] its gradient belongs to,
+    read from the held histories [inputs, *skip inputs] (oldest first)."""
+    return [[h[self.replay_length - lag] for h in held]
+            for lag in self.replay_lags]
+
   def replay_tick(self, inputs, skip_inputs, backward, output_gradients,
                   training=True) -> ReplayResult:
     """A replayed module's tick: forward at `inputs` (and `skip_inputs`);

@@ -147,10 +147,8 @@ def tick(pipe: "Pipeline", s: TickState, frames, labels, ticks_before,
         # The gradient of lag n belongs to the inputs held n ticks ago.
         held = s.histories[k]
         results[k] = module.replay_tick(
-            module_input, skip_inputs,
-            [[h[module.replay_length - lag] for h in held]
-             for lag in module.replay_lags],
-            s.grads[k], training=global_tick >= k + 1)
+            module_input, skip_inputs, module.held_at_lags(held), s.grads[k],
+            training=global_tick >= k + 1)
         histories[k] = [tf.concat([h[1:], x[None]], 0) for h, x in zip(
             held, [module_input] + skip_inputs)]
       else:

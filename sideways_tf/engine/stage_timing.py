@@ -109,8 +109,8 @@ def _replay_tick(module, i, inputs, skip_inputs, output_gradient):
 
   held = [tf.convert_to_tensor(h)
           for h in [module.input_history] + module.skip_histories]
-  backward = [[varying(h[module.replay_length - lag]) for h in held]
-              for lag in module.replay_lags]
+  backward = [[varying(x) for x in inputs_of_lag]
+              for inputs_of_lag in module.held_at_lags(held)]
   gradients = [output_gradient] + [
       varying(tf.convert_to_tensor(b)) for b in module.lag_gradient_buffers]
   return module.replay_tick(inputs, skip_inputs, backward, gradients,

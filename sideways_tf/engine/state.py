@@ -97,7 +97,7 @@ def check_replay(replay_modules, sources) -> int:
   return int(replay_modules)
 
 
-def gradient_lags(sources, delays, replay_modules) -> List[tuple]:
+def gradient_lags(sources, replay_modules, skip_align=False) -> List[tuple]:
   """Per stage, the lags of the gradients it receives, largest first.
 
   A lag is how many ticks before the tick that applies a gradient the stage
@@ -108,7 +108,7 @@ def gradient_lags(sources, delays, replay_modules) -> List[tuple]:
   replayed stage (below `replay_modules`) keeps one gradient per distinct
   lag of the paths above it; any other stage sums what it receives, so the
   stages below pair its gradient with its main path's lag (plain replay).
-  `delays[m]` are stage m's skip delays, in `sources[m]` order.
+  `skip_align`: aligned skips wait k-j ticks instead of one (skip_delay).
   """
   num_modules = len(sources)
   lags = [()] * num_modules
@@ -119,9 +119,9 @@ def gradient_lags(sources, delays, replay_modules) -> List[tuple]:
       continue
     arriving = {lag + 2 for lag in lags[k + 1]}
     for m in range(k + 2, num_modules):
-      for j, delay in zip(sources[m], delays[m]):
-        if j == k:
-          arriving |= {lag + 1 + delay for lag in lags[m]}
+      if k in sources[m]:
+        delay = skip_delay(m, k, skip_align)
+        arriving |= {lag + 1 + delay for lag in lags[m]}
     lags[k] = tuple(sorted(arriving, reverse=True))
   return lags
 
@@ -219,9 +219,8 @@ class StateMethods:
 
   def _new_modules(self) -> List[SidewaysModule]:
     num_modules = len(self.stages)
-    delays = [[skip_delay(k, j, self.skip_align) for j in sources]
-              for k, sources in enumerate(self.skip_sources)]
-    lags = gradient_lags(self.skip_sources, delays, self.replay_modules)
+    lags = gradient_lags(self.skip_sources, self.replay_modules,
+                         self.skip_align)
     return [SidewaysModule(stage, k, num_modules,
                            skip_sources=self.skip_sources[k],
                            skip_combine=self.skip_combine,

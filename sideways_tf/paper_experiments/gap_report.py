@@ -325,16 +325,9 @@ BEGIN, END = "<!-- gap map: begin -->", "<!-- gap map: end -->"
 def update(outdir, report_dir, command: str) -> pathlib.Path:
   """Writes the gap map into report_dir/results.md between its markers,
   keeping the rest of the file (appends the section the first time)."""
-  from sideways_tf.files import atomic_write_text  # noqa: PLC0415
+  from sideways_tf.files import write_marked_section  # noqa: PLC0415
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   path = report_dir / "results.md"
-  text = path.read_text() if path.exists() else "# Results\n\n"
-  block = "\n".join([BEGIN, ""] + section(outdir, report_dir, command)
-                    + [END])
-  if BEGIN in text and END in text:
-    text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-  else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-  atomic_write_text(path, text)
+  write_marked_section(path, BEGIN, END, section(outdir, report_dir, command))
   return path

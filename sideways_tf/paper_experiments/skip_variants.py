@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from sideways_tf.files import atomic_write_text
+from sideways_tf.files import write_marked_section
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_report
 
@@ -225,11 +225,5 @@ def update(outdir, report_dir, command: str) -> pathlib.Path:
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   path = report_dir / "results.md"
-  text = path.read_text() if path.exists() else "# Results\n\n"
-  block = "\n".join([BEGIN, ""] + section(outdir, command) + [END])
-  if BEGIN in text and END in text:
-    text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-  else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-  atomic_write_text(path, text)
+  write_marked_section(path, BEGIN, END, section(outdir, command))
   return path
