@@ -54,6 +54,14 @@ def test_forward_provenance_of_what_a_module_combines():
       assert float(out[0, 0]) == (t - 2) + (t - 1)
 
 
+def _gradients_tick_by_tick(pipe, frames):
+  """Streams a [1, T, 1] clip one frame per call (no reset, label 0);
+  yields (t, the tick's gradients by module) for t = 1..T."""
+  for t in range(1, frames.shape[1] + 1):
+    yield t, grads_by_module(pipe, util.to_numpy(pipe.compute_gradients(
+        frames[:, t - 1:t], np.zeros([1], "int32"), reset=False)))
+
+
 def test_gradient_provenance_along_the_skip():
   """d_0 at tick t = (what stage 1 emitted at t-1) + (what stage 2 sent back
   along the skip at t-1): gradients of the losses of two different frames."""
@@ -65,9 +73,7 @@ def test_gradient_provenance_along_the_skip():
   delta2 = lambda t: 2 * t - 3 if t >= 3 else 0   # top: y = tags t-2 and t-1
   delta1 = lambda t: delta2(t - 1)
   delta0 = lambda t: delta1(t - 1) + delta2(t - 1)
-  for t in range(1, 13):
-    per_tick = grads_by_module(pipe, util.to_numpy(pipe.compute_gradients(
-        frames[:, t - 1:t], np.zeros([1], "int32"), reset=False)))
+  for t, per_tick in _gradients_tick_by_tick(pipe, frames):
     for k, delta in enumerate([delta0, delta1, delta2]):
       grad_w, grad_b = per_tick[k]
       assert grad_b == delta(t), (t, k)
@@ -303,9 +309,7 @@ def test_aligned_skip_gradient_provenance():
   delta2 = lambda t: 2 * (t - 2) if t >= 3 else 0  # top: y = 2 * tag t-2
   delta1 = lambda t: delta2(t - 1)
   delta0 = lambda t: delta1(t - 1) + delta2(t - 1)
-  for t in range(1, 13):
-    per_tick = grads_by_module(pipe, util.to_numpy(pipe.compute_gradients(
-        frames[:, t - 1:t], np.zeros([1], "int32"), reset=False)))
+  for t, per_tick in _gradients_tick_by_tick(pipe, frames):
     for k, delta in enumerate([delta0, delta1, delta2]):
       assert per_tick[k][1] == delta(t), (t, k)
     assert per_tick[0][0] == t * delta0(t)
@@ -467,17 +471,9 @@ def test_replay_keeps_one_gradient_buffer_per_path_lag(caplog):
 def test_stream_in_chunks_equals_whole_clip_with_replayed_skips():
   pipe = sideways_tf.Pipeline(util.conv_stages(4), skips={2: [0]},
                               replay_modules=3)
-  frames = util.moving_clip(batch=2, frames=12, shape=(6, 6, 2))
-  labels = util.labels_for(2)
-  whole = pipe.compute_gradients(frames, labels)
-  pipe.reset_state()
-  first = pipe.compute_gradients(frames[:, :5], labels, reset=False)
-  second = pipe.compute_gradients(frames[:, 5:], labels, reset=False)
-  # Chunk gradients are each normalised by their own valid terms: 2 and 7.
-  for w, a, b in zip(whole, first, second):
-    np.testing.assert_allclose(np.asarray(w) * 9,
-                               np.asarray(a) * 2 + np.asarray(b) * 7,
-                               rtol=1e-4, atol=1e-6)
+  util.assert_two_chunks_equal_whole(
+      pipe, util.moving_clip(batch=2, frames=12, shape=(6, 6, 2)),
+      util.labels_for(2), split=5, terms=(2, 7))
 
 
 def test_exported_stream_equals_clip_with_aligned_skips(tmp_path):

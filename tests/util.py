@@ -56,6 +56,26 @@ def to_numpy(tensors):
   return [np.asarray(t) for t in tensors]
 
 
+def assert_two_chunks_equal_whole(pipe, frames, labels, split, terms):
+  """Streaming `frames` as two chunks (cut at `split`, no reset between)
+  gives the whole clip's gradient, each chunk's normalised by its own valid
+  loss terms: `terms` = (first, second) per example."""
+  whole = pipe.compute_gradients(frames, labels)
+  pipe.reset_state()
+  first = pipe.compute_gradients_and_metrics(frames[:, :split], labels,
+                                             reset=False)
+  second = pipe.compute_gradients_and_metrics(frames[:, split:], labels,
+                                              reset=False)
+  batch = frames.shape[0]
+  assert (float(first.num_loss_terms), float(second.num_loss_terms)) == (
+      batch * terms[0], batch * terms[1])
+  for w, a, b in zip(whole, first.gradients, second.gradients):
+    np.testing.assert_allclose(np.asarray(w) * sum(terms),
+                               np.asarray(a) * terms[0]
+                               + np.asarray(b) * terms[1],
+                               rtol=1e-4, atol=1e-6)
+
+
 def free_ports(count):
   """`count` free TCP ports on 127.0.0.1 (for local multi-worker tests)."""
   import socket

@@ -73,17 +73,9 @@ def test_replay_only_changes_the_replayed_modules_own_gradient():
 
 def test_stream_in_chunks_equals_whole_clip_with_replay():
   pipe = sideways_tf.Pipeline(util.dense_stages(3), replay_modules=2)
-  frames = util.moving_clip(batch=2, frames=10, shape=(5,))
-  labels = util.labels_for(2)
-  whole = pipe.compute_gradients(frames, labels)
-  pipe.reset_state()
-  first = pipe.compute_gradients(frames[:, :4], labels, reset=False)
-  second = pipe.compute_gradients(frames[:, 4:], labels, reset=False)
-  # Chunk gradients are each normalised by their own valid terms: 2 and 6.
-  for w, a, b in zip(whole, first, second):
-    np.testing.assert_allclose(np.asarray(w) * 8,
-                               np.asarray(a) * 2 + np.asarray(b) * 6,
-                               rtol=1e-4, atol=1e-6)
+  util.assert_two_chunks_equal_whole(
+      pipe, util.moving_clip(batch=2, frames=10, shape=(5,)),
+      util.labels_for(2), split=4, terms=(2, 6))
 
 
 def test_replay_state_does_not_grow_with_the_clip():
