@@ -1,8 +1,9 @@
 """sideways_tf: Sideways (depth-parallel approximate backprop) for video models.
 
-The algorithm lives in `engine/pipeline.py` (the tick engine, then the BP
-baseline) and `engine/module.py` (one module and its buffers); the spec it
-implements is docs/algorithm.md. `training/` trains with it, `export.py` makes
+The algorithm lives in `engine/sideways.py` (the tick engine) and
+`engine/module.py` (one module and its buffers); `engine/pipeline.py` is the
+`Pipeline` every algorithm of `engine/algorithms.py` (Sideways, BP, GPipe)
+runs through. The spec it implements is docs/algorithm.md. `training/` trains with it, `export.py` makes
 SavedModels, `benchmark/` and `paper_experiments/` measure it.
 
 The public names below load (with TensorFlow) on first use, so that the

@@ -6,7 +6,7 @@ import pathlib
 from absl import flags
 from absl import logging
 
-from sideways_tf.engine.pipeline import ALGORITHMS
+from sideways_tf.engine import algorithms
 from sideways_tf.files import PROJECT_ROOT
 from sideways_tf import user_errors
 
@@ -43,10 +43,10 @@ def with_algorithm(config, algorithm):
   if algorithm is not None:
     with config.unlocked():
       config.algorithm = algorithm
-  if config.algorithm not in ALGORITHMS:
+  if config.algorithm not in algorithms.ALGORITHMS:
     raise ValueError(
-        f"config.algorithm must be {', '.join(map(repr, ALGORITHMS[:-1]))} "
-        f"or {ALGORITHMS[-1]!r}, got {config.algorithm!r}")
+        f"config.algorithm must be {algorithms.names_for_humans()}, got "
+        f"{config.algorithm!r}")
   return config
 
 

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sideways_tf.engine import algorithms
 from sideways_tf.engine import pipeline as pipeline_lib
 from sideways_tf.training.trainer import Trainer
 
@@ -140,9 +141,7 @@ class SidewaysModel(keras.Model):
                skip_combine: str = "concat", name: str = "sideways_model",
                **kwargs):
     super().__init__(name=name, **kwargs)
-    if algorithm not in pipeline_lib.ALGORITHMS:
-      raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
-                       f"{pipeline_lib.ALGORITHMS}")
+    algorithms.get(algorithm)  # ValueError naming the known ones
     self.algorithm = algorithm
     self.update_every_ticks = int(update_every_ticks)
     self.class_names = None if class_names is None else [
@@ -246,7 +245,8 @@ class SidewaysModel(keras.Model):
     if self.frame_shape is not None and tuple(frame_shape) != self.frame_shape:
       raise ValueError(f"frames of shape {list(frame_shape)} but the model "
                        f"was built for frames of shape {list(self.frame_shape)}")
-    if (self.algorithm != "bp" and self.state_batch_size is not None and
+    if (algorithms.get(self.algorithm).streams and
+        self.state_batch_size is not None and
         batch_size != self.state_batch_size):
       raise ValueError(
           f"a Sideways training batch of {batch_size} clips, but the model's "

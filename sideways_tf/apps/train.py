@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sideways_tf import cli
-from sideways_tf.engine.pipeline import ALGORITHMS
+from sideways_tf.engine.algorithms import ALGORITHMS
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", cli.default_config_path(),

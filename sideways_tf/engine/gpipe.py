@@ -39,6 +39,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from sideways_tf.engine.algorithm import Algorithm
+from sideways_tf.engine.algorithm import ClipResult
+
 
 class GPipeOptions(NamedTuple):
   """How `algorithm="gpipe"` cuts and keeps the clip."""
@@ -60,7 +63,7 @@ def make_options(micro_batch_frames=1, rematerialize=False) -> GPipeOptions:
 
 def validate(pipeline, num_frames: int) -> None:
   """Raises ValueError if `pipeline` cannot run GPipe on T = num_frames."""
-  options = pipeline.gpipe_options
+  options = pipeline.algorithm_options["gpipe"]
   if any(pipeline.skip_sources):
     raise ValueError(
         f"algorithm='gpipe' does not support Skip-Sideways skips (got skip "
@@ -80,7 +83,7 @@ def validate(pipeline, num_frames: int) -> None:
 
 
 def num_micro_batches(pipeline, num_frames: int) -> int:
-  return num_frames // pipeline.gpipe_options.micro_batch_frames
+  return num_frames // pipeline.algorithm_options["gpipe"].micro_batch_frames
 
 
 def bubble_fraction(num_stages: int, num_micro_batches: int) -> float:
@@ -95,8 +98,7 @@ def gpipe_graph(pipeline, frames, labels, loss_scale, timeline=None):
   mean per-frame loss over the batch and all T frames. `timeline`: a dict
   to receive the stage timestamps of the clocks (see `stage_timeline`).
   """
-  from sideways_tf.engine.pipeline import ClipResult  # pylint: disable=g-import-not-at-top
-  options = pipeline.gpipe_options
+  options = pipeline.algorithm_options["gpipe"]
   batch_size, num_frames = int(frames.shape[0]), int(frames.shape[1])
   frame_shape = tuple(frames.shape[2:])
   per_micro = options.micro_batch_frames
@@ -366,3 +368,30 @@ def _in_scope(k, fn):
   """Runs `fn` under ``stage_k``: a cond branch starts a fresh name scope."""
   with tf.name_scope(f"stage_{k}"):
     return fn()
+
+
+class GPipe(Algorithm):
+  """BP's exact gradient, pipelined with the clip's frames as micro-batches."""
+  name = "gpipe"
+  summary = ("GPipe: exact, fill-and-drain over the stage devices, frames as "
+             "micro-batches")
+  exact = True
+  streams = False
+  options = {"gpipe_micro_batch_frames": 1, "gpipe_rematerialize": False}
+  config_keys = {"gpipe_micro_batch_frames": "gpipe.micro_batch_frames",
+                 "gpipe_rematerialize": "gpipe.rematerialize"}
+
+  def make_options(self, gpipe_micro_batch_frames=1,
+                   gpipe_rematerialize=False) -> GPipeOptions:
+    return make_options(gpipe_micro_batch_frames, gpipe_rematerialize)
+
+  def validate(self, pipeline, num_frames: int, reset: bool) -> None:
+    del reset  # GPipe has no state between calls
+    validate(pipeline, num_frames)
+
+  def clip_gradients(self, pipeline, frames, labels, reset, loss_scale):
+    del reset
+    return gpipe_graph(pipeline, frames, labels, loss_scale)
+
+
+GPIPE = GPipe()

@@ -1,291 +1,38 @@
-"""The Sideways tick engine and the backprop baseline: where gradients are made.
+"""`Pipeline`: a video model cut into modules, and the one entry point to
+every algorithm that computes its gradient.
 
-Read top to bottom (the spec is docs/algorithm.md):
-
-* :func:`sideways_clip` runs the ticks of a clip inside one ``tf.while_loop``
-  whose loop state is one :class:`TickState`. Every tick (:func:`tick`), each
-  module k does a forward step on the input it holds (`a_k`; module 1 reads
-  frame t) and a backward step with the gradient it holds (`d_k`; the top
-  module differentiates the loss of tick t). All modules read the buffers as
-  they stood after tick t-1 and their results only become the next tick's
-  buffers, so within a tick the modules are independent and, placed on
-  distinct devices, run at once. After the loop the buffers are written back
-  (:func:`write_back`) and the sums normalised into the clip gradient
-  (:func:`normalise`).
-* :func:`bp_clip` is standard backprop on the same modules and loss, with time
-  folded into the batch.
-* :class:`Pipeline` holds the modules, validates inputs and caches the traced
-  functions; clip and streaming inference are in `inference.py`, the buffers'
-  allocation in `state.py`.
-
-Both return the *clip gradient* (docs/algorithm.md, "Per-clip gradient and
-update") aligned with :attr:`Pipeline.trainable_variables`. The trainer, the
-tests and the benchmarks all call them; there is no other implementation.
-(GPipe, the exact pipelined baseline, is in `gpipe.py`.) The file is a little
-over 400 lines on purpose: the tick, the baseline it is tested against and the
-class that dispatches between them read best as one piece.
+`Pipeline` holds the modules (engine/module.py) and their buffers
+(engine/state.py), validates inputs, looks the algorithm up in the table of
+engine/algorithms.py and caches the traced functions. The algorithms are one
+module each, below this file: the Sideways tick engine (engine/sideways.py;
+the spec is docs/algorithm.md), the BP baseline (engine/bp.py) and GPipe
+(engine/gpipe.py). Each returns the *clip gradient* (docs/algorithm.md,
+"Per-clip gradient and update") aligned with
+:attr:`Pipeline.trainable_variables`. The trainer, the tests and the
+benchmarks all call them through this class; there is no other
+implementation. Clip and streaming inference are in engine/inference.py.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import keras
 from absl import logging
 import tensorflow as tf
 
-from sideways_tf.engine import gpipe
+from sideways_tf.engine import algorithms
 from sideways_tf.engine import inference
 from sideways_tf.engine import state as state_lib
+from sideways_tf.engine.algorithm import ClipResult
+from sideways_tf.engine.algorithm import LossFn
+from sideways_tf.engine.algorithm import sparse_softmax_cross_entropy
+from sideways_tf.engine.algorithms import ALGORITHMS
 from sideways_tf.engine.module import SKIP_COMBINE_MODES
-from sideways_tf.engine.module import push_skip
-from sideways_tf.engine.module import read_skip
 
-ALGORITHMS = ("sideways", "bp", "gpipe")
-
-LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-
-
-class ClipResult(NamedTuple):
-  """Clip gradient plus what the trainer logs about the same forward passes."""
-  gradients: List[tf.Tensor]  # aligned with Pipeline.trainable_variables
-  loss: tf.Tensor             # mean per-example loss over the valid loss terms
-  accuracy: tf.Tensor         # fraction of valid loss terms classified right
-  num_loss_terms: tf.Tensor   # B * (number of ticks/frames with a valid loss)
-
-
-def sparse_softmax_cross_entropy(labels, logits):
-  """The default loss: per-example cross-entropy from logits, shape [B]."""
-  return tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=tf.cast(labels, tf.int32), logits=logits)
-
-
-# ------------------------------------------------------------ the tick engine
-
-
-class TickState(NamedTuple):
-  """The loop state of the tick loop: the buffers and the running sums.
-
-  `inputs[k]` is a_k of module k+2 (module 1 reads the frame), `grads[k]` is
-  d_k of module k+1 (the top module has the loss) as a list: one gradient,
-  or with replay one per lag (`module.gradient_lags`); `skips[k]` the
-  Skip-Sideways inputs of module k+1 (usually none); `accumulators[k]` sums
-  module k+1's parameter gradients over the ticks.
-  """
-  t: tf.Tensor
-  inputs: list
-  grads: list
-  skips: list
-  accumulators: list
-  loss_sum: tf.Tensor
-  correct_sum: tf.Tensor
-  valid_ticks: tf.Tensor
-  # Replay: [inputs, *skip inputs] of modules 1..replay_modules, each the
-  # last 2(L-k) of them, oldest first.
-  histories: list
-
-
-def sideways_clip(pipe: "Pipeline", frames, labels, reset: bool,
-                  loss_scale) -> ClipResult:
-  """All ticks of one clip (or one chunk of a stream) in a tf.while_loop.
-
-  The buffers become loop variables: read once before the loop, written once
-  after it. Inside the loop no stage touches a variable that another stage
-  writes, so nothing serialises the stages of a tick.
-  """
-  modules = pipe.modules
-  num_ticks = tf.shape(frames)[1]
-  read = tf.zeros_like if reset else tf.convert_to_tensor
-  zero = tf.constant(0.0, tf.float32)
-  start = TickState(
-      t=tf.constant(0),
-      inputs=[read(m.input_buffer) for m in modules[1:]],
-      grads=[[read(b) for b in [m.gradient_buffer] + m.lag_gradient_buffers]
-             for m in modules[:-1]],
-      skips=[[read(b) for b in m.skip_buffers] for m in modules],
-      accumulators=[[tf.zeros_like(v) for v in m.stage.trainable_variables]
-                    for m in modules],
-      loss_sum=zero, correct_sum=zero, valid_ticks=zero,
-      histories=[[read(h) for h in [m.input_history] + m.skip_histories]
-                 for m in modules[:pipe.replay_modules]])
-  ticks_before = (tf.constant(0, tf.int64) if reset
-                  else pipe.ticks_seen.read_value())
-  end, = tf.while_loop(
-      lambda s: s.t < num_ticks,
-      lambda s: (tick(pipe, s, frames, labels, ticks_before, loss_scale),),
-      (start,))
-  updates = write_back(pipe, end, num_ticks, reset)
-  with tf.control_dependencies(updates):
-    return normalise(pipe, end, tf.shape(frames)[0], loss_scale)
-
-
-def tick(pipe: "Pipeline", s: TickState, frames, labels, ticks_before,
-         loss_scale) -> TickState:
-  """One clock tick: every module's forward and backward step at once."""
-  modules, devices = pipe.modules, pipe.devices
-  # 1-based global tick: module k (1-based) holds a real frame iff tick >= k,
-  # and the top's loss is real iff tick >= L.
-  global_tick = ticks_before + tf.cast(s.t, tf.int64) + 1
-  loss_mask = tf.cast(global_tick >= pipe.num_modules, tf.float32)
-
-  def masked_loss(logits):
-    per_example = tf.cast(pipe.loss_fn(labels, logits), tf.float32)
-    return tf.reduce_sum(per_example) * (loss_mask * loss_scale)
-
-  results = [None] * pipe.num_modules
-  histories = list(s.histories)
-  after = []  # control inputs; only non-empty to force a test order
-  for k in pipe.evaluation_order or range(pipe.num_modules):
-    module = modules[k]
-    with tf.device(devices[k]), tf.name_scope(f"stage_{k}"), \
-        tf.control_dependencies(after):
-      module_input = (tf.gather(frames, s.t, axis=1) if k == 0
-                      else s.inputs[k - 1])
-      skip_inputs = [read_skip(b, delay) for b, delay in zip(
-          s.skips[k], module.skip_delays)]
-      if k < pipe.replay_modules:
-        # The gradient of lag n belongs to the inputs held n ticks ago.
-        held = s.histories[k]
-        results[k] = module.replay_tick(
-            module_input, skip_inputs, module.held_at_lags(held), s.grads[k],
-            training=global_tick >= k + 1)
-        histories[k] = [tf.concat([h[1:], x[None]], 0) for h, x in zip(
-            held, [module_input] + skip_inputs)]
-      else:
-        results[k] = module.tick(
-            module_input,
-            output_gradient=None if module.is_top else s.grads[k][0],
-            loss_of_outputs=masked_loss if module.is_top else None,
-            training=global_tick >= k + 1, skip_inputs=skip_inputs)
-      accumulators = [acc + g for acc, g in zip(
-          s.accumulators[k], results[k].parameter_gradients)]
-      results[k] = (results[k], accumulators)
-    if pipe.evaluation_order is not None:
-      after = [results[k][0].outputs] + list(results[k][0].parameter_gradients)
-
-  top = results[-1][0]
-  correct = tf.cast(tf.equal(
-      tf.argmax(top.outputs, axis=-1, output_type=tf.int32), labels),
-                    tf.float32)
-  return TickState(
-      s.t + 1, *_route(pipe, [r for r, _ in results], s.skips),
-      [acc for _, acc in results],
-      s.loss_sum + top.loss,
-      s.correct_sum + tf.reduce_sum(correct) * loss_mask,
-      s.valid_ticks + loss_mask, histories)
-
-
-def _route(pipe: "Pipeline", results, skip_buffers) -> tuple:
-  """The next tick's buffers from this tick's results (double buffering).
-
-  a_{k+1} <- y_k; d_{k-1} <- e_k, plus e_{k->j} for every skip from j into k;
-  y_j joins every skip buffer of a skip from j (its oldest entry leaves).
-  A replayed module j keeps the gradients of each lag apart (a gradient of
-  lag n from module k reaches j with lag n + 2, or n + 1 + the skip's delay).
-  """
-  modules = pipe.modules
-  outputs = [r.outputs for r in results]
-  arriving = [[[] for _ in m.gradient_lags] for m in modules]
-
-  def send(j, lag, gradient):
-    slot = modules[j].gradient_lags.index(lag) if modules[j].replay_lags else 0
-    arriving[j][slot].append(gradient)
-
-  for module, result in zip(modules, results):
-    if module.replay_lags:
-      parts = zip(module.replay_lags, result.emitted_gradients,
-                  result.skip_gradients)
-    else:
-      parts = [(module.gradient_lags[0], result.emitted_gradient,
-                result.skip_gradients)]
-    for lag, emitted, skip_gradients in parts:
-      if not module.is_first:
-        send(module.index - 1, lag + 2, emitted)
-      for j, delay, gradient in zip(module.skip_sources, module.skip_delays,
-                                    skip_gradients):
-        send(j, lag + 1 + delay, gradient)
-  grads = []
-  for j, slots in enumerate(arriving[:-1]):
-    with tf.device(pipe.devices[j]):
-      grads.append([g[0] if len(g) == 1 else tf.add_n(g) for g in slots])
-  skips = [[push_skip(buffer, outputs[j], delay) for buffer, j, delay in zip(
-      buffers, m.skip_sources, m.skip_delays)]
-           for m, buffers in zip(modules, skip_buffers)]
-  return outputs[:-1], grads, skips
-
-
-def write_back(pipe: "Pipeline", s: TickState, num_ticks, reset) -> list:
-  """Leaves the buffers and the tick count for the next chunk of the stream."""
-  modules, devices = pipe.modules, pipe.devices
-  updates = [pipe.ticks_seen.assign_add(tf.cast(num_ticks, tf.int64))
-             if not reset else
-             pipe.ticks_seen.assign(tf.cast(num_ticks, tf.int64))]
-  for k in range(pipe.num_modules - 1):
-    with tf.device(devices[k + 1]):
-      updates.append(modules[k + 1].input_buffer.assign(s.inputs[k]))
-    with tf.device(devices[k]):
-      updates.extend(b.assign(g) for b, g in zip(
-          [modules[k].gradient_buffer] + modules[k].lag_gradient_buffers,
-          s.grads[k]))
-  for k, module in enumerate(modules):
-    with tf.device(devices[k]):
-      updates.extend(b.assign(v) for b, v in zip(module.skip_buffers,
-                                                 s.skips[k]))
-  for k, held in enumerate(s.histories):
-    with tf.device(devices[k]):
-      updates.extend(h.assign(v) for h, v in zip(
-          [modules[k].input_history] + modules[k].skip_histories, held))
-  return updates
-
-
-def normalise(pipe: "Pipeline", s: TickState, batch_size,
-              loss_scale) -> ClipResult:
-  """Clip gradient: the sums divided by B * (number of ticks with a loss)."""
-  num_terms = s.valid_ticks * tf.cast(batch_size, tf.float32)
-  gradients = []
-  for k, accs in enumerate(s.accumulators):
-    with tf.device(pipe.devices[k]):
-      gradients.extend(
-          tf.math.divide_no_nan(acc, tf.cast(num_terms * loss_scale,
-                                             acc.dtype))
-          for acc in accs)
-  return ClipResult(gradients,
-                    tf.math.divide_no_nan(s.loss_sum, num_terms * loss_scale),
-                    tf.math.divide_no_nan(s.correct_sum, num_terms),
-                    tf.identity(num_terms))
-
-
-# -------------------------------------------------------------- the baseline
-
-
-def bp_clip(pipe: "Pipeline", frames, labels, loss_scale) -> ClipResult:
-  """Exact gradient of the mean per-frame loss over batch and all T frames.
-
-  (With Skip-Sideways: over the T-D frames whose inputs all lie in the clip;
-  the last D frames would see past the end.) Time is folded into the batch
-  (all B*T frames in one forward and one backward pass): the strongest
-  single-device baseline.
-  """
-  num_frames = tf.shape(frames)[1] - pipe.receptive_depth
-  frame_labels = tf.repeat(labels, num_frames)  # frames are batch-major
-  with tf.GradientTape() as tape:
-    logits = inference.sequence_outputs(pipe, frames, 0,
-                                        training=True)[:, :num_frames]
-    logits = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
-    per_example = tf.cast(pipe.loss_fn(frame_labels, logits), tf.float32)
-    loss = tf.reduce_mean(per_example)
-    scaled_loss = loss * loss_scale
-  gradients = [g / tf.cast(loss_scale, g.dtype) for g in tape.gradient(
-      scaled_loss, pipe.trainable_variables,
-      unconnected_gradients=tf.UnconnectedGradients.ZERO)]
-  correct = tf.cast(tf.equal(
-      tf.argmax(logits, axis=-1, output_type=tf.int32), frame_labels),
-                    tf.float32)
-  return ClipResult(gradients, loss, tf.reduce_mean(correct),
-                    tf.cast(tf.size(frame_labels), tf.float32))
-
-
-# --------------------------------------------------------------- the pipeline
+# Public here as before the algorithms moved to their own modules.
+__all__ = ["ALGORITHMS", "ClipResult", "Pipeline",
+           "sparse_softmax_cross_entropy"]
 
 
 class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
@@ -322,8 +69,10 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       removes the approximation in them. 0 = plain Sideways; L-1 = the exact
       gradient of the frames whose gradient reaches every module within the
       clip (along every path, with skips).
-    gpipe_micro_batch_frames, gpipe_rematerialize: options of
-      ``algorithm="gpipe"`` (see engine/gpipe.py); it ignores replay.
+    **algorithm_options: the options the algorithms of engine/algorithms.py
+      add, by name: today GPipe's ``gpipe_micro_batch_frames`` (frames per
+      micro-batch, default 1) and ``gpipe_rematerialize`` (default False);
+      see engine/gpipe.py. A name no algorithm knows is a TypeError.
   """
 
   def __init__(self,
@@ -335,9 +84,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
                skip_combine: str = "concat",
                skip_align: bool = False,
                replay_modules: int = 0,
-               gpipe_micro_batch_frames: int = 1,
-               gpipe_rematerialize: bool = False,
-               name: str = "pipeline"):
+               name: str = "pipeline",
+               **algorithm_options):
     super().__init__(name=name)
     stages = list(stages)
     devices, evaluation_order = state_lib.check_pipeline_args(
@@ -354,8 +102,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     if not isinstance(skip_align, bool):
       raise ValueError(f"skip_align must be True or False, got {skip_align!r}")
     self.skip_align = skip_align
-    self.gpipe_options = gpipe.make_options(gpipe_micro_batch_frames,
-                                            gpipe_rematerialize)
+    # {algorithm name: its validated options}, e.g. ["gpipe"] GPipeOptions.
+    self.algorithm_options = algorithms.make_options(algorithm_options)
     self.stages = stages
     self.loss_fn = loss_fn
     self.devices = devices or [None] * len(stages)
@@ -393,8 +141,9 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     Args:
       frames: ``[B, T, ...]`` batch-major clip.
       labels: ``[B]`` integer clip labels.
-      algorithm: ``"sideways"``, ``"bp"`` or ``"gpipe"`` (BP's exact
-        gradient, pipelined over the stages; engine/gpipe.py).
+      algorithm: a name of ``sideways_tf.ALGORITHMS`` (engine/algorithms.py):
+        ``"sideways"``, ``"bp"``, ``"gpipe"`` (BP's exact gradient,
+        pipelined over the stages), ...
       reset: Sideways only. ``True`` (default) starts a clip from zero
         buffers. ``False`` continues the stream from the buffers left by the
         previous call (chunked streaming): the returned gradient is then the
@@ -435,11 +184,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     self.trace_count += 1
     scale = (tf.constant(1.0, tf.float32) if loss_scale is None
              else tf.cast(loss_scale, tf.float32))
-    if algorithm == "sideways":
-      return sideways_clip(self, frames, labels, reset, scale)
-    if algorithm == "gpipe":
-      return gpipe.gpipe_graph(self, frames, labels, scale)
-    return bp_clip(self, frames, labels, scale)
+    return algorithms.get(algorithm).clip_gradients(self, frames, labels,
+                                                    reset, scale)
 
   def prepare_inputs(self, frames, labels, algorithm: str = "sideways",
                      reset: bool = True):
@@ -448,29 +194,29 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     Raises ValueError naming the offending value. Returns the frames as a float
     tensor and the labels as int32.
     """
-    if algorithm not in ALGORITHMS:
-      raise ValueError(
-          f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
+    algorithm = algorithms.get(algorithm)
     frames, labels = state_lib.check_clip(
         frames, labels, self._state_signature)
     batch_size, num_frames = frames.shape[0], frames.shape[1]
     frame_shape = tuple(frames.shape[2:])
-    if algorithm == "sideways":
-      if reset and num_frames < self.num_modules:
-        raise ValueError(
-            f"a Sideways clip needs at least as many frames as modules: "
-            f"T = {num_frames} < L = {self.num_modules}")
+    if algorithm.streams:
+      algorithm.validate(self, num_frames, reset)
       if num_frames < 1:
-        raise ValueError(f"frames must hold at least one frame, got T = 0")
+        raise ValueError("frames must hold at least one frame, got T = 0")
       self._ensure_state(batch_size, frame_shape, frames.dtype, reset)
       self._warn_if_modules_starve(num_frames, reset)
     else:
       if num_frames < 1:
-        raise ValueError(f"frames must hold at least one frame, got T = 0")
+        raise ValueError("frames must hold at least one frame, got T = 0")
+      # Built first: a check of the stages' variables needs them to exist.
       self._ensure_built(frame_shape, frames.dtype)
-      if algorithm == "gpipe":
-        gpipe.validate(self, num_frames)
+      algorithm.validate(self, num_frames, reset)
     return frames, tf.cast(labels, tf.int32)
+
+  @property
+  def gpipe_options(self):
+    """GPipe's options (``algorithm_options["gpipe"]``; kept for callers)."""
+    return self.algorithm_options["gpipe"]
 
   def _warn_if_modules_starve(self, num_frames, reset):
     """A gradient reaches module k only from tick 2L-k: say so, once."""

@@ -13,6 +13,7 @@ from sideways_tf import configs
 from sideways_tf import data as data_lib
 from sideways_tf import distributed
 from sideways_tf import models
+from sideways_tf.engine import algorithms
 from sideways_tf.engine.pipeline import Pipeline
 from sideways_tf.training import auto_balance
 from sideways_tf.training.trainer import DynamicLossScale, Trainer
@@ -78,7 +79,7 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
       config.model, stages, frame_shape, config.train.batch_size, stage_sizes,
       num_devices=count_devices(config.devices),
       replay_modules=(int(config.replay_modules)
-                      if config.algorithm == "sideways" else 0),
+                      if algorithms.get(config.algorithm).streams else 0),
       skips=parse_skips(config.skips), skip_align=bool(config.skip_align))
   devices = resolve_devices(config.devices, len(stages))
   pipeline = Pipeline(stages, devices=devices,
@@ -86,8 +87,7 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
                       skip_combine=config.skip_combine,
                       skip_align=bool(config.skip_align),
                       replay_modules=config.replay_modules,
-                      gpipe_micro_batch_frames=config.gpipe.micro_batch_frames,
-                      gpipe_rematerialize=config.gpipe.rematerialize)
+                      **algorithms.options_from_config(config))
   optimizer = make_optimizer(config.train)
   trainer = Trainer(
       pipeline, optimizer, config.algorithm,

@@ -21,6 +21,7 @@ from absl import logging
 from sideways_tf import diagnostics
 from sideways_tf import summaries
 from sideways_tf.data import shard_check
+from sideways_tf.engine import algorithms
 from sideways_tf.files import atomic_write_text
 from sideways_tf.training import progress
 from sideways_tf.training import workdir as workdir_lib
@@ -92,7 +93,7 @@ class FidelityHook(Hook):
 
   def _warn(self, ctx, step, risk):
     if (self.warned or risk <= self.RISK_THRESHOLD
-        or ctx.setup.config.algorithm != "sideways"):
+        or algorithms.get(ctx.setup.config.algorithm).exact):
       return
     self.warned = True
     logging.warning(

@@ -17,7 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf.engine.pipeline import ALGORITHMS, Pipeline
+from sideways_tf.engine import algorithms
+from sideways_tf.engine.pipeline import Pipeline
 
 
 class DynamicLossScale(tf.Module):
@@ -65,9 +66,7 @@ class Trainer:
     with pipeline.trainable_variables) to the gradients applied, inside the
     compiled step: e.g. an all-reduce across workers. `loss_scale`, a
     :class:`DynamicLossScale`, is for float16 stages (mixed_float16)."""
-    if algorithm not in ALGORITHMS:
-      raise ValueError(
-          f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
+    algorithms.get(algorithm)  # ValueError naming the known ones
     if update_every_ticks < 0:
       raise ValueError(
           f"update_every_ticks must be >= 0 (0 = once per clip), got "
