@@ -1,0 +1,99 @@
+"""Time to accuracy at equal devices: the figure users decide on.
+
+Every run is `bin/train` on configs/moving_digits.py (a 16 px handwritten
+digit moving 1-2 px/frame over photos, the 4-module frame CNN) in its own
+process with one core (`gap_map.run_one`, cached, `--jobs` at once), with the
+test set evaluated every EVAL_EVERY steps so that the step at which a run
+first reaches the target is known to within EVAL_EVERY steps.
+
+What is fixed before any run (docs/choosing.md, "Method"):
+
+* target = the mean over seeds of BP's final test clip accuracy - 0.03;
+* steps to target = the first evaluated step whose test clip accuracy is
+  >= target; a run that never reaches it is counted as not reached;
+* wall-clock to target = steps to target x seconds per training step of that
+  algorithm on 2 simulated devices, measured side by side in one run by
+  `bin/benchmark --simulate_devices=2` (the accuracy runs themselves share a
+  busy machine, so their own wall-clock is not a measurement);
+* SEEDS seeds per cell, paired by seed (the same data order and initial
+  weights for every algorithm of a seed).
+
+The algorithms that compute BP's exact gradient (GPipe, chunked BP,
+data-parallel BP at the same global batch) follow BP's accuracy curve up to
+float rounding, so they share BP's runs; only their seconds per step differ.
+
+  bin/experiments --only=time_to_accuracy --steps=4000 --jobs=2
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import pathlib
+import time
+from typing import Dict, List
+
+from sideways_tf.files import atomic_write_text
+from sideways_tf.paper_experiments import gap_map
+
+SEEDS = 5
+EVAL_EVERY = 250
+TARGET_BELOW_BP = 0.03
+
+
+def _cell(name: str, algorithm: str, replay: int) -> gap_map.Cell:
+  overrides = {"replay_modules": str(replay),
+               "train.eval_every": str(EVAL_EVERY),
+               "train.fidelity_every": "0"}
+  return gap_map.Cell("time", name, overrides, (algorithm,))
+
+
+# The accuracy curves: BP's gradient, and the Sideways family (plain, the
+# shipped replay of two modules, every module below the top replayed = the
+# exact streaming pipeline).
+CELLS = (
+    _cell("BP (exact gradient)", "bp", 0),
+    _cell("Sideways", "sideways", 0),
+    _cell("Sideways, replay_modules=2", "sideways", 2),
+    _cell("exact streaming pipeline (replay_modules=3)", "sideways", 3),
+)
+
+
+def run_dir(outdir, cell: gap_map.Cell, seed: int) -> pathlib.Path:
+  slug = "".join(c if c.isalnum() or c in "-.=" else "_" for c in cell.name)
+  return pathlib.Path(outdir) / "time_to_accuracy" / slug / f"seed{seed}"
+
+
+def plan(outdir, seeds: int = SEEDS) -> List[tuple]:
+  """(cell, seed, workdir) of every run, seed-major so that a partial set of
+  runs has every cell of the first seeds."""
+  return [(cell, seed, run_dir(outdir, cell, seed))
+          for seed in range(seeds) for cell in CELLS]
+
+
+def run(outdir, steps: int, seeds: int = SEEDS, jobs: int = 1) -> List[Dict]:
+  """Runs (or loads) every run; writes OUTDIR/time_to_accuracy.json."""
+  outdir = pathlib.Path(outdir)
+  todo = plan(outdir, seeds)
+  results, started = [], time.time()
+  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+    futures = {pool.submit(gap_map.run_one, cell, cell.algorithms[0], seed,
+                           workdir, steps): (cell, seed)
+               for cell, seed, workdir in todo}
+    for done, future in enumerate(concurrent.futures.as_completed(futures),
+                                  1):
+      cell, seed = futures[future]
+      try:
+        result = future.result()
+      except RuntimeError as error:  # keep going; say what failed
+        print(f"[time_to_accuracy {done}/{len(todo)}] {cell.name} seed "
+              f"{seed}: FAILED: {error}", flush=True)
+        continue
+      results.append(result)
+      print(f"[time_to_accuracy {done}/{len(todo)}, "
+            f"{(time.time() - started) / 60:.0f} min] {cell.name} seed "
+            f"{seed}: test clip acc. {result['test_accuracy']:.3f}",
+            flush=True)
+      atomic_write_text(outdir / "time_to_accuracy.json",
+                        json.dumps(results, indent=2))
+  return results
