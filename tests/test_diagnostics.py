@@ -1,12 +1,12 @@
-"""Diagnostics that predict where Sideways trails BP (sideways_tf.diagnostics)."""
+"""Diagnostics that predict where Sideways trails BP (sideways_tf.training.diagnostics)."""
 
 import keras
 import numpy as np
 import pytest
 
 import sideways_tf
-from sideways_tf import diagnostics
-from sideways_tf import summaries
+from sideways_tf.run import summaries
+from sideways_tf.training import diagnostics
 from tests import util
 
 

@@ -27,7 +27,7 @@ from sideways_tf.benchmark.common import make_clip
 from sideways_tf.benchmark.common import make_trainers
 from sideways_tf.benchmark.common import summarise
 from sideways_tf.benchmark.common import time_alternating
-from sideways_tf.files import PACKAGE_PARENT
+from sideways_tf.run.files import PACKAGE_PARENT
 
 def peak_rss_bytes() -> int:
   """This process's peak resident set size.

@@ -50,8 +50,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-from sideways_tf import files
 from sideways_tf.benchmark import devices_report
+from sideways_tf.run import files
 
 
 # name: (Pipeline algorithm, stages on the simulated devices, rematerialize)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-from sideways_tf import files
+from sideways_tf.run import files
 
 TITLES = {"sideways": "Sideways", "gpipe": "GPipe",
           "gpipe_remat": "GPipe + re-materialisation",

@@ -325,7 +325,7 @@ BEGIN, END = "<!-- gap map: begin -->", "<!-- gap map: end -->"
 def update(outdir, report_dir, command: str) -> pathlib.Path:
   """Writes the gap map into report_dir/results.md between its markers,
   keeping the rest of the file (appends the section the first time)."""
-  from sideways_tf.files import write_marked_section  # noqa: PLC0415
+  from sideways_tf.run.files import write_marked_section  # noqa: PLC0415
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   path = report_dir / "results.md"

@@ -18,11 +18,11 @@ import numpy as np
 
 from absl import logging
 
-from sideways_tf import diagnostics
-from sideways_tf import summaries
 from sideways_tf.data import shard_check
 from sideways_tf.engine import algorithms
-from sideways_tf.files import atomic_write_text
+from sideways_tf.run import summaries
+from sideways_tf.run.files import atomic_write_text
+from sideways_tf.training import diagnostics
 from sideways_tf.training import progress
 from sideways_tf.training import workdir as workdir_lib
 

@@ -18,13 +18,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from sideways_tf import checkpoints
 from sideways_tf import configs
-from sideways_tf import distributed
-from sideways_tf import distributed_start
-from sideways_tf import summaries
-from sideways_tf import workdir_lock
 from sideways_tf.data import shard_check
+from sideways_tf.run import checkpoints
+from sideways_tf.run import distributed
+from sideways_tf.run import distributed_start
+from sideways_tf.run import summaries
+from sideways_tf.run import workdir_lock
 from sideways_tf.training import builder
 from sideways_tf.training import hooks as hooks_lib
 from sideways_tf.training import workdir as workdir_lib

@@ -9,7 +9,7 @@ A thin adapter, not a second engine: `train_step` is
 :meth:`sideways_tf.Pipeline.clip_gradients`, one optimizer step per clip),
 `evaluate` is :meth:`Trainer.evaluate` batch by batch, `predict` is
 :meth:`Pipeline.predict_frames` averaged over time and `export` is
-:func:`sideways_tf.export.export_saved_model`. The step functions run the
+:func:`sideways_tf.serving.export.export_saved_model`. The step functions run the
 Trainer's own compiled functions from Python (Keras never traces them), so
 the numbers fit logs are the numbers bin/train logs.
 
@@ -402,7 +402,7 @@ class SidewaysModel(keras.Model):
     """
     if format != "sideways_saved_model":
       return super().export(filepath, format=format, **kwargs)
-    from sideways_tf import export as export_lib  # noqa: PLC0415
+    from sideways_tf.serving import export as export_lib  # noqa: PLC0415
     if self.frame_shape is None:
       raise ValueError("the model has not seen a frame yet: build, fit or "
                        "predict first so the export knows the frame shape")
