@@ -122,6 +122,23 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
   return output_dir
 
 
+def export_trained(pipeline: Pipeline, frame_shape, output_dir,
+                   overwrite: bool = False,
+                   class_names: Optional[Sequence[str]] = None,
+                   tflite: bool = False) -> pathlib.Path:
+  """SidewaysModel.export: the SavedModel of a model that has seen frames
+  (`frame_shape` None: not yet) and, with `tflite`, its streaming step as
+  TFLite in OUTPUT/tflite/ (as bin/export --tflite)."""
+  if frame_shape is None:
+    raise ValueError("the model has not seen a frame yet: build, fit or "
+                     "predict first so the export knows the frame shape")
+  path = export_saved_model(pipeline, frame_shape, output_dir,
+                            overwrite=overwrite, class_names=class_names)
+  if tflite:
+    export_tflite(path)
+  return path
+
+
 TFLITE_DIR = "tflite"
 
 
