@@ -6,7 +6,7 @@
 Trains a tiny 3-module conv pipeline (no batch norm) for a few steps with each
 algorithm on fixed synthetic clips. Step s uses a global batch of 4 clips:
 worker i trains on clips [2i, 2i+2) with its gradients all-reduced
-(sideways_tf.distributed.Cluster); the single process trains on all 4. Worker
+(sideways_tf.run.distributed.Cluster); the single process trains on all 4. Worker
 1 initialises from another seed, so equal weights at the end also show that
 the chief's initial weights were broadcast. With DIE_AFTER, worker 1 exits
 abruptly after that many steps (a crashed machine).
@@ -31,8 +31,8 @@ else:
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sideways_tf import distributed  # noqa: E402
 from sideways_tf.engine.pipeline import Pipeline  # noqa: E402
+from sideways_tf.run import distributed  # noqa: E402
 from sideways_tf.training.trainer import Trainer  # noqa: E402
 from tests import util  # noqa: E402
 

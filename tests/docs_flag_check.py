@@ -15,13 +15,13 @@ import importlib
 import json
 import sys
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 
 quiet.import_tensorflow()
 
 from absl import flags  # noqa: E402
 
-from sideways_tf import cli  # noqa: E402,F401  (--verbose, as every program)
+from sideways_tf.run import cli  # noqa: E402,F401  (--verbose, as every program)
 
 FLAGS = flags.FLAGS
 

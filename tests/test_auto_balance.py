@@ -10,9 +10,9 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from sideways_tf import cli
 from sideways_tf import models
 from sideways_tf.engine import balance
+from sideways_tf.run import cli
 from sideways_tf.training import auto_balance
 from sideways_tf.training import builder
 from sideways_tf.training import train_lib

@@ -5,8 +5,9 @@ import pathlib
 import ml_collections
 import pytest
 
-from sideways_tf import cli
-from sideways_tf import files
+import sideways_tf
+from sideways_tf.run import cli
+from sideways_tf.run import files
 
 
 def test_extra_arguments_are_named():
@@ -38,7 +39,7 @@ def test_workdir_is_absolute_or_named_after_the_run(tmp_path, monkeypatch):
 def test_default_config_ships_in_the_package():
   path = pathlib.Path(cli.default_config_path())
   assert path.is_file()
-  assert path.parent.parent == pathlib.Path(cli.__file__).resolve().parent
+  assert path.parent.parent == pathlib.Path(sideways_tf.__file__).resolve().parent
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):

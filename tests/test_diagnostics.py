@@ -1,12 +1,12 @@
-"""Diagnostics that predict where Sideways trails BP (sideways_tf.diagnostics)."""
+"""Diagnostics that predict where Sideways trails BP (sideways_tf.training.diagnostics)."""
 
 import keras
 import numpy as np
 import pytest
 
 import sideways_tf
-from sideways_tf import diagnostics
-from sideways_tf import summaries
+from sideways_tf.run import summaries
+from sideways_tf.training import diagnostics
 from tests import util
 
 
@@ -112,9 +112,8 @@ def test_fidelity_hook_warns_once_above_the_threshold_for_sideways(caplog):
   import types
   from sideways_tf.training import hooks
   pipe = sideways_tf.Pipeline(util.dense_stages(4))
-  ctx = types.SimpleNamespace(setup=types.SimpleNamespace(
-      pipeline=pipe, config=types.SimpleNamespace(algorithm="sideways")))
-  hook = hooks.FidelityHook(every=10)
+  ctx = types.SimpleNamespace(setup=types.SimpleNamespace(pipeline=pipe))
+  hook = hooks.FidelityHook(every=10, algorithm="sideways")
   threshold = hooks.FidelityHook.RISK_THRESHOLD
   with caplog.at_level("WARNING"):
     hook._warn(ctx, 10, threshold - 0.01)
@@ -123,8 +122,7 @@ def test_fidelity_hook_warns_once_above_the_threshold_for_sideways(caplog):
     hook._warn(ctx, 30, threshold + 0.2)
   assert len(caplog.records) == 1
   assert "replay_modules=2" in caplog.records[0].getMessage()
-  bp = hooks.FidelityHook(every=10)
-  ctx.setup.config.algorithm = "bp"
+  bp = hooks.FidelityHook(every=10, algorithm="bp")
   caplog.clear()
   bp._warn(ctx, 10, 1.0)
   assert not caplog.records  # only Sideways runs are warned

@@ -50,6 +50,6 @@ def test_export_snippet_defines_every_name():
 def test_make_setup_installs_the_package_and_messages_name_flags():
   makefile = (ROOT / "Makefile").read_text()
   assert re.search(r"pip install .*-e \.", makefile)
-  export = (ROOT / "sideways_tf" / "export.py").read_text()
+  export = (ROOT / "sideways_tf" / "serving" / "export.py").read_text()
   assert "pass --overwrite" in export
   assert ".venv/bin/saved_model_cli" in (ROOT / "docs" / "export.md").read_text()

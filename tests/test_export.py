@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import sideways_tf
-from sideways_tf import export
 from sideways_tf.models import frame_cnn_stages
+from sideways_tf.serving import export
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sideways_tf import checkpoints
-from sideways_tf import user_errors
-from sideways_tf import workdir_lock
+from sideways_tf.run import checkpoints
+from sideways_tf.run import user_errors
+from sideways_tf.run import workdir_lock
 from sideways_tf.training import builder
 from sideways_tf.training import train_lib
 from sideways_tf.training import workdir as workdir_lib

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import sideways_tf
-from sideways_tf import summaries
+from sideways_tf.run import summaries
 from sideways_tf import Trainer
 from tests import util
 

@@ -5,7 +5,7 @@ from sideways_tf.engine import pipeline
 from sideways_tf.engine import module
 from sideways_tf.training import trainer
 from sideways_tf import callbacks
-from sideways_tf import keras_model
+from sideways_tf.keras_api import model as keras_model
 
 
 def test_public_names_are_the_engine_and_trainer_objects():

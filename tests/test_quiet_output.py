@@ -124,5 +124,5 @@ except ImportError as error:
                           capture_output=True, text=True, timeout=120)
   first = re.search(r"FIRST (\S+) (\S+)", result.stdout)
   assert first, result.stdout + result.stderr[-2000:]
-  assert first.group(1).endswith("sideways_tf/quiet.py"), result.stdout
+  assert first.group(1).endswith("sideways_tf/run/quiet.py"), result.stdout
   assert first.group(2) == "import_tensorflow", result.stdout

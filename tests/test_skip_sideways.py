@@ -479,7 +479,7 @@ def test_stream_in_chunks_equals_whole_clip_with_replayed_skips():
 def test_exported_stream_equals_clip_with_aligned_skips(tmp_path):
   """The SavedModel's streaming state carries the skip queues
   (skip_k_from_j: [B, k-j, ...]) and streams like the clip path."""
-  from sideways_tf import export  # noqa: PLC0415
+  from sideways_tf.serving import export  # noqa: PLC0415
   pipe = sideways_tf.Pipeline(util.conv_stages(4), skips={2: [0], 3: [0, 1]},
                               skip_align=True)
   video = np.random.RandomState(0).randint(

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import sideways_tf
-from sideways_tf import summaries
+from sideways_tf.run import summaries
 
 
 def pipeline_with_a_parameter_free_stage():

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from sideways_tf import checkpoints
 from sideways_tf.configs import default
+from sideways_tf.run import checkpoints
 from sideways_tf.training import train_lib
 from sideways_tf.training.trainer import Trainer
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from sideways_tf import cli
-from sideways_tf import run_keys
-from sideways_tf import user_errors
+from sideways_tf.run import cli
+from sideways_tf.run import run_keys
+from sideways_tf.run import user_errors
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "faults" / "tiny_config.py")

@@ -21,13 +21,13 @@ import pathlib
 import shlex
 import sys
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 
-from sideways_tf import cli
+from sideways_tf.run import cli
 
 _MODEL = flags.DEFINE_string("model", "frame_cnn",
                              "Model of sideways_tf.models.MODELS.")

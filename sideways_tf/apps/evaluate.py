@@ -9,13 +9,13 @@ DIR/eval.json and to TensorBoard (DIR/eval).
 import json
 import sys
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 
-from sideways_tf import cli
+from sideways_tf.run import cli
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Training workdir (holds config.json and checkpoints/).",

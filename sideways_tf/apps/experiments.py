@@ -14,13 +14,13 @@ updates the checkout's docs/results.md).
 import pathlib
 import sys
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 
-from sideways_tf import cli
+from sideways_tf.run import cli
 
 _ONLY = flags.DEFINE_list(
     "only", "convergence,smoothness,depth,skip",

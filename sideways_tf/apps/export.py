@@ -10,13 +10,13 @@ also writes the streaming `step` as OUTPUT/tflite/step.tflite.
 
 import sys
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 
-from sideways_tf import cli
+from sideways_tf.run import cli
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Training workdir to export from.", required=True)
@@ -33,7 +33,7 @@ def main(argv):
   cli.start(argv)
   from sideways_tf.training import train_lib  # noqa: PLC0415
   from sideways_tf.training import workdir  # noqa: PLC0415
-  from sideways_tf import export
+  from sideways_tf.serving import export
   exp = train_lib.restore_for_inference(_WORKDIR.value)
   info = workdir.load_model_info(_WORKDIR.value)
   path = export.export_saved_model(exp.pipeline, info["frame_shape"],

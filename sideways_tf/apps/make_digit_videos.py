@@ -13,14 +13,14 @@ commands are printed at the end. Rerunning the same command resumes.
 import pathlib
 import sys
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 from ml_collections import config_flags
 
-from sideways_tf import cli
+from sideways_tf.run import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(cli.default_config_path()).with_name(

@@ -14,13 +14,13 @@ import os
 import pathlib
 import sys
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 
-from sideways_tf import cli
+from sideways_tf.run import cli
 
 _INPUT_DIR = flags.DEFINE_string(
     "input_dir", None, "Folder of <class>/<videos> (or <split>/<class>/"

@@ -9,15 +9,15 @@ Rerunning with the same --workdir resumes from its last checkpoint.
 
 import sys
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
 from ml_collections import config_flags
 
-from sideways_tf import cli
 from sideways_tf.engine.algorithms import ALGORITHMS
+from sideways_tf.run import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", cli.default_config_path(),

@@ -27,7 +27,7 @@ from sideways_tf.benchmark.common import make_clip
 from sideways_tf.benchmark.common import make_trainers
 from sideways_tf.benchmark.common import summarise
 from sideways_tf.benchmark.common import time_alternating
-from sideways_tf.files import PACKAGE_PARENT
+from sideways_tf.run.files import PACKAGE_PARENT
 
 def peak_rss_bytes() -> int:
   """This process's peak resident set size.
@@ -176,13 +176,14 @@ def run_module_child(module: str, kind: str, config, **kwargs) -> dict:
   return json.loads(lines[-1])
 
 
-def _child_main(argv):
+def child_main(argv, config_class, children) -> None:
+  """The child side of :func:`run_module_child`: rebuilds the config, runs
+  `children[kind]` and prints its result as one JSON line."""
   kind, payload = argv[1], json.loads(argv[2])
-  config = BenchmarkConfig(**payload["config"])
-  result = CHILDREN[kind](config, **payload["kwargs"])
+  config = config_class(**payload["config"])
+  result = children[kind](config, **payload["kwargs"])
   print(json.dumps(result), flush=True)
 
 
-
 if __name__ == "__main__":
-  _child_main(sys.argv)
+  child_main(sys.argv, BenchmarkConfig, CHILDREN)

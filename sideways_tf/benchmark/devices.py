@@ -50,8 +50,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-from sideways_tf import files
 from sideways_tf.benchmark import devices_report
+from sideways_tf.run import files
 
 
 # name: (Pipeline algorithm, stages on the simulated devices, rematerialize)
@@ -115,17 +115,23 @@ def _setup(config: DevicesConfig, inter_op: int):
   return tf
 
 
-def _pipeline(config: DevicesConfig, variant: str, tf):
+def _model_layers(config: DevicesConfig):
+  """The model's stages and their layers, with the same weights in every
+  process (seed 0)."""
   import keras  # pylint: disable=g-import-not-at-top
-  import sideways_tf  # pylint: disable=g-import-not-at-top
   from sideways_tf import models  # pylint: disable=g-import-not-at-top
-  _, placed, remat = VARIANTS[variant]
-  keras.utils.set_random_seed(0)  # the same weights in every process
+  keras.utils.set_random_seed(0)
   stages = models.MODELS[config.model](num_classes=config.num_classes,
                                        num_modules=config.modules)
+  return stages, [layer for stage in stages for layer in stage.layers]
+
+
+def _pipeline(config: DevicesConfig, variant: str, tf):
+  import sideways_tf  # pylint: disable=g-import-not-at-top
+  from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
+  _, placed, remat = VARIANTS[variant]
+  stages, layers = _model_layers(config)
   if config.stage_sizes:
-    from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
-    layers = [layer for stage in stages for layer in stage.layers]
     stages = balance.to_stages(layers, list(config.stage_sizes))
   devices = [d.name for d in tf.config.list_logical_devices("CPU")]
   placement = ([devices[k * len(devices) // config.modules]
@@ -161,23 +167,7 @@ def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
   out = {"variant": variant, "inter_op": inter_op,
          "devices": [str(d) for d in pipeline.devices]}
   if fidelity:  # before any update: the same weights as the BP reference
-    from sideways_tf.benchmark import exactness  # pylint: disable=g-import-not-at-top
-    mine = pipeline.compute_gradients(frames, labels, VARIANTS[variant][0])
-    import sideways_tf  # pylint: disable=g-import-not-at-top
-    reference = sideways_tf.Pipeline(pipeline.stages).compute_gradients(
-        frames, labels, "bp")
-    a = np.concatenate([np.ravel(g) for g in mine]).astype(np.float64)
-    b = np.concatenate([np.ravel(g) for g in reference]).astype(np.float64)
-    out["cosine_to_bp"] = float(a @ b / (np.linalg.norm(a) *
-                                         np.linalg.norm(b)))
-    out["max_relative_difference"] = exactness.max_relative_difference(
-        mine, reference)
-    reference64 = exactness.float64_bp_gradients(pipeline.stages, frames,
-                                                 labels)
-    out["max_relative_difference_f64"] = exactness.max_relative_difference(
-        mine, reference64)
-    out["bp32_max_relative_difference_f64"] = (
-        exactness.max_relative_difference(reference, reference64))
+    out.update(_against_bp(pipeline, variant, frames, labels))
   trainer = _trainer(pipeline, variant)
   for _ in range(config.warmup):
     trainer.train_step(frames, labels)
@@ -196,6 +186,29 @@ def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
     if VARIANTS[variant][0] == "gpipe":
       out["timeline"] = _timeline_bubble(pipeline, frames, labels)
   return out
+
+
+def _against_bp(pipeline, variant, frames, labels) -> dict:
+  """The variant's clip gradient against single-device BP's (float32) and
+  against BP in float64 on the same weights and clip (exactness.py)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import sideways_tf  # pylint: disable=g-import-not-at-top
+  from sideways_tf.benchmark import exactness  # pylint: disable=g-import-not-at-top
+  mine = pipeline.compute_gradients(frames, labels, VARIANTS[variant][0])
+  reference = sideways_tf.Pipeline(pipeline.stages).compute_gradients(
+      frames, labels, "bp")
+  reference64 = exactness.float64_bp_gradients(pipeline.stages, frames,
+                                               labels)
+  a = np.concatenate([np.ravel(g) for g in mine]).astype(np.float64)
+  b = np.concatenate([np.ravel(g) for g in reference]).astype(np.float64)
+  return {
+      "cosine_to_bp": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))),
+      "max_relative_difference": exactness.max_relative_difference(
+          mine, reference),
+      "max_relative_difference_f64": exactness.max_relative_difference(
+          mine, reference64),
+      "bp32_max_relative_difference_f64": exactness.max_relative_difference(
+          reference, reference64)}
 
 
 def _timeline_bubble(pipeline, frames, labels, repeats: int = 5) -> dict:
@@ -271,12 +284,7 @@ def bubble_from_stage_times(times) -> dict:
     median_work.append(float(np.median(durations)))
     median_period.append(float(np.median(np.diff([i[0] for i in intervals])))
                          if len(intervals) > 1 else None)
-    busy, end = 0.0, first
-    for start, stop in intervals:
-      start = max(start, end)
-      if stop > start:
-        busy += stop - start
-        end = stop
+    busy = _covered(intervals, first)
     own_first = intervals[0][0]
     own_last = max(stop for _, stop in intervals)
     bubble.append(float((own_first - first + last - own_last) / span))
@@ -330,18 +338,23 @@ def bubble_from_intervals(intervals: Dict[int, List[tuple]],
   first = min(s for s, _ in spans)
   last = max(e for _, e in spans)
   total = max(last - first, 1)
-  idle = []
-  for k in range(num_stages):
-    busy, end = 0, first
-    for s, e in sorted(intervals.get(k, [])):
-      s = max(s, end)
-      if e > s:
-        busy += e - s
-        end = e
-    idle.append(1.0 - busy / total)
+  idle = [1.0 - _covered(sorted(intervals.get(k, [])), first) / total
+          for k in range(num_stages)]
   return {"available": True, "idle_fraction": idle,
           "span_s": total / 1e12 if total > 1e9 else None,
           "events": {k: len(intervals.get(k, [])) for k in range(num_stages)}}
+
+
+def _covered(intervals, start):
+  """Length of the union of sorted (start, end) `intervals` after `start`:
+  a device's busy time when its ops overlap (several threads)."""
+  busy, end = 0, start
+  for begin, stop in intervals:
+    begin = max(begin, end)
+    if stop > begin:
+      busy += stop - begin
+      end = stop
+  return busy
 
 
 def memory_child(config: DevicesConfig, variant: str, num_frames: int) -> dict:
@@ -366,13 +379,8 @@ def memory_child(config: DevicesConfig, variant: str, num_frames: int) -> dict:
 def split_child(config: DevicesConfig) -> dict:
   """balance_by_time of the model's layers into config.modules stages."""
   tf = _setup(config, 1)
-  import keras  # pylint: disable=g-import-not-at-top
   from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
-  from sideways_tf import models  # pylint: disable=g-import-not-at-top
-  keras.utils.set_random_seed(0)
-  stages = models.MODELS[config.model](num_classes=config.num_classes,
-                                       num_modules=config.modules)
-  layers = [layer for stage in stages for layer in stage.layers]
+  _, layers = _model_layers(config)
   sample = tf.random.stateless_uniform(
       (config.batch_size, config.image_size, config.image_size,
        config.channels), seed=(0, 0))
@@ -482,11 +490,6 @@ def run(config: DevicesConfig, report_dir, command: str = "",
   return results
 
 
-def _child_main(argv):
-  kind, payload = argv[1], json.loads(argv[2])
-  config = DevicesConfig(**payload["config"])
-  print(json.dumps(CHILDREN[kind](config, **payload["kwargs"])), flush=True)
-
-
 if __name__ == "__main__":
-  _child_main(sys.argv)
+  from sideways_tf.benchmark import children  # noqa: PLC0415
+  children.child_main(sys.argv, DevicesConfig, CHILDREN)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-from sideways_tf import files
+from sideways_tf.run import files
 
 TITLES = {"sideways": "Sideways", "gpipe": "GPipe",
           "gpipe_remat": "GPipe + re-materialisation",
@@ -93,36 +93,48 @@ def _fractions(values) -> str:
 # ---------------------------------------------------------------- report
 
 def markdown(results: dict) -> str:
-  """The table and the goals, as docs/benchmarks.md shows them.
+  """The section of docs/benchmarks.md: how it was run, the results table,
+  how to read it, GPipe's measured bubble, the goals; one function each."""
+  parts = [_setup(results), _results_table(results), _notes(results),
+           _bubble_table(results), _goals_table(results)]
+  return "\n".join(line for part in parts for line in part) + "\n"
 
-  One piece: a flat list of lines, read top to bottom like the output.
-  """
-  c, rows, summary = results["config"], results["rows"], results["summary"]
-  k, m = summary["K"], summary["M"]
-  mem_ts = [str(int(t)) for t in c["memory_frames"]]
-  bp_fps = rows["bp"]["parallel"]["frames_per_s"] if "bp" in rows else None
-  lines = [
+
+def _setup(results: dict) -> list:
+  """The title, the command and what was run."""
+  c, summary = results["config"], results["summary"]
+  machine = results["machine"]
+  return [
       f"### Depth parallelism on {c['num_devices']} simulated devices",
       "",
       "Command (writes `simulated_devices.{json,md,png}` to its "
       "`--bench_dir`):",
       "", "```", results.get("command") or "bin/benchmark --simulate_devices",
       "```", "",
-      f"Run {results['date']}, {results['machine']['cpus']} CPUs, load "
-      f"average at start / end {results['machine']['load_average_start'][0]:.2f}"
-      f" / {results['machine']['load_average_end'][0]:.2f}. Model "
-      f"`{c['model']}` cut into K = {k} stages, one per simulated device "
-      f"(a process with {c['num_devices']} logical CPU devices, intra-op "
-      f"threads 1, inter-op threads {c['num_devices']}; serialised = inter-op "
-      f"1); {c['image_size']}x{c['image_size']}x{c['channels']} frames, "
-      f"B = {c['batch_size']}, T = {c['num_frames']}; GPipe micro-batches of "
-      f"{c['micro_batch_frames']} frame(s), M = {m}. Median of "
-      f"{c['repeats']} SGD train steps after {c['warmup']} warm-up. "
+      f"Run {results['date']}, {machine['cpus']} CPUs, load "
+      f"average at start / end {machine['load_average_start'][0]:.2f}"
+      f" / {machine['load_average_end'][0]:.2f}. Model "
+      f"`{c['model']}` cut into K = {summary['K']} stages, one per simulated "
+      f"device (a process with {c['num_devices']} logical CPU devices, "
+      f"intra-op threads 1, inter-op threads {c['num_devices']}; serialised "
+      f"= inter-op 1); {c['image_size']}x{c['image_size']}x{c['channels']} "
+      f"frames, B = {c['batch_size']}, T = {c['num_frames']}; GPipe "
+      f"micro-batches of {c['micro_batch_frames']} frame(s), M = "
+      f"{summary['M']}. Median of {c['repeats']} SGD train steps after "
+      f"{c['warmup']} warm-up. "
       + (f"Stages cut by measured time (balance_by_time): layers per stage "
          f"{list(c['stage_sizes'])}, forward + backward ms per stage "
          f"{[round(t * 1e3, 2) for t in results['split']['stage_s']]}."
          if results.get("split") else "Stages: the model's own split."),
-      "",
+      ""]
+
+
+def _results_table(results: dict) -> list:
+  """One row per algorithm: speed, memory per T, exactness, idle."""
+  rows = results["rows"]
+  mem_ts = [str(int(t)) for t in results["config"]["memory_frames"]]
+  bp_fps = rows["bp"]["parallel"]["frames_per_s"] if "bp" in rows else None
+  lines = [
       "| " + " | ".join(
           ["algorithm", "exact", "frames/s", "serialised frames/s",
            "speed-up", "/ single-device BP"] +
@@ -148,82 +160,96 @@ def markdown(results: dict) -> str:
     cells += [f"{p['cosine_to_bp']:.6f}", f"{p['max_relative_difference']:.1e}",
               "-" if f64 is None else f"{f64:.1e}", idle]
     lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _notes(results: dict) -> list:
+  """How the table's columns were measured."""
   bp32 = [r["parallel"]["bp32_max_relative_difference_f64"]
-          for r in rows.values()
+          for r in results["rows"].values()
           if "bp32_max_relative_difference_f64" in r["parallel"]]
-  timelines = [(v, r["parallel"]["timeline"]) for v, r in rows.items()
-               if r["parallel"].get("timeline")]
-  lines += [
+  return [
       "",
       f"GPipe's ideal idle fraction with equal stages is (K-1)/(M+K-1) = "
-      f"{summary['gpipe_expected_bubble']:.3f}. Memory is the peak RSS over "
-      "the train steps minus the RSS just before them (own process per T). "
-      "Max rel. diff: max over variables of max |g - g_ref| / max |g_ref|, "
-      "on the same weights and clip; the float64 reference is BP run in "
-      "float64 on copies of the stages"
+      f"{results['summary']['gpipe_expected_bubble']:.3f}. Memory is the "
+      "peak RSS over the train steps minus the RSS just before them (own "
+      "process per T). Max rel. diff: max over variables of max |g - g_ref| "
+      "/ max |g_ref|, on the same weights and clip; the float64 reference is "
+      "BP run in float64 on copies of the stages"
       + (f" (float32 BP's own difference to it: {max(bp32):.1e})"
          if bp32 else "") + ". "
       "Idle per device (profiler ops): from a profiler trace of one step, "
       "1 - (union of the device's op intervals) / (span of all stage ops); "
       "executor gaps between ops count as idle."]
-  if timelines:
-    lines += [
-        "",
-        "GPipe's bubble from its clock timestamps (one timed clip gradient, "
-        "`gpipe.stage_timeline`: when each stage's work of each clock "
-        "started and ended; the median of "
-        f"{timelines[0][1].get('repeats', 1)} timed runs per device). "
-        "Bubble: the device's fill and drain, (its "
-        "first start - the phase's first start) + (the phase's last end - "
-        "its last end), / the phase's span; idle: 1 - the device's work "
-        "time / span (the bubble plus every wait in between: for the slower "
-        "stage, for the loop itself). Measured "
-        "phase: the forward clocks, or with re-materialisation the "
-        "written-out backward clocks (the only phase where every stage "
-        "works; TensorFlow's own reverse loop is not timed).",
-        "",
-        "| algorithm | phase | clocks | bubble per device | idle per device |"
-        " (K-1)/(M+K-1) | first / median work ms | clock period ms |",
-        "|---|---|---|---|---|---|---|---|"]
-    for v, timeline in timelines:
-      for phase, b in timeline["phases"].items():
-        if not b.get("available"):
-          continue
-        mark = "**" if phase == timeline["measured_phase"] else ""
-        work = ", ".join(
-            "-" if f is None else f"{f * 1e3:.1f} / {m * 1e3:.1f}"
-            for f, m in zip(b.get("first_work_s", []),
-                            b.get("median_work_s", [])))
-        period = ", ".join("-" if t is None else f"{t * 1e3:.1f}"
-                           for t in b.get("median_period_s", []))
-        lines.append(
-            f"| {TITLES[v]} | {mark}{phase}{mark} | {b['clocks']} | "
-            f"{_fractions(b['bubble'])} | {_fractions(b['idle'])} | "
-            f"{summary['gpipe_expected_bubble']:.3f} | {work or '-'} | "
-            f"{period or '-'} |")
-  lines += ["", "| goal | measured | target | status |", "|---|---|---|---|"]
+
+
+def _bubble_table(results: dict) -> list:
+  """GPipe's bubble per phase from its clock timestamps (if timed)."""
+  timelines = [(v, r["parallel"]["timeline"])
+               for v, r in results["rows"].items()
+               if r["parallel"].get("timeline")]
+  if not timelines:
+    return []
+  expected = results["summary"]["gpipe_expected_bubble"]
+  lines = [
+      "",
+      "GPipe's bubble from its clock timestamps (one timed clip gradient, "
+      "`gpipe.stage_timeline`: when each stage's work of each clock "
+      "started and ended; the median of "
+      f"{timelines[0][1].get('repeats', 1)} timed runs per device). "
+      "Bubble: the device's fill and drain, (its "
+      "first start - the phase's first start) + (the phase's last end - "
+      "its last end), / the phase's span; idle: 1 - the device's work "
+      "time / span (the bubble plus every wait in between: for the slower "
+      "stage, for the loop itself). Measured "
+      "phase: the forward clocks, or with re-materialisation the "
+      "written-out backward clocks (the only phase where every stage "
+      "works; TensorFlow's own reverse loop is not timed).",
+      "",
+      "| algorithm | phase | clocks | bubble per device | idle per device |"
+      " (K-1)/(M+K-1) | first / median work ms | clock period ms |",
+      "|---|---|---|---|---|---|---|---|"]
+  for variant, timeline in timelines:
+    for phase, b in timeline["phases"].items():
+      if b.get("available"):
+        lines.append(_bubble_row(variant, timeline, phase, b, expected))
+  return lines
+
+
+def _bubble_row(variant, timeline, phase, b, expected) -> str:
+  mark = "**" if phase == timeline["measured_phase"] else ""
+  work = ", ".join(
+      "-" if f is None else f"{f * 1e3:.1f} / {m * 1e3:.1f}"
+      for f, m in zip(b.get("first_work_s", []), b.get("median_work_s", [])))
+  period = ", ".join("-" if t is None else f"{t * 1e3:.1f}"
+                     for t in b.get("median_period_s", []))
+  return (f"| {TITLES[variant]} | {mark}{phase}{mark} | {b['clocks']} | "
+          f"{_fractions(b['bubble'])} | {_fractions(b['idle'])} | "
+          f"{expected:.3f} | {work or '-'} | {period or '-'} |")
+
+
+def _goals_table(results: dict) -> list:
+  """Each goal of :func:`summarise`: measured, target, met or missed."""
+  summary = results["summary"]
+  within = (f"within {GOALS['gpipe_bubble_tolerance']:.0%} of "
+            f"{summary['gpipe_expected_bubble']:.3f}")
+  exact = f"<= {GOALS['gpipe_max_relative_difference']} (vs float64 BP)"
+  gpipe_speedup = f">= {GOALS['gpipe_speedup']}x"
   targets = {
       "sideways_speedup": f">= {GOALS['sideways_speedup']}x",
       "sideways_vs_bp": f">= {GOALS['sideways_vs_bp']}x",
-      "gpipe_speedup": f">= {GOALS['gpipe_speedup']}x",
-      "gpipe_remat_speedup": f">= {GOALS['gpipe_speedup']}x",
-      "gpipe_exact": f"<= {GOALS['gpipe_max_relative_difference']} "
-                     "(vs float64 BP)",
-      "gpipe_remat_exact": f"<= {GOALS['gpipe_max_relative_difference']} "
-                           "(vs float64 BP)",
-      "gpipe_within_float32_bp_rounding": "<= float32 BP's difference",
-      "gpipe_remat_within_float32_bp_rounding":
-          "<= float32 BP's difference",
-      "gpipe_bubble": f"within {GOALS['gpipe_bubble_tolerance']:.0%} of "
-                      f"{summary['gpipe_expected_bubble']:.3f}",
-      "gpipe_remat_bubble": f"within {GOALS['gpipe_bubble_tolerance']:.0%} of"
-                            f" {summary['gpipe_expected_bubble']:.3f}",
       "sideways_vs_gpipe_memory": f"<= {GOALS['sideways_vs_gpipe_memory']}",
   }
+  for variant in ("gpipe", "gpipe_remat"):
+    targets.update({
+        f"{variant}_speedup": gpipe_speedup, f"{variant}_exact": exact,
+        f"{variant}_within_float32_bp_rounding": "<= float32 BP's difference",
+        f"{variant}_bubble": within})
+  lines = ["", "| goal | measured | target | status |", "|---|---|---|---|"]
   for name, goal in summary["goals"].items():
     lines.append(f"| {name} | {goal['measured']:.3g} | {targets[name]} | "
                  f"{'met' if goal['met'] else '**missed**'} |")
-  return "\n".join(lines) + "\n"
+  return lines
 
 
 def plot(results: dict, path: pathlib.Path) -> None:

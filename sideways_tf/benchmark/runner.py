@@ -17,7 +17,7 @@ from sideways_tf.benchmark.common import GOALS
 from sideways_tf.benchmark.common import BenchmarkConfig
 from sideways_tf.benchmark.common import configure
 from sideways_tf.benchmark.common import log
-from sideways_tf.files import atomic_write_text
+from sideways_tf.run.files import atomic_write_text
 
 
 def run(config: BenchmarkConfig, bench_dir, doc_path=None,

@@ -23,7 +23,7 @@ from typing import List, Tuple
 import tensorflow as tf
 
 from sideways_tf.data import clips
-from sideways_tf.files import PROJECT_ROOT
+from sideways_tf.run.files import PROJECT_ROOT
 
 DATASET_NAMES = ("synthetic", "tfds", "video_folder", "moving_digits")
 

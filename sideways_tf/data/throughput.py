@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from sideways_tf import cli
+from sideways_tf.run import cli
 
 FLAGS = flags.FLAGS
 

@@ -42,7 +42,7 @@ from absl import logging
 from sideways_tf.data import shard_check
 from sideways_tf.data import splits as splits_lib
 from sideways_tf.data.video_decode import decode_task
-from sideways_tf.files import atomic_write_text
+from sideways_tf.run.files import atomic_write_text
 
 # Containers FFmpeg (PyAV) opens, matched case-insensitively (.MOV from phones).
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg",

@@ -84,7 +84,7 @@ TABLE_MARKERS = ("<!-- algorithm-table: begin -->",
 def write_docs_table(path) -> None:
   """Writes :func:`table_markdown` into docs/engine.md between its markers
   (``python -m sideways_tf.engine.algorithms docs/engine.md``)."""
-  from sideways_tf import files  # only the docs writer needs it
+  from sideways_tf.run import files  # only the docs writer needs it
   files.write_marked_section(path, *TABLE_MARKERS,
                              table_markdown().split("\n"))
 

@@ -26,8 +26,8 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
-from sideways_tf.files import PROJECT_ROOT
-from sideways_tf.files import atomic_write_text
+from sideways_tf.run.files import PROJECT_ROOT
+from sideways_tf.run.files import atomic_write_text
 
 CONFIG = "configs/moving_digits.py"
 EARLY_STEP = 1000  # diagnostics up to here count as "early"

@@ -156,13 +156,21 @@ def _acc(pair):
 
 
 def section(outdir, report_dir, command: str) -> List[str]:
-  """Markdown lines of the gap map (and its two plots in report_dir)."""
+  """Markdown lines of the gap map (and its plots in report_dir): the
+  cells' table, train − test, the diagnostics' correlations, the warning's
+  detections, the plots; one function each."""
   results = load(outdir)
   rows = cells(results)
   if not rows:
     return []
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
+  return (_cells_table(rows) + _generalisation(rows) + _correlations(rows) +
+          _detections(outdir, results) + _plots(outdir, rows, report_dir) +
+          [f"*Command: `{command}`*", ""])
+
+
+def _cells_table(rows) -> List[str]:
   lines = [
       "## Where Sideways is safe: the gap map (moving digits)", "",
       "Real handwriting (UCI digits via scikit-learn) moving over real photos, "
@@ -189,55 +197,69 @@ def section(outdir, report_dir, command: str) -> List[str]:
         f"{_acc(r['sideways'])} | {_acc(r['bp'])} | {_fmt(r['gap'])} | "
         f"{_value(e['risk'])} | {_value(e['cosine/module_1'])} | "
         f"{_value(e['update_cosine/module_1'])} | {r['seconds']:.0f} |")
-  lines.append("")
-  generalisation = [r for r in rows if "train_minus_test" in r]
-  for r in generalisation:
-    lines += [
-        f"Train − test (per-frame accuracy on the training clips over the "
-        f"last log window − per-frame test accuracy), "
-        f"{r['cell']}: Sideways {_fmt(r['train_minus_test']['sideways'])}, "
-        f"BP {_fmt(r['train_minus_test']['bp'])}.", ""]
+  return lines + [""]
+
+
+def _generalisation(rows) -> List[str]:
+  lines = []
+  for r in rows:
+    if "train_minus_test" in r:
+      lines += [
+          f"Train − test (per-frame accuracy on the training clips over the "
+          f"last log window − per-frame test accuracy), "
+          f"{r['cell']}: Sideways {_fmt(r['train_minus_test']['sideways'])}, "
+          f"BP {_fmt(r['train_minus_test']['bp'])}.", ""]
+  return lines
+
+
+def _correlations(rows) -> List[str]:
   found = correlations(rows)
   learnt = correlations([r for r in rows if r["bp"][0] >= 0.5])
-  if found:
-    lines += ["Does an early diagnostic predict the gap? Correlation across "
-              "cells of the early value with the cell's mean gap, over all "
-              "cells and over the cells where BP learns (mean test accuracy "
-              "≥ 0.5; where BP stays near chance no gap can show):", "",
-              "| diagnostic | cells | Pearson r | Spearman ρ |",
-              "|---|---|---|---|"]
-    for name, c in found.items():
-      lines.append(f"| `{name}` | all {c['cells']} | {c['pearson']:+.2f} | "
-                   f"{c['spearman']:+.2f} |")
-      if name in learnt:
-        c = learnt[name]
-        lines.append(f"| `{name}` | BP learns, {c['cells']} | "
-                     f"{c['pearson']:+.2f} | {c['spearman']:+.2f} |")
-    lines.append("")
+  if not found:
+    return []
+  lines = ["Does an early diagnostic predict the gap? Correlation across "
+           "cells of the early value with the cell's mean gap, over all "
+           "cells and over the cells where BP learns (mean test accuracy "
+           "≥ 0.5; where BP stays near chance no gap can show):", "",
+           "| diagnostic | cells | Pearson r | Spearman ρ |",
+           "|---|---|---|---|"]
+  for name, c in found.items():
+    lines.append(f"| `{name}` | all {c['cells']} | {c['pearson']:+.2f} | "
+                 f"{c['spearman']:+.2f} |")
+    if name in learnt:
+      c = learnt[name]
+      lines.append(f"| `{name}` | BP learns, {c['cells']} | "
+                   f"{c['pearson']:+.2f} | {c['spearman']:+.2f} |")
+  return lines + [""]
+
+
+def _detections(outdir, results) -> List[str]:
   from sideways_tf.training.hooks import FidelityHook  # noqa: PLC0415
   threshold = FidelityHook.RISK_THRESHOLD
   found = detection(outdir, results, threshold)
   (hit, big), (alarm, small) = found["big_gap"], found["small_gap"]
-  if big or small:
-    lines += [
-        f"Does the shipped warning (`fidelity/risk` > {threshold} at a step "
-        f"before {gap_map.EARLY_STEP}) flag the runs that trail? Per Sideways "
-        f"run against the BP run of the same data and seed, over the runs "
-        f"whose BP run learnt (test accuracy ≥ 0.5; {found['skipped']} runs "
-        f"left out): flagged {hit} of {big} runs more than 10 points behind, "
-        f"and {alarm} of {small} runs within 10 points (false alarms).", ""]
+  if not (big or small):
+    return []
+  return [
+      f"Does the shipped warning (`fidelity/risk` > {threshold} at a step "
+      f"before {gap_map.EARLY_STEP}) flag the runs that trail? Per Sideways "
+      f"run against the BP run of the same data and seed, over the runs "
+      f"whose BP run learnt (test accuracy ≥ 0.5; {found['skipped']} runs "
+      f"left out): flagged {hit} of {big} runs more than 10 points behind, "
+      f"and {alarm} of {small} runs within 10 points (false alarms).", ""]
+
+
+def _plots(outdir, rows, report_dir) -> List[str]:
   _plot_gaps(rows, report_dir / "results_gap_map.png")
   _plot_risk(rows, report_dir / "results_gap_risk.png")
-  lines += ["![gap map](results_gap_map.png)", "",
-            "![risk vs gap](results_gap_risk.png)", ""]
+  lines = ["![gap map](results_gap_map.png)", "",
+           "![risk vs gap](results_gap_risk.png)", ""]
   if _plot_diagnostics(outdir, rows, report_dir / "results_gap_signals.png"):
     lines += ["![diagnostics during training](results_gap_signals.png)", "",
               "*The default cell's Sideways runs (mean over seeds): test "
               "accuracy of both algorithms, the per-module gradient cosine, "
               "and `fidelity/risk`. The cosines of modules 2..L sit near 1 "
               "throughout; only module 1's moves, and noisily.*", ""]
-  lines += [
-            f"*Command: `{command}`*", ""]
   return lines
 
 
@@ -325,7 +347,7 @@ BEGIN, END = "<!-- gap map: begin -->", "<!-- gap map: end -->"
 def update(outdir, report_dir, command: str) -> pathlib.Path:
   """Writes the gap map into report_dir/results.md between its markers,
   keeping the rest of the file (appends the section the first time)."""
-  from sideways_tf.files import write_marked_section  # noqa: PLC0415
+  from sideways_tf.run.files import write_marked_section  # noqa: PLC0415
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   path = report_dir / "results.md"

@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from sideways_tf.configs import default
 from sideways_tf import data as data_lib
-from sideways_tf.files import atomic_write_text
+from sideways_tf.run.files import atomic_write_text
 from sideways_tf.training import train_lib
 from sideways_tf.data import clips
 

@@ -23,9 +23,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from sideways_tf.files import write_marked_section
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_report
+from sideways_tf.run.files import write_marked_section
 
 CONFIG = "configs/motion_skip.py"
 DEFAULT = "offset skip 2:0, concat (configs/motion_skip.py)"

@@ -33,8 +33,8 @@ import pathlib
 import time
 from typing import Dict, List
 
-from sideways_tf.files import atomic_write_text
 from sideways_tf.paper_experiments import gap_map
+from sideways_tf.run.files import atomic_write_text
 
 SEEDS = 5
 EVAL_EVERY = 250

@@ -70,42 +70,16 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
     mode = "time"
   if not mode:
     return list(stages), {}
-  layers = []
-  for k, stage in enumerate(stages):
-    if not hasattr(stage, "layers"):
-      raise ValueError(
-          f"config.model.balance={mode!r} re-cuts the model's layers, but "
-          f"stage {k} ({stage.name}) is a single layer, not a Sequential")
-    layers.extend(stage.layers)
-  num_modules = len(stages)
-  chosen_from = None
+  layers = _layers(stages, mode)
+  num_modules, chosen_from = len(stages), None
   if auto:
-    if stage_sizes is not None:
-      num_modules, chosen_from = len(stage_sizes), "the saved split"
-    elif num_devices:
-      num_modules, chosen_from = int(num_devices), "config.devices"
-    else:
-      chosen_from = f"the model's own split ({model_config.name})"
-    if not 1 <= num_modules <= len(layers):
-      raise ValueError(
-          f"config.model.num_modules='auto' chose {num_modules} modules "
-          f"(from {chosen_from}), but the model has only {len(layers)} "
-          f"layers to cut; list fewer devices or set num_modules")
+    num_modules, chosen_from = _auto_num_modules(
+        model_config, len(layers), num_modules, stage_sizes, num_devices)
   if stage_sizes is None:
     sample = tf.random.stateless_uniform(
         (int(batch_size),) + tuple(frame_shape), seed=(0, 0))
-    if mode == "time":
-      extra = (balance.replay_forwards(num_modules, replay_modules, skips,
-                                       skip_align)
-               if 0 < replay_modules < num_modules else [])
-      stage_sizes = balance.balance_by_time(layers, num_modules, sample,
-                                            replay_forwards=extra)
-      how = "balanced by time" + (
-          f", with replay's extra forwards per module {extra}"
-          if any(extra) else "")
-    else:
-      stage_sizes = balance.balance_by_params(layers, num_modules, sample)
-      how = "balanced by params"
+    stage_sizes, how = _balanced_sizes(
+        mode, layers, num_modules, sample, replay_modules, skips, skip_align)
   else:
     how = "saved split"
   stage_sizes = [int(s) for s in stage_sizes]
@@ -113,8 +87,8 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
     raise ValueError(
         f"stage_sizes {stage_sizes} do not cut the model's {len(layers)} "
         f"layers into {num_modules} modules")
-  groups = balance.split(layers, stage_sizes)
-  names: List[List[str]] = [[layer.name for layer in g] for g in groups]
+  names: List[List[str]] = [[layer.name for layer in g]
+                            for g in balance.split(layers, stage_sizes)]
   if chosen_from:
     how += f"; num_modules=auto: {num_modules} from {chosen_from}"
   logging.info("model split (%s): layers per module %s: %s", how,
@@ -126,3 +100,51 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
   if chosen_from:
     info["num_modules_from"] = chosen_from
   return balance.to_stages(layers, stage_sizes), info
+
+
+def _layers(stages: Sequence, mode: str) -> list:
+  """The layers of every stage, in order: what balancing re-cuts."""
+  layers = []
+  for k, stage in enumerate(stages):
+    if not hasattr(stage, "layers"):
+      raise ValueError(
+          f"config.model.balance={mode!r} re-cuts the model's layers, but "
+          f"stage {k} ({stage.name}) is a single layer, not a Sequential")
+    layers.extend(stage.layers)
+  return layers
+
+
+def _auto_num_modules(model_config, num_layers: int, own_num_modules: int,
+                      stage_sizes, num_devices: int) -> Tuple[int, str]:
+  """num_modules="auto": from the saved split, else one per device of
+  config.devices, else the model's own split; and where it came from."""
+  if stage_sizes is not None:
+    num_modules, chosen_from = len(stage_sizes), "the saved split"
+  elif num_devices:
+    num_modules, chosen_from = int(num_devices), "config.devices"
+  else:
+    num_modules = own_num_modules
+    chosen_from = f"the model's own split ({model_config.name})"
+  if not 1 <= num_modules <= num_layers:
+    raise ValueError(
+        f"config.model.num_modules='auto' chose {num_modules} modules "
+        f"(from {chosen_from}), but the model has only {num_layers} "
+        f"layers to cut; list fewer devices or set num_modules")
+  return num_modules, chosen_from
+
+
+def _balanced_sizes(mode, layers, num_modules, sample, replay_modules, skips,
+                    skip_align):
+  """Layers per module, balanced by time (counting replay's extra forwards)
+  or by parameters; and how, for the log line."""
+  if mode != "time":
+    return balance.balance_by_params(layers, num_modules, sample), (
+        "balanced by params")
+  extra = (balance.replay_forwards(num_modules, replay_modules, skips,
+                                   skip_align)
+           if 0 < replay_modules < num_modules else [])
+  sizes = balance.balance_by_time(layers, num_modules, sample,
+                                  replay_forwards=extra)
+  return sizes, "balanced by time" + (
+      f", with replay's extra forwards per module {extra}"
+      if any(extra) else "")

@@ -11,10 +11,10 @@ import tensorflow as tf
 
 from sideways_tf import configs
 from sideways_tf import data as data_lib
-from sideways_tf import distributed
 from sideways_tf import models
 from sideways_tf.engine import algorithms
 from sideways_tf.engine.pipeline import Pipeline
+from sideways_tf.run import distributed
 from sideways_tf.training import auto_balance
 from sideways_tf.training.trainer import DynamicLossScale, Trainer
 

@@ -5,6 +5,10 @@ step; every hook decides on its own whether a step is due. Before the step:
 :class:`FidelityHook`, :class:`StageTimeHook` (they look at the clip the step
 trains on). After it: :class:`LogHook`, :class:`CheckpointHook`,
 :class:`EvalHook`, in that order.
+
+Each hook is given its own settings when it is made (:func:`make_hooks`, the
+one place that reads the config for them) and never reads the config
+itself, so a new periodic job touches this file and not the loop.
 """
 
 from __future__ import annotations
@@ -12,17 +16,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Dict
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from absl import logging
 
-from sideways_tf import diagnostics
-from sideways_tf import summaries
 from sideways_tf.data import shard_check
 from sideways_tf.engine import algorithms
-from sideways_tf.files import atomic_write_text
+from sideways_tf.run import summaries
+from sideways_tf.run.files import atomic_write_text
+from sideways_tf.training import diagnostics
 from sideways_tf.training import progress
 from sideways_tf.training import workdir as workdir_lib
 
@@ -68,8 +72,8 @@ class FidelityHook(Hook):
 
   RISK_THRESHOLD = 0.4
 
-  def __init__(self, every: int):
-    self.every = every
+  def __init__(self, every: int, algorithm: str):
+    self.every, self.algorithm = every, algorithm
     self.warned = False
 
   def before_step(self, ctx, step, frames, labels):
@@ -93,7 +97,7 @@ class FidelityHook(Hook):
 
   def _warn(self, ctx, step, risk):
     if (self.warned or risk <= self.RISK_THRESHOLD
-        or algorithms.get(ctx.setup.config.algorithm).exact):
+        or algorithms.get(self.algorithm).exact):
       return
     self.warned = True
     logging.warning(
@@ -164,25 +168,58 @@ class CheckpointHook(Hook):
       workdir_lib.save_checkpoint(ctx.setup, ctx.manager, step)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """What an evaluation needs from the config: how many eval batches (None:
+  the whole split) and the data config its read errors are named after."""
+  num_batches: Optional[int]
+  data: object  # config.data
+
+  @classmethod
+  def from_config(cls, config, num_batches: Optional[int] = None):
+    return cls(num_batches or config.eval.num_batches or None, config.data)
+
+
 class EvalHook(Hook):
   """Evaluates every `every` steps and after the last one."""
 
-  def __init__(self, every: int, num_steps: int):
-    self.every, self.num_steps = every, num_steps
+  def __init__(self, every: int, num_steps: int, settings: EvalSettings):
+    self.every, self.num_steps, self.settings = every, num_steps, settings
     self.metrics: Dict[str, float] = {}
 
   def after_step(self, ctx, step, frames, metrics, seconds):
     if due(step, self.every) or step == self.num_steps:
-      self.metrics = evaluate(ctx.setup, ctx.eval_writer, step, ctx.workdir)
+      self.run(ctx, step)
+
+  def run(self, ctx, step) -> Dict[str, float]:
+    self.metrics = evaluate(ctx.setup, ctx.eval_writer, step, ctx.workdir,
+                            self.settings)
+    return self.metrics
 
 
-def evaluate(setup, writer, step, workdir, num_batches=None):
+def make_hooks(config, first_step: int,
+               is_chief: bool) -> Tuple[LogHook, EvalHook, List[Hook]]:
+  """The run's hooks in the order they run, each with its settings from
+  `config`; also the log and eval hooks, whose results the loop reports.
+  Only the chief runs more than the log hook."""
+  train = config.train
+  log = LogHook(train.log_every, train.num_steps, first_step)
+  evaluation = EvalHook(train.eval_every, train.num_steps,
+                        EvalSettings.from_config(config))
+  if not is_chief:
+    return log, evaluation, [log]
+  return log, evaluation, [
+      log, FidelityHook(train.fidelity_every, config.algorithm),
+      StageTimeHook(train.stage_time_every),
+      CheckpointHook(train.checkpoint_every), evaluation]
+
+
+def evaluate(setup, writer, step, workdir, settings: EvalSettings):
   """Clip and frame accuracy on the eval split -> TensorBoard, eval.json."""
-  num_batches = num_batches or setup.config.eval.num_batches or None
   batches = setup.datasets.eval
-  if num_batches:
-    batches = batches.take(num_batches)
-  with shard_check.named_data_errors(setup.config.data):
+  if settings.num_batches:
+    batches = batches.take(settings.num_batches)
+  with shard_check.named_data_errors(settings.data):
     metrics = setup.trainer.evaluate(batches)
   summaries.write_scalars(writer, step, {
       "eval/loss": metrics["loss"],

@@ -18,13 +18,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from sideways_tf import checkpoints
 from sideways_tf import configs
-from sideways_tf import distributed
-from sideways_tf import distributed_start
-from sideways_tf import summaries
-from sideways_tf import workdir_lock
 from sideways_tf.data import shard_check
+from sideways_tf.run import checkpoints
+from sideways_tf.run import distributed
+from sideways_tf.run import distributed_start
+from sideways_tf.run import summaries
+from sideways_tf.run import workdir_lock
 from sideways_tf.training import builder
 from sideways_tf.training import hooks as hooks_lib
 from sideways_tf.training import workdir as workdir_lib
@@ -103,14 +103,8 @@ def _check_clip_length(setup):
 def _run(ctx, cluster, is_chief) -> Dict[str, object]:
   """The loop with its hooks, the final save, then the run's summary."""
   setup, workdir = ctx.setup, ctx.workdir
-  train_cfg = setup.config.train
-  log = hooks_lib.LogHook(train_cfg.log_every, train_cfg.num_steps,
-                          int(setup.step))
-  evaluation = hooks_lib.EvalHook(train_cfg.eval_every, train_cfg.num_steps)
-  hooks = [log] + ([hooks_lib.FidelityHook(train_cfg.fidelity_every),
-                    hooks_lib.StageTimeHook(train_cfg.stage_time_every),
-                    hooks_lib.CheckpointHook(train_cfg.checkpoint_every),
-                    evaluation] if is_chief else [])
+  log, evaluation, hooks = hooks_lib.make_hooks(setup.config, int(setup.step),
+                                                is_chief)
   first_step, run_start = int(setup.step), time.perf_counter()
   stop = _StopFlag()
   try:
@@ -138,8 +132,7 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
     else:
       _print_cluster_stop(cluster, step, stop, workdir)
     return {"step": step, "interrupted": True, "signal": stop.signum}
-  eval_metrics = evaluation.metrics or hooks_lib.evaluate(
-      setup, ctx.eval_writer, step, workdir)
+  eval_metrics = evaluation.metrics or evaluation.run(ctx, step)
   return _summary(setup.config, workdir, step, step - first_step, wall,
                   frames_per_clip, log.last, eval_metrics)
 
@@ -285,8 +278,9 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None):
                         stage_sizes=workdir_lib.saved_stage_sizes(workdir))
   setup.checkpoint.restore(latest).expect_partial()
   writer = tf.summary.create_file_writer(str(workdir / "eval"))
-  metrics = hooks_lib.evaluate(setup, writer, int(setup.step), workdir,
-                               num_batches)
+  metrics = hooks_lib.evaluate(
+      setup, writer, int(setup.step), workdir,
+      hooks_lib.EvalSettings.from_config(config, num_batches))
   writer.flush()
   return metrics
 

@@ -7,7 +7,7 @@
                              step, pipeline state)
   workdir/train/, eval/      TensorBoard event files
   workdir/eval.json          the last evaluation
-  workdir/.lock              held by the running `bin/train` (workdir_lock.py)
+  workdir/.lock              held by the running `bin/train` (run/workdir_lock.py)
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from typing import Dict
 
 import ml_collections
 
-from sideways_tf import checkpoints
 from sideways_tf import configs
-from sideways_tf import workdir_lock
-from sideways_tf.files import atomic_write_text
+from sideways_tf.run import checkpoints
+from sideways_tf.run import workdir_lock
+from sideways_tf.run.files import atomic_write_text
 
 # Keys that may change between a run and its resumption (how long, how often,
 # how loud); anything else changing means a different experiment.
 # train.learning_rate is one so that a run stopped on a NaN can resume with a
-# smaller one. (run_keys.py re-exports them for the entry points.)
+# smaller one. (run/run_keys.py re-exports them for the entry points.)
 RESUMABLE_KEYS = ("train.num_steps", "train.learning_rate", "train.log_every",
                   "train.eval_every", "train.checkpoint_every",
                   "train.fidelity_every", "train.stage_time_every",

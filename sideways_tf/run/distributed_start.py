@@ -46,7 +46,7 @@ def unreachable(tasks) -> List[tuple]:
 _WATCHDOG = r"""
 import os, runpy, signal, sys, select
 # This file by path: importing the package would import TensorFlow.
-module = runpy.run_path(os.path.join(sys.argv[3], "sideways_tf",
+module = runpy.run_path(os.path.join(sys.argv[3], "sideways_tf", "run",
                                      "distributed_start.py"))
 peers, unreachable = module["peers"], module["unreachable"]
 ready, _, _ = select.select([sys.stdin], [], [], float(sys.argv[2]))
@@ -74,7 +74,7 @@ def start_cluster(make_cluster, timeout_seconds: float):
     return make_cluster()
   import pathlib  # noqa: PLC0415
   import subprocess  # noqa: PLC0415
-  root = str(pathlib.Path(__file__).resolve().parent.parent)
+  root = str(pathlib.Path(__file__).resolve().parents[2])
   watchdog = subprocess.Popen(
       [sys.executable, "-c", _WATCHDOG, str(os.getpid()),
        str(float(timeout_seconds)), root, os.path.basename(sys.argv[0])],

@@ -4,7 +4,7 @@ import os
 import pathlib
 
 # The directory `sideways_tf` is imported from.
-PACKAGE_PARENT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE_PARENT = pathlib.Path(__file__).resolve().parents[2]
 # The checkout (it holds pyproject.toml); for an installed package (pip
 # install .) the working directory: the default home of workdir/ and
 # data_cache/.

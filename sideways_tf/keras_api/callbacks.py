@@ -3,7 +3,7 @@
 ``GradientFidelity`` writes the Sideways-vs-BP gradient diagnostic that
 bin/train writes (``fidelity/cosine/module_<k>``,
 ``fidelity/norm_ratio/module_<k>``; docs/tensorboard.md) from inside
-``fit``, with the same code (:mod:`sideways_tf.summaries`). Every standard
+``fit``, with the same code (:mod:`sideways_tf.run.summaries`). Every standard
 Keras callback (TensorBoard, ModelCheckpoint, BackupAndRestore, EarlyStopping,
 ReduceLROnPlateau, CSVLogger) works as it does for any Keras model.
 """
@@ -16,7 +16,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from sideways_tf import summaries
+from sideways_tf.run import summaries
 
 
 class GradientFidelity(keras.callbacks.Callback):

@@ -61,18 +61,39 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
   if output_dir.exists() and not overwrite:
     raise ValueError(f"{output_dir} exists; pass --overwrite (bin/export) or overwrite=True "
                      f"(export_saved_model) to replace it")
-  height, width, channels = (int(d) for d in frame_shape)
-  image_size = [height, width]
-  state_specs = pipeline.stream_state_specs((height, width, channels))
-  state_names = [name for name, _, _ in state_specs]
+  frame_shape = tuple(int(d) for d in frame_shape)
+  class_names = _checked_class_names(pipeline, frame_shape, class_names)
+  archive = _archive(pipeline, frame_shape, class_names)
+  tmp = output_dir.with_name(f".{output_dir.name}.tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  archive.write_out(str(tmp), verbose=False)
+  (tmp / CLASS_NAMES_FILE).parent.mkdir(exist_ok=True)
+  (tmp / CLASS_NAMES_FILE).write_text("".join(c + "\n" for c in class_names))
+  if output_dir.exists():
+    shutil.rmtree(output_dir)
+  tmp.rename(output_dir)
+  return output_dir
+
+
+def _checked_class_names(pipeline, frame_shape, class_names):
+  """One name per class of the model (default "0", "1", ...), one line each."""
   num_classes = int(pipeline._ensure_built(  # pylint: disable=protected-access
-      (height, width, channels), tf.float32)[-1].output_shape[-1])
+      frame_shape, tf.float32)[-1].output_shape[-1])
   class_names = ([str(i) for i in range(num_classes)] if class_names is None
                  else [str(c) for c in class_names])
   if len(class_names) != num_classes or any("\n" in c for c in class_names):
     raise ValueError(f"class_names must be {num_classes} names without line "
                      f"breaks (the model has {num_classes} classes), got "
                      f"{class_names!r}")
+  return class_names
+
+
+def _archive(pipeline, frame_shape, class_names) -> keras.export.ExportArchive:
+  """The three signatures (module docstring) over the pipeline's stages."""
+  height, width, channels = frame_shape
+  image_size = [height, width]
+  state_specs = pipeline.stream_state_specs(frame_shape)
+  state_names = [name for name, _, _ in state_specs]
 
   def serve(video):
     frame_logits = pipeline.frame_logits(preprocess(video, image_size))
@@ -110,16 +131,24 @@ def export_saved_model(pipeline: Pipeline, frame_shape: Sequence[int],
       dict({name: tf.TensorSpec([None, *shape], dtype, name)
             for name, shape, dtype in state_specs},
            ticks=tf.TensorSpec([None], tf.int64, "ticks"))])
+  return archive
 
-  tmp = output_dir.with_name(f".{output_dir.name}.tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  archive.write_out(str(tmp), verbose=False)
-  (tmp / CLASS_NAMES_FILE).parent.mkdir(exist_ok=True)
-  (tmp / CLASS_NAMES_FILE).write_text("".join(c + "\n" for c in class_names))
-  if output_dir.exists():
-    shutil.rmtree(output_dir)
-  tmp.rename(output_dir)
-  return output_dir
+
+def export_trained(pipeline: Pipeline, frame_shape, output_dir,
+                   overwrite: bool = False,
+                   class_names: Optional[Sequence[str]] = None,
+                   tflite: bool = False) -> pathlib.Path:
+  """SidewaysModel.export: the SavedModel of a model that has seen frames
+  (`frame_shape` None: not yet) and, with `tflite`, its streaming step as
+  TFLite in OUTPUT/tflite/ (as bin/export --tflite)."""
+  if frame_shape is None:
+    raise ValueError("the model has not seen a frame yet: build, fit or "
+                     "predict first so the export knows the frame shape")
+  path = export_saved_model(pipeline, frame_shape, output_dir,
+                            overwrite=overwrite, class_names=class_names)
+  if tflite:
+    export_tflite(path)
+  return path
 
 
 TFLITE_DIR = "tflite"

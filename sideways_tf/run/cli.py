@@ -7,8 +7,8 @@ from absl import flags
 from absl import logging
 
 from sideways_tf.engine import algorithms
-from sideways_tf.files import PROJECT_ROOT
-from sideways_tf import user_errors
+from sideways_tf.run.files import PROJECT_ROOT
+from sideways_tf.run import user_errors
 
 flags.DEFINE_bool("verbose", False, "Show the traceback of a user error "
                   "(a bad flag, config, workdir or data) instead of a short "
@@ -18,7 +18,7 @@ flags.DEFINE_bool("verbose", False, "Show the traceback of a user error "
 def default_config_path() -> str:
   """sideways_tf/configs/default.py: shipped in the package, so it is there
   in a checkout and after `pip install .` alike."""
-  return str(pathlib.Path(__file__).resolve().parent / "configs" /
+  return str(pathlib.Path(__file__).resolve().parents[1] / "configs" /
              "default.py")
 
 
@@ -56,7 +56,7 @@ def resolve_workdir(workdir, config, argv=None) -> pathlib.Path:
   if workdir:
     return pathlib.Path(workdir).expanduser().resolve()
   import sys  # noqa: PLC0415
-  from sideways_tf import run_keys  # noqa: PLC0415
+  from sideways_tf.run import run_keys  # noqa: PLC0415
   suffix = run_keys.override_suffix(sys.argv if argv is None else argv)
   name = f"{config.experiment}_{config.algorithm}"
   return PROJECT_ROOT / "workdir" / (f"{name}-{suffix}" if suffix else name)

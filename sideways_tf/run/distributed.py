@@ -55,6 +55,56 @@ class _OneReplicaPerWorker(
     return {}
 
 
+def _worker_position(resolver):
+  """(num_workers, task type, task id, worker index) from TF_CONFIG.
+
+  The worker index is in [0, num_workers): the chief (if a "chief" job
+  exists) is 0, the "worker" tasks follow.
+  """
+  spec = resolver.cluster_spec().as_dict()
+  num_workers = sum(len(spec.get(job, ())) for job in
+                    ("chief", "worker")) or 1
+  task_type = resolver.task_type or "worker"
+  task_id = int(resolver.task_id or 0)
+  has_chief_job = bool(spec.get("chief"))
+  worker_index = (0 if task_type == "chief" else
+                  task_id + (1 if has_chief_job else 0))
+  return num_workers, task_type, task_id, worker_index
+
+
+class StopVote:
+  """A stop signal on any worker ends every worker after the same step.
+
+  This worker's vote ([SIGTERM, SIGINT]: which signal it got) rides along in
+  the next gradient all-reduce, whose mean over the workers lands in
+  `agreed`; so every worker reads the same agreement after the same step,
+  without a collective of its own. Local state, not mirrored.
+  """
+
+  def __init__(self):
+    self.vote = tf.Variable(tf.zeros([2]), trainable=False, name="stop_vote")
+    self.agreed = tf.Variable(tf.zeros([2]), trainable=False,
+                              name="stop_agreed")
+    self._voted = None
+
+  def cast(self, signum: Optional[int]) -> None:
+    """Votes to stop with `signum` (None: to go on)."""
+    if signum == self._voted:
+      return
+    self._voted = signum
+    self.vote.assign([float(signum == signal.SIGTERM),
+                      float(signum == signal.SIGINT)])
+
+  def agreed_signal(self) -> Optional[int]:
+    """The signal of the agreement (SIGTERM before SIGINT), or None."""
+    term, interrupt = (float(v) for v in self.agreed.numpy())
+    if term > 0:
+      return int(signal.SIGTERM)
+    if interrupt > 0:
+      return int(signal.SIGINT)
+    return None
+
+
 class Cluster:
   """The workers of TF_CONFIG and the all-reduce of their clip gradients.
 
@@ -76,17 +126,8 @@ class Cluster:
     self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
         cluster_resolver=_OneReplicaPerWorker(),
         communication_options=options)
-    resolver = self.strategy.cluster_resolver
-    spec = resolver.cluster_spec().as_dict()
-    self.num_workers = sum(len(spec.get(job, ())) for job in
-                           ("chief", "worker")) or 1
-    self.task_type = resolver.task_type or "worker"
-    self.task_id = int(resolver.task_id or 0)
-    # Worker index in [0, num_workers): the chief (if a "chief" job exists)
-    # is 0, the "worker" tasks follow.
-    has_chief_job = bool(spec.get("chief"))
-    self.worker_index = (0 if self.task_type == "chief" else
-                         self.task_id + (1 if has_chief_job else 0))
+    (self.num_workers, self.task_type, self.task_id,
+     self.worker_index) = _worker_position(self.strategy.cluster_resolver)
     self.is_chief = self.worker_index == 0
     if self.strategy.num_replicas_in_sync != self.num_workers:
       raise ValueError(
@@ -96,14 +137,7 @@ class Cluster:
           f"{self.num_workers} workers. Place modules with config.devices, "
           f"not with more replicas per worker.")
     self._device = self.strategy.extended.worker_devices[0]
-    # Stop votes ([SIGTERM, SIGINT] of this worker, and their mean over the
-    # workers at the last all-reduce): a signal on any worker ends every
-    # worker after the same step. Local state, not mirrored.
-    self._stop_vote = tf.Variable(tf.zeros([2]), trainable=False,
-                                  name="stop_vote")
-    self._stop_agreed = tf.Variable(tf.zeros([2]), trainable=False,
-                                    name="stop_agreed")
-    self._voted = None
+    self._stop = StopVote()
 
   def __repr__(self):
     return (f"Cluster(worker {self.worker_index} of {self.num_workers}, "
@@ -143,9 +177,9 @@ class Cluster:
     (:meth:`agreed_stop`) without a collective of its own.
     """
     gradients = list(gradients)
-    reduced = self.all_reduce(gradients + [self._stop_vote.read_value()],
+    reduced = self.all_reduce(gradients + [self._stop.vote.read_value()],
                               tf.distribute.ReduceOp.MEAN)
-    self._stop_agreed.assign(reduced[-1])
+    self._stop.agreed.assign(reduced[-1])
     return reduced[:-1]
 
   # ------------------------------------------------------------- stopping
@@ -153,21 +187,12 @@ class Cluster:
   def vote_stop(self, signum: Optional[int]) -> None:
     """This worker's stop request (the signal it got, or None), sent with the
     next gradient all-reduce."""
-    if signum == self._voted:
-      return
-    self._voted = signum
-    self._stop_vote.assign([float(signum == signal.SIGTERM),
-                            float(signum == signal.SIGINT)])
+    self._stop.cast(signum)
 
   def agreed_stop(self) -> Optional[int]:
     """The signal some worker voted to stop with at the last gradient
     all-reduce (SIGTERM before SIGINT), or None: the same on every worker."""
-    term, interrupt = (float(v) for v in self._stop_agreed.numpy())
-    if term > 0:
-      return int(signal.SIGTERM)
-    if interrupt > 0:
-      return int(signal.SIGINT)
-    return None
+    return self._stop.agreed_signal()
 
   # ------------------------------------------------------------ start up
 
