@@ -97,3 +97,52 @@ def run(outdir, steps: int, seeds: int = SEEDS, jobs: int = 1) -> List[Dict]:
       atomic_write_text(outdir / "time_to_accuracy.json",
                         json.dumps(results, indent=2))
   return results
+
+
+# ------------------------------------------------------------------- report
+
+
+def load(outdir, steps: int) -> tuple:
+  """(results that count, problems): a run counts only if it finished the
+  requested steps with its cell's algorithm and replay setting; every other
+  planned run is listed with what is wrong with it."""
+  results, problems = [], []
+  for cell, seed, workdir in plan(outdir):
+    path = workdir / "result.json"
+    if not path.exists():
+      problems.append(f"{cell.name} seed {seed}: missing (not run or failed; "
+                      f"see {workdir / 'train.log'})")
+      continue
+    result = json.loads(path.read_text())
+    expected = (f"--config.algorithm={cell.algorithms[0]}",
+                f"--config.replay_modules={cell.overrides['replay_modules']}",
+                f"--config.train.eval_every={EVAL_EVERY}")
+    wrong = [e for e in expected if e not in result["command"].split()]
+    if result.get("steps") != steps or wrong:
+      problems.append(f"{cell.name} seed {seed}: ran {result.get('steps')} "
+                      f"steps {' '.join(wrong)} (expected {steps})")
+      continue
+    results.append(result)
+  return results, problems
+
+
+def steps_to_target(curve, target: float):
+  """The first evaluated step with accuracy >= target (None: never)."""
+  for step, accuracy in curve:
+    if accuracy >= target:
+      return int(step)
+  return None
+
+
+def cell_rows(results: List[Dict]) -> tuple:
+  """(target, {cell name: {seed: (final accuracy, steps to target)}})."""
+  by_cell: Dict[str, Dict[int, tuple]] = {}
+  bp_final = [r["test_accuracy"] for r in results
+              if r["cell"] == CELLS[0].name]
+  if not bp_final:
+    raise ValueError("no finished BP run: the target is BP's mean - 0.03")
+  target = sum(bp_final) / len(bp_final) - TARGET_BELOW_BP
+  for r in results:
+    by_cell.setdefault(r["cell"], {})[r["seed"]] = (
+        r["test_accuracy"], steps_to_target(r["curve"], target))
+  return target, by_cell
