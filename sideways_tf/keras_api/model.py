@@ -91,6 +91,8 @@ class SidewaysModel(keras.Model):
                                           skips=skips,
                                           skip_combine=skip_combine,
                                           replay_modules=replay_modules)
+    if self.update_every_ticks and algorithm == "sideways":
+      self.pipeline.stash_replay_weights()  # before the modules are tracked
     # Keras tracks the modules (and through them the stages and buffers) for
     # save_weights / BackupAndRestore / ModelCheckpoint.
     self.sideways_modules = list(self.pipeline.modules)
