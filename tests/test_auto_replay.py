@@ -103,3 +103,38 @@ def test_replay_modules_parses_from_the_command_line(value, parsed):
 def test_bad_replay_modules_is_a_value_error_naming_it(value):
   with pytest.raises(ValueError, match="replay_modules"):
     auto_replay.check(value)
+
+
+def test_keras_model_chooses_at_the_first_fit_and_checkpoints_it(tmp_path):
+  import keras  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  import sideways_tf  # noqa: PLC0415
+  from tests import test_keras_model as k  # noqa: PLC0415
+  from tests import util  # noqa: PLC0415
+  labels = util.labels_for(4).astype("int32")
+  static = np.repeat(k.clips()[0][:, :1], k.NUM_FRAMES, axis=1)
+  # Each clip drifts fast from a start near the others': over module 1's
+  # lag of 4 frames it changes about as much as two clips differ.
+  rng = np.random.RandomState(0)
+  steps = np.arange(k.NUM_FRAMES).reshape(1, -1, 1, 1, 1)
+  moving = (0.1 * rng.randn(4, 1, *k.SHAPE) + rng.randn(4, 1, *k.SHAPE)
+            * steps).astype("float32")
+  chosen = {}
+  for name, video in (("static", static), ("moving", moving)):
+    model = k.new_model(replay_modules="auto")
+    assert model.replay_modules == "auto"
+    model.fit(k.dataset(video, labels), epochs=1, verbose=0)
+    chosen[name] = model.replay_modules
+    assert model.pipeline.replay_modules == chosen[name]
+    assert model.sideways_modules == list(model.pipeline.modules)
+  assert chosen["static"] == 0 and chosen["moving"] > 0
+  # The number rebuilds the same model: its checkpoint loads.
+  model.save_weights(tmp_path / "w.weights.h5")
+  again = sideways_tf.SidewaysModel(util.conv_stages(3),
+                                    replay_modules=chosen["moving"])
+  again.compile(optimizer=keras.optimizers.SGD(0.1))
+  again.build((2, k.NUM_FRAMES) + k.SHAPE)
+  again.load_weights(tmp_path / "w.weights.h5")
+  for a, b in zip(again.pipeline.state_variables,
+                  model.pipeline.state_variables):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -20,7 +20,7 @@ replay buffers it implies).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 from absl import logging
@@ -77,31 +77,35 @@ def resolve(config, make_pipeline: Callable, training_batches,
         "config.replay_modules='auto' is chosen from training data when a "
         "run starts, and this workdir's model_info.json holds no choice; "
         "train first, or set config.replay_modules to a number")
-  probe = make_pipeline(0)
-  changes = measure(probe, dataset, MEASURE_BATCHES)
+  return choose(make_pipeline(0),
+                (batch["video"] for batch in dataset.take(MEASURE_BATCHES)))
+
+
+def choose(probe, clips) -> Tuple[int, Dict[str, object]]:
+  """(replay count, model_info entries) measured with `probe` (a Pipeline
+  over the run's stages, without replay) on `clips` ([B, T, ...] batches);
+  logged."""
+  changes = measure(probe, clips)
   count = diagnostics.replay_for(changes, probe.num_modules,
                                  diagnostics.RISK_THRESHOLD,
                                  has_skips=any(probe.skip_sources))
   moved = [m for m, v in changes.items() if v > diagnostics.RISK_THRESHOLD]
   message = (f"Replay (replay_modules=auto): lag_change per module "
              f"{ {m: round(v, 3) for m, v in changes.items()} } over "
-             f"{MEASURE_BATCHES} training batches at the initial weights; "
-             f"above {diagnostics.RISK_THRESHOLD}: {moved or 'none'} -> "
+             f"the first training batches at the initial weights; above "
+             f"{diagnostics.RISK_THRESHOLD}: {moved or 'none'} -> "
              f"replay_modules={count}")
   logging.info("%s", message)
   print(message, flush=True)
   return count, {"replay_modules": count, "replay_modules_from": "auto",
                  "replay_lag_change": changes,
-                 "replay_threshold": diagnostics.RISK_THRESHOLD,
-                 "replay_measure_batches": MEASURE_BATCHES}
+                 "replay_threshold": diagnostics.RISK_THRESHOLD}
 
 
-def measure(pipeline, dataset, num_batches: int) -> Dict[str, float]:
-  """Each module's lag_change, averaged over the first `num_batches`
-  batches of `dataset` ({"video": [B, T, ...]} elements)."""
+def measure(pipeline, clips: Iterable) -> Dict[str, float]:
+  """Each module's lag_change, averaged over the batches `clips`."""
   values = []
-  for batch in dataset.take(num_batches):
-    frames = batch["video"]
+  for frames in clips:
     batch_size, num_frames = int(frames.shape[0]), int(frames.shape[1])
     needed = 2 * (pipeline.num_modules - 1)
     if batch_size < 2 or num_frames <= needed:
