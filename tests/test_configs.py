@@ -19,7 +19,7 @@ MOVING_SHAPES_ONLY = {"data.speed", "data.num_shapes", "data.num_directions"}
 MOVING_DIGITS_ONLY = {
     "data.object_size", "data.speed_range", "data.speed_per_object",
     "data.clutter", "data.num_train_instances",
-    "data.test_instance_fraction", "data.objects"}
+    "data.test_instance_fraction", "data.objects", "data.backgrounds"}
 
 
 def load(path):

@@ -246,3 +246,18 @@ def test_every_cell_parses_against_its_config_file():
               cell.name, key, value, text)
   held_out = [c for c in gap_map.CELLS if c.held_out]
   assert len(held_out) == 12 and all(c.min_seeds >= 5 for c in held_out)
+  # The video sets' overrides are bin/make_digit_videos' (moving digits).
+  for name, overrides in gap_map.VIDEO_SETS.items():
+    argv = ["make"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", str(PROJECT_ROOT / gap_map.CONFIG), flag_values=flag_values,
+        lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    for key, text in overrides.items():
+      value = flag_values.config[key.split(".")[0]][key.split(".")[1]]
+      assert gap_stats._same(_lists(value), text), (name, key)
+
+
+def _lists(value):
+  return [_lists(v) for v in value] if isinstance(value, tuple) else value

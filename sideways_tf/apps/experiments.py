@@ -42,7 +42,8 @@ _GAP_SEEDS = flags.DEFINE_integer(
     lower_bound=1)
 _GAP_GROUPS = flags.DEFINE_list(
     "gap_groups", [], "gap: only these groups of cells (speed, improvement, "
-    "depth, train set, stride, optimizer, user path, held-out, auto); [] = "
+    "depth, train set, stride, optimizer, user path, held-out, auto, "
+    "held-out defaults, online); [] = "
     "all, in priority order.")
 _SKIP_SEEDS = flags.DEFINE_integer(
     "skip_seeds", 5, "skip_variants: seeds per cell (>= 3 for intervals).",

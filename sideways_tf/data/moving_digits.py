@@ -27,6 +27,9 @@ with fresh Gaussian pixel noise in every frame. The label is the digit.
   three quarters of the photo and test crops from the right quarter, so test
   videos show views never seen in training (the analogue of unseen
   handwriting). Same motion, clutter and noise.
+* `backgrounds="skimage"`: the clutter behind the object comes from
+  scikit-image's bundled textures (brick, grass, gravel) instead of
+  scikit-learn's two sample photos: another family of clutter.
 
 Every example is drawn from its own generator seeded by (seed, split, index)
 and cached by TFDS under `data_dir/moving_digits/<config hash>/<version>`,
@@ -50,6 +53,9 @@ from sideways_tf.data import generated
 DIGIT_SIDE = 8  # the UCI images are 8x8
 DIGIT_LEVELS = 16.0  # grey levels 0..16
 PHOTOS = ("china.jpg", "flower.jpg")  # sklearn.datasets.load_sample_image
+# backgrounds="skimage": other clutter, textures bundled in scikit-image.
+SKIMAGE_BACKGROUNDS = ("brick", "grass", "gravel")
+BACKGROUNDS = ("sklearn", "skimage")
 # Photos are box-downscaled by these factors, then cropped: a crop shows a
 # 64 to 128 px wide region of the 640x427 photo in a 32 px frame.
 _PHOTO_SCALES = (2, 3, 4)
@@ -82,8 +88,12 @@ class Settings:
   test_instance_fraction: float = 0.25
   seed: int = 0
   objects: str = "digits"  # or "photos" (PHOTO_OBJECTS)
+  backgrounds: str = "sklearn"  # or "skimage" (SKIMAGE_BACKGROUNDS)
 
   def __post_init__(self):
+    if self.backgrounds not in BACKGROUNDS:
+      raise ValueError(f"backgrounds must be one of {BACKGROUNDS}, got "
+                       f"{self.backgrounds!r}")
     if self.objects not in OBJECTS:
       raise ValueError(f"objects must be one of {OBJECTS}, got "
                        f"{self.objects!r}")
@@ -151,8 +161,9 @@ class Settings:
   def config_name(self) -> str:
     """Short readable prefix + hash: distinct settings never share a cache."""
     fields = dataclasses.asdict(self)
-    if self.objects == "digits":  # the digit sets keep their cache names
-      del fields["objects"]
+    for key, default in (("objects", "digits"), ("backgrounds", "sklearn")):
+      if fields[key] == default:  # the first sets keep their cache names
+        del fields[key]
     payload = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
     return f"s{self.image_size}_f{self.num_frames}_{digest}"
@@ -170,13 +181,22 @@ def load_digit_images() -> Tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def load_photos() -> Tuple[np.ndarray, ...]:
-  """Each bundled photo at each of _PHOTO_SCALES, float32 [H, W, 3]."""
+def load_photos(backgrounds: str = "sklearn") -> Tuple[np.ndarray, ...]:
+  """Each background photo at each of _PHOTO_SCALES, float32 [H, W, 3]:
+  scikit-learn's two sample photos, or scikit-image's textures."""
   from PIL import Image  # noqa: PLC0415
-  from sklearn.datasets import load_sample_image  # noqa: PLC0415
+  if backgrounds == "skimage":
+    from skimage import data as skimage_data  # noqa: PLC0415
+    images = [np.asarray(getattr(skimage_data, name)()) for name in
+              SKIMAGE_BACKGROUNDS]
+    images = [np.repeat(i[..., None], 3, -1) if i.ndim == 2 else i[..., :3]
+              for i in images]
+  else:
+    from sklearn.datasets import load_sample_image  # noqa: PLC0415
+    images = [load_sample_image(name) for name in PHOTOS]
   photos = []
-  for name in PHOTOS:
-    image = Image.fromarray(load_sample_image(name))
+  for array in images:
+    image = Image.fromarray(array.astype(np.uint8))
     for factor in _PHOTO_SCALES:
       small = image.resize((image.width // factor, image.height // factor),
                            Image.BOX)
@@ -275,8 +295,8 @@ def _bright_colour(rng) -> np.ndarray:
   return (value * rgb).astype(np.float32)
 
 
-def _photo_patch(rng, size: int) -> np.ndarray:
-  photos = load_photos()
+def _photo_patch(rng, size: int, backgrounds: str = "sklearn") -> np.ndarray:
+  photos = load_photos(backgrounds)
   photo = photos[rng.integers(len(photos))]
   top = rng.integers(photo.shape[0] - size + 1)
   left = rng.integers(photo.shape[1] - size + 1)
@@ -313,7 +333,8 @@ def render_video(settings: Settings, split: str, index: int
 
   background = np.zeros((size, size, 3), np.float32)
   if settings.clutter > 0:
-    background = settings.clutter * _photo_patch(rng, size)
+    background = settings.clutter * _photo_patch(rng, size,
+                                                 settings.backgrounds)
   for _ in range(settings.num_distractors):
     other = pools[rng.integers(settings.num_classes)]
     image = images[other[rng.integers(len(other))]]
@@ -414,7 +435,8 @@ def settings_from_config(data_config) -> Settings:
       test_instance_fraction=float(data_config.get(
           "test_instance_fraction", Settings.test_instance_fraction)),
       seed=int(data_config.get("seed", 0)),
-      objects=str(data_config.get("objects", Settings.objects)))
+      objects=str(data_config.get("objects", Settings.objects)),
+      backgrounds=str(data_config.get("backgrounds", Settings.backgrounds)))
 
 
 def prepare(settings: Settings, data_dir) -> MovingDigits:

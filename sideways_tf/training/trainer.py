@@ -77,7 +77,7 @@ class Trainer:
     self.optimizer = optimizer
     self.algorithm = algorithm
     self.update_every_ticks = int(update_every_ticks)
-    if self.update_every_ticks and algorithm == "sideways":
+    if self.update_every_ticks and algorithms.get(algorithm).streams:
       # Weights change within a replayed module's lag: replay held inputs
       # with the weights that computed them (docs/engine.md, "Replay").
       pipeline.stash_replay_weights()

@@ -293,6 +293,7 @@ def json_fields(settings):
   import json  # noqa: PLC0415
   fields = dataclasses.asdict(settings)
   fields.pop("objects")
+  fields.pop("backgrounds")
   digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
   assert settings.config_name.endswith(digest.hexdigest()[:12])
   return fields
@@ -311,3 +312,19 @@ def test_photo_crops_of_train_and_test_come_from_disjoint_parts():
     test = moving_digits.photo_crop(rng, photo, "test")
     assert train.shape == test.shape == (16, 16, 3)
     assert train.max() < cut <= test.min() + 1 / 255
+
+
+def test_skimage_backgrounds_are_other_clutter_with_the_same_digit():
+  """Another family of clutter: the background changes, the digit, its
+  path and the label do not; the first sets keep their cache names."""
+  clean = dataclasses.replace(TINY, noise=0.0)
+  other = dataclasses.replace(clean, backgrounds="skimage")
+  a = moving_digits.render_video(clean, "train", 4)
+  b = moving_digits.render_video(other, "train", 4)
+  assert (a["label"], a["instance"], a["speed"]) == (
+      b["label"], b["instance"], b["speed"])
+  assert np.abs(a["video"].astype(int) - b["video"].astype(int)).mean() > 5
+  assert other.config_name != clean.config_name
+  json_fields(clean)  # "backgrounds" left out of the default's hash
+  with pytest.raises(ValueError, match="backgrounds"):
+    dataclasses.replace(TINY, backgrounds="moon")
