@@ -15,7 +15,9 @@ seed, so its batches are the run's first batches and the training order is
 untouched: the choice is deterministic given the data and the seed. It is
 logged and saved in the run's ``model_info.json``; a resumed run, an
 evaluation or an export reuse the saved value (the checkpoint holds the
-replay buffers it implies).
+replay buffers it implies). The measurement needs the model's cut, so a
+`model.balance="time"` cut is made first and does not count the chosen
+replay's extra forwards (a resumed run's saved split is reused as is).
 """
 
 from __future__ import annotations
