@@ -19,7 +19,7 @@ MOVING_SHAPES_ONLY = {"data.speed", "data.num_shapes", "data.num_directions"}
 MOVING_DIGITS_ONLY = {
     "data.object_size", "data.speed_range", "data.speed_per_object",
     "data.clutter", "data.num_train_instances",
-    "data.test_instance_fraction"}
+    "data.test_instance_fraction", "data.objects", "data.backgrounds"}
 
 
 def load(path):
@@ -81,3 +81,46 @@ def test_with_defaults_fills_missing_keys_and_keeps_the_given_ones():
   assert full.model.to_dict() == {"name": "vgg8", "width": 8}
   assert flat_keys(full) - {"model.name", "model.width"} == {
       k for k in flat_keys(default.get_config()) if not k.startswith("model.")}
+
+
+PAPER_SCALE = ("ucf101_vgg8", "hmdb51_vgg8", "kinetics400_vgg8")
+
+
+@pytest.mark.parametrize("name", PAPER_SCALE)
+def test_paper_scale_config_trains_with_replay_and_batch_norm(name, tmp_path):
+  """The real config with replay_modules=2, on tiny synthetic frames (its
+  data set swapped, width 4, batch 2, default placement): the two bottom
+  modules hold batch norm and are replayed, which changes their gradient
+  and only theirs, and two train steps update every weight."""
+  import numpy as np  # noqa: PLC0415
+  from sideways_tf import Pipeline  # noqa: PLC0415
+  from sideways_tf.training import builder  # noqa: PLC0415
+  config = load(ROOT / "configs" / f"{name}.py")
+  assert config.model.norm == "batch"
+  config.data = default.get_config().data
+  config.data.update(dict(image_size=16, num_frames=16, num_train=4,
+                          num_test=2, data_dir=str(tmp_path)))
+  config.model.width = 4
+  config.devices = ()
+  config.train.batch_size = 2
+  config.replay_modules = 2
+  setup = builder.build(config)
+  pipe = setup.pipeline
+  assert pipe.replay_modules == 2
+  for module in pipe.modules[:2]:
+    assert module.stage.non_trainable_variables  # moving statistics
+  batch = next(iter(setup.datasets.train))
+  frames, labels = batch["video"], batch["label"]
+  replayed = pipe.compute_gradients(frames, labels)
+  plain = Pipeline(pipe.stages).compute_gradients(frames, labels)
+  sizes = [len(s.trainable_variables) for s in pipe.stages]
+  bottom = sum(sizes[:2])
+  assert any(not np.allclose(a, b, rtol=1e-3, atol=1e-6)
+             for a, b in zip(replayed[:bottom], plain[:bottom]))
+  for a, b in zip(replayed[bottom:], plain[bottom:]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  before = [np.asarray(v) for v in pipe.trainable_variables]
+  for _ in range(2):
+    assert np.isfinite(setup.trainer.train_step(frames, labels)["loss"])
+  assert all(np.abs(np.asarray(v) - b).max() > 0
+             for v, b in zip(pipe.trainable_variables, before))

@@ -108,21 +108,72 @@ def test_risk_is_the_largest_lag_change_of_the_approximated_modules():
   assert diagnostics.risk(plain, {"module_4": {"cosine": 1.0}}) is None
 
 
-def test_fidelity_hook_warns_once_above_the_threshold_for_sideways(caplog):
+def _hook_context(pipe):
   import types
+  return types.SimpleNamespace(setup=types.SimpleNamespace(pipeline=pipe))
+
+
+def _fidelity(*lag_changes):
+  return {f"module_{k}": {"lag_change": v}
+          for k, v in enumerate(lag_changes, start=1)}
+
+
+def test_fidelity_hook_warns_once_above_the_threshold_for_sideways(caplog):
   from sideways_tf.training import hooks
   pipe = sideways_tf.Pipeline(util.dense_stages(4))
-  ctx = types.SimpleNamespace(setup=types.SimpleNamespace(pipeline=pipe))
+  ctx = _hook_context(pipe)
   hook = hooks.FidelityHook(every=10, algorithm="sideways")
   threshold = hooks.FidelityHook.RISK_THRESHOLD
+  fidelity = _fidelity(0.6, 0.5, 0.1)
   with caplog.at_level("WARNING"):
-    hook._warn(ctx, 10, threshold - 0.01)
+    hook._warn(ctx, 10, threshold - 0.01, fidelity)
     assert not caplog.records
-    hook._warn(ctx, 20, threshold + 0.1)
-    hook._warn(ctx, 30, threshold + 0.2)
+    hook._warn(ctx, 20, threshold + 0.1, fidelity)
+    hook._warn(ctx, 30, threshold + 0.2, fidelity)
   assert len(caplog.records) == 1
   assert "replay_modules=2" in caplog.records[0].getMessage()
   bp = hooks.FidelityHook(every=10, algorithm="bp")
   caplog.clear()
-  bp._warn(ctx, 10, 1.0)
+  bp._warn(ctx, 10, 1.0, fidelity)
   assert not caplog.records  # only Sideways runs are warned
+
+
+def test_fidelity_hook_warns_only_within_the_risk_window(caplog):
+  from sideways_tf.training import hooks
+  hook = hooks.FidelityHook(every=10, algorithm="sideways")
+  window = hooks.FidelityHook.RISK_WINDOW
+  ctx = _hook_context(sideways_tf.Pipeline(util.dense_stages(4)))
+  with caplog.at_level("WARNING"):
+    hook._warn(ctx, window + 10, 0.9, _fidelity(0.9, 0.9, 0.9))
+    assert not caplog.records  # the statistic is over steps <= window
+    hook._warn(ctx, window, 0.9, _fidelity(0.9, 0.9, 0.9))
+  assert len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("lag_changes,skips,expected", [
+    ((0.6, 0.5, 0.1), None, 2),    # modules 1 and 2 move: replay both
+    ((0.6, 0.5, 0.45), None, 3),   # module 3 too: every module below the top
+    ((0.6, 0.3, 0.1), None, 2),    # module 1 alone: at least two
+    ((0.3, 0.2, 0.1), None, 0),    # nothing above the threshold
+    ((0.6, 0.3, 0.1), {2: [0]}, 3),  # skips: all below the top or none
+])
+def test_replay_advice_fits_the_model(lag_changes, skips, expected):
+  from sideways_tf.training import hooks
+  pipe = sideways_tf.Pipeline(util.dense_stages(4), skips=skips)
+  fidelity = _fidelity(*lag_changes)
+  assert diagnostics.replay_for(
+      {m: v["lag_change"] for m, v in fidelity.items()}, 4, 0.4,
+      has_skips=bool(skips)) == expected
+  if expected:
+    advice = hooks.replay_advice(pipe, fidelity, 0.4)
+    assert f"replay_modules={expected} " in advice
+    assert ("Skip-Sideways" in advice) == bool(skips)
+
+
+def test_replay_for_a_deep_model_replays_up_to_the_highest_module_that_moves():
+  # VGG-8 at L = 8: lag changes falling with depth, above 0.4 up to module 5.
+  changes = {f"module_{k}": v for k, v in enumerate(
+      (0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.2), start=1)}
+  assert diagnostics.replay_for(changes, 8, 0.4) == 5
+  assert diagnostics.replay_for(changes, 8, 0.95) == 0
+  assert diagnostics.replay_for(changes, 8, 0.1) == 7

@@ -1,13 +1,16 @@
 """The gap map's plumbing: commands, caching, pairing by seed, intervals."""
 
+import ast
 import json
 import math
 
 import numpy as np
 import pytest
 
+from sideways_tf.training import diagnostics
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_report
+from sideways_tf.paper_experiments import gap_stats
 
 
 def test_train_command_is_bin_train_with_the_cell_overrides(tmp_path):
@@ -47,14 +50,38 @@ def test_interval_is_the_student_t_interval():
   assert math.isnan(gap_report.interval([0.4])[1])
 
 
-def _result(cell, algorithm, seed, accuracy, risk=0.0):
+def _result(cell, algorithm, seed, accuracy, risk=0.0, steps=50):
   return {"cell": cell, "algorithm": algorithm, "seed": seed,
           "test_accuracy": accuracy, "test_frame_accuracy": accuracy,
-          "seconds": 1.0,
+          "seconds": 1.0, "steps": steps, "risk_statistic": risk,
           "train_accuracy_last": [accuracy],
           "early": {"risk": risk, "cosine/module_1": 0.9,
                     "update_cosine/module_1": 0.8,
                     "lag_change/module_1": risk}}
+
+
+def _write_run(outdir, cell, algorithm, seed, accuracy, steps=50,
+               **changes):
+  """A finished run as run_one leaves it: result.json, eval.json and the
+  config.json bin/train writes (the cell's overrides, `changes` applied)."""
+  workdir = gap_map.run_dir(outdir, cell, algorithm, seed)
+  workdir.mkdir(parents=True)
+  (workdir / "result.json").write_text(json.dumps(
+      _result(cell.name, algorithm, seed, accuracy, steps=steps)))
+  (workdir / "eval.json").write_text(json.dumps({"step": steps}))
+  config = {}
+  overrides = gap_map.run_overrides(cell, algorithm, seed, workdir, steps)
+  for key, text in dict(overrides, **changes).items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node.setdefault(part, {})
+    try:
+      node[leaf] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      node[leaf] = text
+  (workdir / "config.json").write_text(json.dumps(config))
+  return workdir
 
 
 def test_gaps_pair_sideways_with_the_bp_run_of_the_same_seed(tmp_path):
@@ -78,20 +105,19 @@ def test_gaps_pair_sideways_with_the_bp_run_of_the_same_seed(tmp_path):
 def test_update_keeps_the_rest_of_results_md(tmp_path):
   (tmp_path / "results.md").write_text("# Results\n\nEarlier sections.\n")
   outdir = tmp_path / "out"
-  default = "1-2 px/frame (default)"
+  default = gap_map.cell_by_name("1-2 px/frame (default)")
   for s in range(3):
     for algorithm, accuracy in (("bp", 0.8), ("sideways", 0.7)):
-      workdir = gap_map.run_dir(outdir, gap_map.cell_by_name(default),
-                                algorithm, s)
-      workdir.mkdir(parents=True)
-      (workdir / "result.json").write_text(json.dumps(
-          _result(default, algorithm, s, accuracy + 0.01 * s)))
-  path = gap_report.update(outdir, tmp_path, "bin/experiments --only=gap")
+      _write_run(outdir, default, algorithm, s, accuracy + 0.01 * s)
+  path = gap_report.update(outdir, tmp_path, "bin/experiments --only=gap",
+                           seeds=3, steps=50)
   text = path.read_text()
   assert text.startswith("# Results\n\nEarlier sections.")
-  assert "| speed | 1-2 px/frame (default) | 3 |" in text
+  assert "| speed | 1-2 px/frame (default) | 3* |" in text  # < 5 seeds
+  assert "| replay_modules=2 | sideways | 0 | missing (never run) |" in text
   assert (tmp_path / "results_gap_map.png").stat().st_size > 0
-  gap_report.update(outdir, tmp_path, "bin/experiments --only=gap")
+  gap_report.update(outdir, tmp_path, "bin/experiments --only=gap",
+                    seeds=3, steps=50)
   assert path.read_text().count(gap_report.BEGIN) == 1  # replaced, not added
 
 
@@ -119,25 +145,119 @@ def test_an_unknown_video_set_is_named_in_the_error(tmp_path):
     gap_map.prepared_videos_dir(tmp_path / "gap" / "cell" / "run", "fast")
 
 
-def test_detection_counts_early_warnings_against_each_runs_own_gap(tmp_path):
-  import tensorflow as tf  # noqa: PLC0415
-  default = gap_map.cell_by_name("1-2 px/frame (default)")
-  static = gap_map.cell_by_name("static")
-  # (cell, seed, Sideways acc., BP acc., risk at steps 250, 500, 1000)
-  runs = [(default, 0, 0.5, 0.8, (0.3, 0.6, 0.9)),   # big gap, flagged
-          (default, 1, 0.6, 0.8, (0.3, 0.3, 0.9)),   # big gap; only at 1000
-          (static, 0, 0.8, 0.8, (0.5, 0.1, 0.1)),    # small gap, false alarm
-          (static, 1, 0.8, 0.8, (0.1, 0.1, 0.1)),    # small gap, quiet
-          (static, 2, 0.1, 0.2, (0.9, 0.9, 0.9))]    # BP at chance: left out
+def test_detection_counts_warnings_against_each_runs_own_gap():
+  default = "1-2 px/frame (default)"
+  held = "8 px digit, 1-2 px/frame"
+  # (cell, seed, Sideways acc., BP acc., risk statistic)
+  runs = [(default, 0, 0.5, 0.8, 0.9),   # big gap, flagged
+          (default, 1, 0.6, 0.8, 0.3),   # big gap, missed
+          ("static", 0, 0.8, 0.8, 0.5),  # small gap, false alarm
+          ("static", 1, 0.8, 0.8, 0.1),  # small gap, quiet
+          ("static", 2, 0.1, 0.2, 0.9),  # BP at chance: left out
+          (held, 0, 0.3, 0.9, 0.7),      # held out: big gap, flagged
+          (held, 1, 0.9, 0.9, 0.2)]      # held out: small gap, quiet
   results = []
-  for cell, seed, sideways, bp, risks in runs:
-    results += [_result(cell.name, "sideways", seed, sideways),
-                _result(cell.name, "bp", seed, bp)]
-    train = gap_map.run_dir(tmp_path, cell, "sideways", seed) / "train"
-    writer = tf.summary.create_file_writer(str(train))
-    with writer.as_default():
-      for step, risk in zip((250, 500, 1000), risks):
-        tf.summary.scalar("fidelity/risk", risk, step=step)
-    writer.close()
-  found = gap_report.detection(tmp_path, results, threshold=0.4)
-  assert found == {"big_gap": [1, 2], "small_gap": [1, 2], "skipped": 1}
+  for cell, seed, sideways, bp, risk in runs:
+    results += [_result(cell, "sideways", seed, sideways, risk=risk),
+                _result(cell, "bp", seed, bp)]
+  found = gap_stats.detection(results, threshold=0.4)
+  assert found["big_gap"] == [2, 3] and found["small_gap"] == [1, 3]
+  assert found["skipped"] == 1
+  # AUC: big-gap scores (0.9, 0.3, 0.7) against small (0.5, 0.1, 0.2).
+  assert math.isclose(found["auc"], 8 / 9)
+  held_out = gap_stats.detection(results, threshold=0.4, held_out_only=True)
+  assert held_out["big_gap"] == [1, 1] and held_out["small_gap"] == [0, 1]
+  assert held_out["auc"] == 1.0
+
+
+def test_roc_auc_is_the_mann_whitney_probability():
+  assert gap_stats.roc_auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+  assert gap_stats.roc_auc([0.1], [0.9]) == 0.0
+  assert gap_stats.roc_auc([0.5, 0.7], [0.5, 0.2]) == 0.875  # a tie: half
+  assert gap_stats.roc_auc([], [0.3]) is None
+
+
+def test_risk_statistic_is_the_largest_value_within_the_window():
+  logged = [(250, 0.3), (500, 0.6), (1000, 0.5), (1250, 0.9)]
+  assert diagnostics.risk_statistic(logged) == 0.6  # step 1250 is late
+  assert diagnostics.risk_statistic([(1500, 0.9)]) is None
+  assert gap_map.EARLY_STEP == diagnostics.RISK_WINDOW
+
+
+def test_audit_counts_only_complete_runs_of_the_cells_config(tmp_path):
+  cell = gap_map.cell_by_name("static")
+  _write_run(tmp_path, cell, "bp", 0, 0.8)
+  _write_run(tmp_path, cell, "sideways", 0, 0.7)
+  _write_run(tmp_path, cell, "bp", 1, 0.8, steps=40)  # stopped early
+  _write_run(tmp_path, cell, "sideways", 1, 0.7,
+             **{"data.speed_range": "(1.0, 2.0)"})  # another cell's data
+  failed = gap_map.run_dir(tmp_path, cell, "bp", 2)
+  failed.mkdir(parents=True)
+  (failed / "train.log").write_text("Traceback ...")
+  counted, left_out = gap_stats.audit(tmp_path, steps=50, seeds=3)
+  assert {(r["cell"], r["algorithm"], r["seed"]) for r in counted} == {
+      ("static", "bp", 0), ("static", "sideways", 0)}
+  reasons = {(r["cell"], r["algorithm"], r["seed"]): r["reason"]
+             for r in left_out}
+  assert reasons[("static", "bp", 1)] == "ran 40 steps, the map 50"
+  assert reasons[("static", "sideways", 1)].startswith(
+      "config.json has data.speed_range=[1.0, 2.0]")
+  assert reasons[("static", "bp", 2)].startswith("failed or unfinished")
+  assert reasons[("static", "sideways", 2)] == "missing (never run)"
+  assert ("1-2 px/frame (default)", "bp", 4) in reasons  # 5 seeds planned
+
+
+def test_comparisons_pair_two_sideways_cells_by_seed():
+  exact, replay = "replay_modules=3 (exact)", "replay_modules=2"
+  results = [_result(exact, "sideways", s, 0.83 + 0.01 * s) for s in range(5)]
+  results += [_result(replay, "sideways", s, 0.80 + 0.02 * s)
+              for s in range(4)]  # seed 4 missing: 4 pairs
+  row = next(r for r in gap_stats.comparisons(results)
+             if (r["a"], r["b"]) == (exact, replay))
+  assert row["seeds"] == [0, 1, 2, 3]
+  differences = [0.03 - 0.01 * s for s in range(4)]
+  np.testing.assert_allclose(row["difference"],
+                             gap_stats.interval(differences))
+
+
+def test_every_cell_parses_against_its_config_file():
+  """The overrides of every cell (held-out ones included) are keys of its
+  config that bin/train accepts, with values of the right type."""
+  from absl import flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
+  from sideways_tf.run.files import PROJECT_ROOT  # noqa: PLC0415
+  for cell in gap_map.CELLS:
+    overrides = gap_map.run_overrides(cell, "sideways", 0,
+                                      "/tmp/out/gap/cell/run", 10)
+    overrides.pop("data.path", None)
+    argv = ["train"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", str(PROJECT_ROOT / cell.config), flag_values=flag_values,
+        lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    for key, text in overrides.items():
+      value = config
+      for part in key.split("."):
+        value = value[part]
+      assert gap_stats._same(
+          value.tolist() if hasattr(value, "tolist") else value, text), (
+              cell.name, key, value, text)
+  held_out = [c for c in gap_map.CELLS if c.held_out]
+  assert len(held_out) == 12 and all(c.min_seeds >= 5 for c in held_out)
+  # The video sets' overrides are bin/make_digit_videos' (moving digits).
+  for name, overrides in gap_map.VIDEO_SETS.items():
+    argv = ["make"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", str(PROJECT_ROOT / gap_map.CONFIG), flag_values=flag_values,
+        lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    for key, text in overrides.items():
+      value = flag_values.config[key.split(".")[0]][key.split(".")[1]]
+      assert gap_stats._same(_lists(value), text), (name, key)
+
+
+def _lists(value):
+  return [_lists(v) for v in value] if isinstance(value, tuple) else value

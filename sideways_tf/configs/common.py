@@ -12,7 +12,10 @@ def vgg8_on_gpus(config, *, num_modules, granularity):
   config.model.num_modules = ml_collections.FieldReference(
       num_modules, field_type=object)
   config.model.width = 64
-  config.model.norm = "batch"  # or "group", "none"
+  # or "group", "none". Replay (config.replay_modules) works with batch norm
+  # (docs/engine.md, "Replay"); these configs ship plain Sideways until the
+  # map measures what VGG-8 with batch norm needs (docs/fidelity.md).
+  config.model.norm = "batch"
   config.model.balance = ""  # "time": re-cut by measured time at start-up
   config.devices = tuple(f"/GPU:{k}" for k in range(num_modules))
   config.train.batch_size = 32

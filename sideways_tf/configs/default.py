@@ -91,7 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   # to; one extra forward of each such module per tick (with skips, one per
   # path lag: replay every module below the top or none, see
   # docs/skip_sideways.md), memory still flat in T. 0 = plain Sideways.
-  config.replay_modules = 0
+  # "auto": at start-up, replay the bottom modules whose input changes by
+  # more than the risk threshold over their lag on the first training
+  # batches (sideways_tf/training/auto_replay.py); saved with the run.
+  config.replay_modules = ml_collections.FieldReference(0, field_type=object)
   # algorithm="gpipe" (sideways_tf/engine/gpipe.py): BP's exact gradient
   # pipelined over the module devices, the clip's frames as micro-batches.
   config.gpipe = ml_collections.ConfigDict()

@@ -41,6 +41,12 @@ def get_config():
   data.num_train_instances = 0  # digit images used in training; 0 = all
   data.test_instance_fraction = 0.25  # share of each digit's images kept for test
   data.seed = 0  # generation seed: instance split and videos
+  # "photos": scikit-image's bundled photos as the moving objects instead of
+  # digits (one class per photo, unseen crops in test).
+  data.objects = "digits"
+  # "skimage": scikit-image's textures behind the object instead of
+  # scikit-learn's two photos (another family of clutter).
+  data.backgrounds = "sklearn"
   # Real video moves: the two bottom modules take their backward step at the
   # input their gradient belongs to (docs/fidelity.md: on moving digits at
   # 1-2 px/frame this takes Sideways from ~38 to ~4 points behind BP).

@@ -23,4 +23,9 @@ def get_config():
   config.model.granularity = "8"  # "layer", "block" or a number of modules
   config.model.num_modules = ml_collections.FieldReference(  # int or "auto"
       8, field_type=object)
+  # Not the replay_modules=2 of configs/moving_digits.py: that was measured
+  # on the 4-module frame CNN, never here. The depth study is plain Sideways;
+  # at L = 8 the map measured replay 4 and 7 (= L-1), closest to BP with 7
+  # (docs/fidelity.md, section 3): --config.replay_modules=7, or "auto".
+  config.replay_modules = 0
   return config

@@ -21,6 +21,15 @@ with fresh Gaussian pixel noise in every frame. The label is the digit.
   motion.
 * Rendering is separable bilinear sampling of the 8x8 image on the frame
   grid, so sub-pixel positions and speeds < 1 px/frame are visible.
+* `objects="photos"` moves real photo objects instead of digits: class c is
+  one of scikit-image's bundled photos (PHOTO_OBJECTS), each video a random
+  square crop of it at 16x16 px, opaque; training crops come from the left
+  three quarters of the photo and test crops from the right quarter, so test
+  videos show views never seen in training (the analogue of unseen
+  handwriting). Same motion, clutter and noise.
+* `backgrounds="skimage"`: the clutter behind the object comes from
+  scikit-image's bundled textures (brick, grass, gravel) instead of
+  scikit-learn's two sample photos: another family of clutter.
 
 Every example is drawn from its own generator seeded by (seed, split, index)
 and cached by TFDS under `data_dir/moving_digits/<config hash>/<version>`,
@@ -44,11 +53,21 @@ from sideways_tf.data import generated
 DIGIT_SIDE = 8  # the UCI images are 8x8
 DIGIT_LEVELS = 16.0  # grey levels 0..16
 PHOTOS = ("china.jpg", "flower.jpg")  # sklearn.datasets.load_sample_image
+# backgrounds="skimage": other clutter, textures bundled in scikit-image.
+SKIMAGE_BACKGROUNDS = ("brick", "grass", "gravel")
+BACKGROUNDS = ("sklearn", "skimage")
 # Photos are box-downscaled by these factors, then cropped: a crop shows a
 # 64 to 128 px wide region of the 640x427 photo in a 32 px frame.
 _PHOTO_SCALES = (2, 3, 4)
 _SPLIT_IDS = {"train": 0, "test": 1}
 CLASS_NAMES = tuple(str(d) for d in range(10))
+OBJECTS = ("digits", "photos")
+# objects="photos": one class per photo bundled in scikit-image's wheel.
+PHOTO_OBJECTS = ("astronaut", "camera", "coffee", "chelsea", "rocket",
+                 "coins", "moon", "clock", "hubble_deep_field",
+                 "immunohistochemistry")
+PHOTO_SIDE = 16  # a photo object's own resolution, like the digits' 8 px
+PHOTO_TEST_FRACTION = 0.25  # right part of each photo: test crops only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +87,23 @@ class Settings:
   num_train_instances: int = 0  # 0 = the whole train pool
   test_instance_fraction: float = 0.25
   seed: int = 0
+  objects: str = "digits"  # or "photos" (PHOTO_OBJECTS)
+  backgrounds: str = "sklearn"  # or "skimage" (SKIMAGE_BACKGROUNDS)
 
   def __post_init__(self):
+    if self.backgrounds not in BACKGROUNDS:
+      raise ValueError(f"backgrounds must be one of {BACKGROUNDS}, got "
+                       f"{self.backgrounds!r}")
+    if self.objects not in OBJECTS:
+      raise ValueError(f"objects must be one of {OBJECTS}, got "
+                       f"{self.objects!r}")
     if not 1 <= self.num_classes <= 10:
-      raise ValueError(f"num_classes must be in [1, 10] (digits), got "
-                       f"{self.num_classes}")
-    if self.object_size < DIGIT_SIDE:
-      raise ValueError(f"object_size must be >= {DIGIT_SIDE} px (the digits' "
-                       f"own resolution), got {self.object_size}")
+      raise ValueError(f"num_classes must be in [1, 10] ({self.objects}), "
+                       f"got {self.num_classes}")
+    if self.object_size < self.source_side:
+      raise ValueError(f"object_size must be >= {self.source_side} px (the "
+                       f"{self.objects}' own resolution), got "
+                       f"{self.object_size}")
     if self.travel < 0:
       raise ValueError(
           f"object_size {self.object_size} does not fit image_size "
@@ -104,9 +132,19 @@ class Settings:
           f"({self.num_classes}), got {self.num_train_instances}")
 
   @property
+  def source_side(self) -> int:
+    """The object image's own side in px (8 for digits, 16 for photos)."""
+    return DIGIT_SIDE if self.objects == "digits" else PHOTO_SIDE
+
+  @property
+  def class_names(self) -> Tuple[str, ...]:
+    names = CLASS_NAMES if self.objects == "digits" else PHOTO_OBJECTS
+    return tuple(names[:self.num_classes])
+
+  @property
   def scale(self) -> float:
-    """Frame pixels per digit pixel."""
-    return self.object_size / DIGIT_SIDE
+    """Frame pixels per object-image pixel."""
+    return self.object_size / self.source_side
 
   @property
   def travel(self) -> float:
@@ -122,7 +160,11 @@ class Settings:
   @property
   def config_name(self) -> str:
     """Short readable prefix + hash: distinct settings never share a cache."""
-    payload = json.dumps(dataclasses.asdict(self), sort_keys=True)
+    fields = dataclasses.asdict(self)
+    for key, default in (("objects", "digits"), ("backgrounds", "sklearn")):
+      if fields[key] == default:  # the first sets keep their cache names
+        del fields[key]
+    payload = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
     return f"s{self.image_size}_f{self.num_frames}_{digest}"
 
@@ -139,18 +181,56 @@ def load_digit_images() -> Tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def load_photos() -> Tuple[np.ndarray, ...]:
-  """Each bundled photo at each of _PHOTO_SCALES, float32 [H, W, 3]."""
+def load_photos(backgrounds: str = "sklearn") -> Tuple[np.ndarray, ...]:
+  """Each background photo at each of _PHOTO_SCALES, float32 [H, W, 3]:
+  scikit-learn's two sample photos, or scikit-image's textures."""
   from PIL import Image  # noqa: PLC0415
-  from sklearn.datasets import load_sample_image  # noqa: PLC0415
+  if backgrounds == "skimage":
+    from skimage import data as skimage_data  # noqa: PLC0415
+    images = [np.asarray(getattr(skimage_data, name)()) for name in
+              SKIMAGE_BACKGROUNDS]
+    images = [np.repeat(i[..., None], 3, -1) if i.ndim == 2 else i[..., :3]
+              for i in images]
+  else:
+    from sklearn.datasets import load_sample_image  # noqa: PLC0415
+    images = [load_sample_image(name) for name in PHOTOS]
   photos = []
-  for name in PHOTOS:
-    image = Image.fromarray(load_sample_image(name))
+  for array in images:
+    image = Image.fromarray(array.astype(np.uint8))
     for factor in _PHOTO_SCALES:
       small = image.resize((image.width // factor, image.height // factor),
                            Image.BOX)
       photos.append(np.asarray(small, np.float32) / 255.0)
   return tuple(photos)
+
+
+@functools.lru_cache(maxsize=None)
+def load_object_photos() -> Tuple[np.ndarray, ...]:
+  """PHOTO_OBJECTS as float32 [H, W, 3] in [0, 1], offline (scikit-image)."""
+  from skimage import data as skimage_data  # noqa: PLC0415
+  photos = []
+  for name in PHOTO_OBJECTS:
+    image = np.asarray(getattr(skimage_data, name)(), np.float32)
+    image = image / 255.0 if image.max() > 1.0 else image
+    if image.ndim == 2:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    photos.append(image[..., :3])
+  return tuple(photos)
+
+
+def photo_crop(rng, photo: np.ndarray, split: str) -> np.ndarray:
+  """A random square crop of `photo` from its train or test region,
+  resized to [PHOTO_SIDE, PHOTO_SIDE, 3]."""
+  from PIL import Image  # noqa: PLC0415
+  height, width = photo.shape[:2]
+  cut = int(round(width * (1.0 - PHOTO_TEST_FRACTION)))
+  left_edge, right_edge = (0, cut) if split == "train" else (cut, width)
+  side = int(rng.uniform(0.5, 1.0) * min(right_edge - left_edge, height))
+  top = rng.integers(height - side + 1)
+  left = left_edge + rng.integers(right_edge - left_edge - side + 1)
+  crop = (photo[top:top + side, left:left + side] * 255.0).astype(np.uint8)
+  small = Image.fromarray(crop).resize((PHOTO_SIDE, PHOTO_SIDE), Image.BOX)
+  return np.asarray(small, np.float32) / 255.0
 
 
 @functools.lru_cache(maxsize=16)
@@ -187,21 +267,22 @@ def bounce(position: np.ndarray, travel: float) -> np.ndarray:
 
 
 def _sampling_weights(corner: np.ndarray, settings: Settings) -> np.ndarray:
-  """[T, size, 8] bilinear weights of each digit column at each frame column
-  for a digit whose top-left corner is at `corner` [T] (px)."""
+  """[T, size, side] bilinear weights of each object column at each frame
+  column for an object whose top-left corner is at `corner` [T] (px)."""
   grid = np.arange(settings.image_size, dtype=np.float64) + 0.5
   source = (grid[None, :] - corner[:, None]) / settings.scale - 0.5
-  taps = np.arange(DIGIT_SIDE, dtype=np.float64)
+  taps = np.arange(settings.source_side, dtype=np.float64)
   return np.maximum(0.0, 1.0 - np.abs(source[:, :, None] - taps))
 
 
 def digit_alpha(image: np.ndarray, corner_x: np.ndarray, corner_y: np.ndarray,
                 settings: Settings) -> np.ndarray:
-  """[T, size, size] coverage of an 8x8 digit with its top-left at
-  (corner_x[t], corner_y[t]), enlarged to object_size by bilinear sampling."""
+  """[T, size, size(, C)] an object image ([side, side] or [side, side, C])
+  with its top-left at (corner_x[t], corner_y[t]), enlarged to object_size
+  by bilinear sampling: a digit's coverage, or a photo's colours."""
   wx = _sampling_weights(corner_x, settings)
   wy = _sampling_weights(corner_y, settings)
-  return np.einsum("tyi,ij,txj->tyx", wy, image.astype(np.float64), wx)
+  return np.einsum("tyi,ij...,txj->tyx...", wy, image.astype(np.float64), wx)
 
 
 def _bright_colour(rng) -> np.ndarray:
@@ -214,8 +295,8 @@ def _bright_colour(rng) -> np.ndarray:
   return (value * rgb).astype(np.float32)
 
 
-def _photo_patch(rng, size: int) -> np.ndarray:
-  photos = load_photos()
+def _photo_patch(rng, size: int, backgrounds: str = "sklearn") -> np.ndarray:
+  photos = load_photos(backgrounds)
   photo = photos[rng.integers(len(photos))]
   top = rng.integers(photo.shape[0] - size + 1)
   left = rng.integers(photo.shape[1] - size + 1)
@@ -252,7 +333,8 @@ def render_video(settings: Settings, split: str, index: int
 
   background = np.zeros((size, size, 3), np.float32)
   if settings.clutter > 0:
-    background = settings.clutter * _photo_patch(rng, size)
+    background = settings.clutter * _photo_patch(rng, size,
+                                                 settings.backgrounds)
   for _ in range(settings.num_distractors):
     other = pools[rng.integers(settings.num_classes)]
     image = images[other[rng.integers(len(other))]]
@@ -261,8 +343,15 @@ def render_video(settings: Settings, split: str, index: int
     background = background * (1.0 - alpha) + _bright_colour(rng) * alpha
 
   x, y, speed = trajectory(settings, rng)
-  alpha = digit_alpha(images[instance], x, y, settings)[..., None]
-  video = background * (1.0 - alpha) + _bright_colour(rng) * alpha
+  if settings.objects == "photos":
+    photo = photo_crop(rng, load_object_photos()[label], split)
+    side = settings.source_side
+    alpha = digit_alpha(np.ones((side, side)), x, y, settings)[..., None]
+    video = background * (1.0 - alpha) + digit_alpha(photo, x, y, settings)
+    instance = -1  # a crop, not an indexed image
+  else:
+    alpha = digit_alpha(images[instance], x, y, settings)[..., None]
+    video = background * (1.0 - alpha) + _bright_colour(rng) * alpha
   if settings.noise > 0:
     video = video + rng.normal(0.0, settings.noise, (frames, size, size, 3))
   video = np.round(np.clip(video, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -292,8 +381,7 @@ class MovingDigits(generated.GeneratedBuilder, skip_registration=True):
             "video": tfds.features.Tensor(
                 shape=(s.num_frames, s.image_size, s.image_size, 3),
                 dtype=np.uint8),
-            "label": tfds.features.ClassLabel(
-                names=CLASS_NAMES[:s.num_classes]),
+            "label": tfds.features.ClassLabel(names=s.class_names),
             # Index into sklearn's load_digits(): which handwriting.
             "instance": tfds.features.Scalar(dtype=np.int32),
             "speed": tfds.features.Scalar(dtype=np.float32),  # px/frame
@@ -346,7 +434,9 @@ def settings_from_config(data_config) -> Settings:
       num_train_instances=int(data_config.get("num_train_instances", 0)),
       test_instance_fraction=float(data_config.get(
           "test_instance_fraction", Settings.test_instance_fraction)),
-      seed=int(data_config.get("seed", 0)))
+      seed=int(data_config.get("seed", 0)),
+      objects=str(data_config.get("objects", Settings.objects)),
+      backgrounds=str(data_config.get("backgrounds", Settings.backgrounds)))
 
 
 def prepare(settings: Settings, data_dir) -> MovingDigits:

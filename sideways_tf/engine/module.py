@@ -19,6 +19,12 @@ The tick itself is :meth:`SidewaysModule.tick`: a forward step on the given
 input and a backward step with the given output gradient, the Jacobian taken at
 that same input (the Sideways approximation). The buffers are read and written
 by :class:`sideways_tf.Pipeline`, which runs every module's tick at once.
+
+A replayed module (:meth:`SidewaysModule.replay_tick`) recomputes its forward
+at a held input for its backward step. That recomputation is stateless
+(``keras.Layer.stateless_call``): batch norm normalises with the held batch's
+own statistics, as the original forward did, but the moving averages are
+updated once per frame, by the original forward only.
 """
 
 from __future__ import annotations
@@ -138,7 +144,8 @@ class SidewaysModule(keras.layers.Layer):
   def __init__(self, stage: keras.layers.Layer, index: int, num_modules: int,
                skip_sources: Sequence[int] = (), skip_combine: str = "concat",
                replay_lags: Sequence[int] = (), skip_align: bool = False,
-               gradient_lag: int = 0, **kwargs):
+               gradient_lag: int = 0, stash_weights: bool = False,
+               **kwargs):
     kwargs.setdefault("name", f"sideways_module_{index}")
     super().__init__(**kwargs)
     if not 0 <= index < num_modules:
@@ -171,6 +178,13 @@ class SidewaysModule(keras.layers.Layer):
     self.input_history = None
     self.skip_histories = []
     self.lag_gradient_buffers = []  # the lags after the first
+    # Weight stashing (PipeDream), for replay with updates inside a clip
+    # (Trainer's update_every_ticks): the weights of the last replay_length
+    # ticks before the current call, oldest first, one per trainable
+    # variable, so a held input is replayed with the weights its original
+    # forward used.
+    self.stash_weights = bool(stash_weights)
+    self.weight_history = []
     self._has_state = False
 
   @property
@@ -193,7 +207,7 @@ class SidewaysModule(keras.layers.Layer):
             if v is not None] + list(self.skip_buffers) + (
                 [self.input_history] if self.input_history is not None
                 else []) + list(self.skip_histories) + list(
-                    self.lag_gradient_buffers)
+                    self.lag_gradient_buffers) + list(self.weight_history)
 
   def allocate_state(self, input_shape: Sequence[int], input_dtype,
                      output_shape: Sequence[int], output_dtype,
@@ -236,13 +250,28 @@ class SidewaysModule(keras.layers.Layer):
                           initializer="zeros", trainable=False,
                           name=f"gradient_buffer_lag_{lag}")
           for lag in self.replay_lags[1:]]
+      if self.stash_weights:
+        self.weight_history = [
+            self.add_weight(shape=(self.replay_length,) + tuple(v.shape),
+                            dtype=v.dtype, initializer="zeros",
+                            trainable=False, name=f"weight_history_{i}")
+            for i, v in enumerate(self.stage.trainable_variables)]
     self._has_state = True
     self.built = True
+    self._fill_weight_history()
 
   def reset_state(self) -> None:
-    """Zeroes both buffers: the state at the start of a clip."""
+    """Zeroes the buffers (the state at the start of a clip); the weight
+    history holds the current weights."""
     for buffer in self.state_variables:
       buffer.assign(tf.zeros(buffer.shape, buffer.dtype))
+    self._fill_weight_history()
+
+  def _fill_weight_history(self) -> None:
+    for history, variable in zip(self.weight_history,
+                                 self.stage.trainable_variables):
+      history.assign(tf.repeat(
+          tf.convert_to_tensor(variable)[None], self.replay_length, axis=0))
 
   def call(self, inputs, skip_inputs=(), training=None):
     """Plain forward pass of the stage (the clip and BP paths use this)."""
@@ -307,11 +336,17 @@ class SidewaysModule(keras.layers.Layer):
             for lag in self.replay_lags]
 
   def replay_tick(self, inputs, skip_inputs, backward, output_gradients,
-                  training=True) -> ReplayResult:
+                  training=True, chunk_tick=None) -> ReplayResult:
     """A replayed module's tick: forward at `inputs` (and `skip_inputs`);
     then, for each lag, a backward step with that lag's output gradient at
     the inputs it belongs to, `backward[i]` = [input, *skip inputs] held
-    replay_lags[i] ticks ago (a recomputed forward per lag).
+    replay_lags[i] ticks ago (a recomputed forward per lag, see
+    :meth:`replayed_forward`).
+
+    `chunk_tick` (0-based tick within the current call) lets a module with
+    a weight history replay an input held before this call with the
+    weights of that tick; None (or no history) replays with the current
+    weights.
     """
     if self.is_top or len(backward) != len(self.replay_lags) or len(
         output_gradients) != len(self.replay_lags):
@@ -322,14 +357,16 @@ class SidewaysModule(keras.layers.Layer):
     skip_inputs = list(skip_inputs)
     outputs = self._forward(
         combine_skips(inputs, skip_inputs, self.skip_combine), training)
-    variables = list(self.stage.trainable_variables)
+    current = [tf.convert_to_tensor(v) for v in self.stage.trainable_variables]
     emitted, skip_grads, parameter_grads = [], [], None
-    for (old_input, *old_skips), gradient in zip(backward, output_gradients):
+    for lag, (old_input, *old_skips), gradient in zip(
+        self.replay_lags, backward, output_gradients):
+      weights = self.weights_at_lag(lag, current, chunk_tick)
       with tf.GradientTape() as tape:
-        tape.watch([old_input] + old_skips)
-        replayed = self._forward(
-            combine_skips(old_input, old_skips, self.skip_combine), training)
-      sources = old_skips + variables
+        tape.watch([old_input] + old_skips + weights)
+        replayed = self.replayed_forward(
+            combine_skips(old_input, old_skips, self.skip_combine), weights)
+      sources = old_skips + weights
       if not self.is_first:
         sources = [old_input] + sources
       grads = tape.gradient(replayed, sources, output_gradients=gradient,
@@ -340,6 +377,52 @@ class SidewaysModule(keras.layers.Layer):
       parameter_grads = grads if parameter_grads is None else [
           a + b for a, b in zip(parameter_grads, grads)]
     return ReplayResult(outputs, emitted, parameter_grads, skip_grads)
+
+  def replayed_forward(self, inputs, weights):
+    """The stage's forward at a held input, as the original forward ran it:
+    in training mode, so batch norm normalises the held batch with its own
+    statistics (the original forward's, given the same weights) and the
+    gradient flows through them; but stateless, so the moving averages are
+    not updated a second time. torchgpipe's `DeferredBatchNorm` treats
+    recomputation the same way. `weights`: values of the stage's trainable
+    variables (the current ones, or stashed ones).
+
+    A warm-up input (zeros) is replayed in training mode too; the gradient
+    paired with it is exactly zero, so the mode does not matter there.
+    """
+    state = [tf.convert_to_tensor(v)
+             for v in self.stage.non_trainable_variables]
+    outputs, _ = self.stage.stateless_call(weights, state, inputs,
+                                           training=True)
+    return outputs
+
+  def weights_at_lag(self, lag: int, current: list, chunk_tick) -> list:
+    """The weights the stage had when it held the input of `lag` ticks ago.
+
+    Without a weight history, or inside the same call (the optimizer steps
+    only between calls), the current ones; else the stashed ones of that
+    tick (`weight_history[replay_length - lag + chunk_tick]`).
+    """
+    if not self.weight_history or chunk_tick is None:
+      return current
+    held_before_this_call = chunk_tick < lag
+    index = tf.minimum(self.replay_length - lag + chunk_tick,
+                       self.replay_length - 1)
+    return [tf.where(held_before_this_call, tf.gather(history, index), value)
+            for history, value in zip(self.weight_history, current)]
+
+  def weight_history_updates(self, num_ticks) -> list:
+    """Assignments that leave the weight history as it stands after a call
+    of `num_ticks` ticks at the current weights (run once per call)."""
+    updates = []
+    for history, variable in zip(self.weight_history,
+                                 self.stage.trainable_variables):
+      fresh = tf.minimum(tf.cast(num_ticks, tf.int32), self.replay_length)
+      kept = tf.convert_to_tensor(history)[fresh:]
+      newest = tf.repeat(tf.convert_to_tensor(variable)[None], fresh, axis=0)
+      updates.append(history.assign(tf.ensure_shape(
+          tf.concat([kept, newest], 0), history.shape)))
+    return updates
 
   def _forward(self, inputs, training):
     if isinstance(training, bool) or not _has_moving_statistics(self.stage):

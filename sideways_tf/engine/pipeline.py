@@ -65,10 +65,10 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     replay_modules: Sideways only (docs/engine.md, "Replay"). The bottom
       `replay_modules` modules keep their last 2(L-k) inputs and take their
       backward step at the input their gradient belongs to (one extra forward
-      of each such module per tick; with skips, one per path lag), which
-      removes the approximation in them. 0 = plain Sideways; L-1 = the exact
-      gradient of the frames whose gradient reaches every module within the
-      clip (along every path, with skips).
+      of each such module per tick; with skips, one per path lag): exact
+      given the gradient that arrives from above. 0 = plain Sideways; L-1 =
+      the exact gradient of the frames whose gradient reaches every module
+      within the clip (along every path, with skips).
     **algorithm_options: the options the algorithms of engine/algorithms.py
       add, by name: today GPipe's ``gpipe_micro_batch_frames`` (frames per
       micro-batch, default 1) and ``gpipe_rematerialize`` (default False);

@@ -117,7 +117,7 @@ def tick(pipe, s: TickState, frames, labels, ticks_before,
         held = s.histories[k]
         results[k] = module.replay_tick(
             module_input, skip_inputs, module.held_at_lags(held), s.grads[k],
-            training=global_tick >= k + 1)
+            training=global_tick >= k + 1, chunk_tick=s.t)
         histories[k] = [tf.concat([h[1:], x[None]], 0) for h, x in zip(
             held, [module_input] + skip_inputs)]
       else:
@@ -204,6 +204,7 @@ def write_back(pipe, s: TickState, num_ticks, reset) -> list:
     with tf.device(devices[k]):
       updates.extend(h.assign(v) for h, v in zip(
           [modules[k].input_history] + modules[k].skip_histories, held))
+      updates.extend(modules[k].weight_history_updates(num_ticks))
   return updates
 
 

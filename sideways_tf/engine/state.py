@@ -97,6 +97,28 @@ def check_replay(replay_modules, sources) -> int:
   return int(replay_modules)
 
 
+def check_replayable(modules, replay_modules) -> None:
+  """Replay recomputes a stage's forward at a held input. Batch norm's
+  moving averages are fine (the recomputation is stateless and uses the
+  batch statistics, as the original forward did); any other state (e.g.
+  dropout's random seed) would make the recomputation differ from the
+  original forward, so it is refused, naming the variables."""
+  for module in modules[:replay_modules]:
+    stage = module.stage
+    moving = {id(v) for layer in stage._flatten_layers()
+              if isinstance(layer, keras.layers.BatchNormalization)
+              for v in layer.non_trainable_variables}
+    other = [v.path for v in stage.non_trainable_variables
+             if id(v) not in moving]
+    if other:
+      raise ValueError(
+          f"replay_modules={replay_modules}: stage {module.index} "
+          f"({stage.name}) holds state other than batch-norm statistics "
+          f"({', '.join(other)}; e.g. dropout's random seed), which a "
+          "replayed forward cannot reproduce; remove it from the bottom "
+          "modules or replay fewer modules")
+
+
 def gradient_lags(sources, replay_modules, skip_align=False) -> List[tuple]:
   """Per stage, the lags of the gradients it receives, largest first.
 
@@ -201,6 +223,10 @@ def allocate(modules, devices, shapes, batch_size) -> None:
 class StateMethods:
   """The buffer methods of :class:`sideways_tf.Pipeline`."""
 
+  # Weight stashing for replay (SidewaysModule.weight_history): off until a
+  # Trainer that updates inside a clip turns it on (stash_replay_weights).
+  replay_weight_stash = False
+
   def reset_state(self) -> None:
     """Zeroes every module's buffers and the tick count (a clip boundary)."""
     for module in self.modules:
@@ -217,6 +243,24 @@ class StateMethods:
     self._ensure_state(int(batch_size), tuple(frame_shape),
                        tf.as_dtype(dtype), reset=True)
 
+  def stash_replay_weights(self) -> None:
+    """Weight stashing (PipeDream) for replay with online updates.
+
+    With `Trainer(update_every_ticks=N)` the optimizer steps between chunks
+    of a clip, so a held input was computed with older weights than the
+    current ones. A replayed module then keeps the weights of the last
+    2(L-k) ticks and replays each held input with the weights its original
+    forward used, so its recomputation is the forward that actually ran.
+    No-op without replay. Replaces the modules: state allocated before is
+    dropped and allocated afresh (zero buffers) on the next call.
+    """
+    if self.replay_weight_stash or not self.replay_modules:
+      return
+    self.replay_weight_stash = True
+    self._state_signature = None
+    self.modules = self._new_modules()
+    self._compiled.clear()
+
   def _new_modules(self) -> List[SidewaysModule]:
     num_modules = len(self.stages)
     lags = gradient_lags(self.skip_sources, self.replay_modules,
@@ -227,7 +271,8 @@ class StateMethods:
                            skip_align=self.skip_align,
                            replay_lags=lags[k] if k < self.replay_modules
                            else (),
-                           gradient_lag=lags[k][0])
+                           gradient_lag=lags[k][0],
+                           stash_weights=self.replay_weight_stash)
             for k, stage in enumerate(self.stages)]
 
   def _ensure_built(self, frame_shape, dtype) -> List[StageShapes]:
@@ -245,13 +290,7 @@ class StateMethods:
           f"{list(self._state_signature[1])} with frames of batch size "
           f"{batch_size} and frame shape {list(frame_shape)}; pass reset=True")
     shapes = self._ensure_built(frame_shape, dtype)
-    for module in self.modules[:self.replay_modules]:
-      if module.stage.non_trainable_variables:
-        raise ValueError(
-            f"replay_modules={self.replay_modules}: stage {module.index} "
-            f"({module.stage.name}) has moving statistics (batch norm), which "
-            "a replayed forward would update twice; use group/layer norm or "
-            "fewer replayed modules")
+    check_replayable(self.modules, self.replay_modules)
     if self._state_signature is not None:
       # New shapes need new buffers: fresh wrappers, and fresh traces that
       # capture them.

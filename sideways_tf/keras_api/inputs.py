@@ -98,6 +98,20 @@ def training_input_shape(x, batch_size=None):
   return (min(batch_size or 32, shape[0]),) + shape[1:]
 
 
+def first_clips(x, batch_size, count: int) -> list:
+  """The first `count` batches of videos `fit(x, batch_size=...)` will see
+  (what replay_modules="auto" measures): from a dataset (a new iterator of
+  it), or from arrays of videos."""
+  if isinstance(x, tf.data.Dataset):
+    return [unpack(element, need_labels=False)[0]
+            for element in x.take(count)]
+  videos = np.asarray(x)
+  size = min(batch_size or 32, len(videos))
+  return [tf.convert_to_tensor(videos[i:i + size], tf.float32)
+          for i in range(0, min(len(videos), count * size), size)
+          if len(videos[i:i + size]) == size]
+
+
 def batch_and_frame_shape(input_shape):
   """`build`'s [B, T, H, W, C] -> (B, (H, W, C)); T may be unknown."""
   shape = tuple(input_shape)

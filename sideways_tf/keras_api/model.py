@@ -34,6 +34,7 @@ from sideways_tf.engine import pipeline as pipeline_lib
 from sideways_tf.keras_api import inputs
 from sideways_tf.keras_api import resume
 from sideways_tf.serving import export as export_lib
+from sideways_tf.training import auto_replay
 from sideways_tf.training.trainer import Trainer
 
 
@@ -70,7 +71,10 @@ class SidewaysModel(keras.Model):
       (online learning, see Trainer).
     replay_modules: Sideways only: the bottom N modules take their backward
       step at the input their gradient belongs to (docs/fidelity.md; 2 is
-      what the shipped real-data configs use).
+      what the shipped real-data configs use). "auto": chosen from the first
+      batches the first `fit` sees, at the initial weights
+      (training/auto_replay.py); `model.replay_modules` then holds the number
+      (pass it as an int to rebuild the same model for `load_weights`).
     skip_combine: how a stage joins its skip inputs, "concat" or "add".
   """
 
@@ -87,13 +91,18 @@ class SidewaysModel(keras.Model):
     self.update_every_ticks = int(update_every_ticks)
     self.class_names = None if class_names is None else [
         str(c) for c in class_names]
-    self.pipeline = pipeline_lib.Pipeline(stages, devices=devices,
-                                          skips=skips,
-                                          skip_combine=skip_combine,
-                                          replay_modules=replay_modules)
+    replay_modules = auto_replay.check(replay_modules)
+    self._replay_auto = replay_modules == auto_replay.AUTO and (
+        algorithms.get(algorithm).streams)
+    self._pipeline_args = dict(stages=stages, devices=devices, skips=skips,
+                               skip_combine=skip_combine)
+    self.pipeline = self._new_pipeline(
+        0 if replay_modules == auto_replay.AUTO else replay_modules)
     # Keras tracks the modules (and through them the stages and buffers) for
-    # save_weights / BackupAndRestore / ModelCheckpoint.
-    self.sideways_modules = list(self.pipeline.modules)
+    # save_weights / BackupAndRestore / ModelCheckpoint; with "auto", the
+    # modules of the pipeline the first fit chooses (_choose_replay).
+    if not self._replay_auto:
+      self.sideways_modules = list(self.pipeline.modules)
     self.epoch_step = self.add_weight(
         shape=(), dtype="int64", initializer="zeros", trainable=False,
         name="epoch_step")
@@ -110,6 +119,33 @@ class SidewaysModel(keras.Model):
     self._clip_metrics = []
 
   # ------------------------------------------------------------- set-up
+
+  @property
+  def replay_modules(self):
+    """The replayed modules (an int), or "auto" until the first fit chose."""
+    return auto_replay.AUTO if self._replay_auto else (
+        self.pipeline.replay_modules)
+
+  def _new_pipeline(self, replay_modules: int):
+    pipeline = pipeline_lib.Pipeline(replay_modules=replay_modules,
+                                     **self._pipeline_args)
+    if self.update_every_ticks and algorithms.get(self.algorithm).streams:
+      pipeline.stash_replay_weights()  # before the modules are tracked
+    return pipeline
+
+  def _choose_replay(self, clips):
+    """replay_modules="auto": measured on `clips`, before anything is built;
+    a new pipeline (and trainer) with the chosen replay."""
+    count, _ = auto_replay.choose(self.pipeline, clips)
+    self._replay_auto = False
+    if count:
+      loss_fn = self.pipeline.loss_fn
+      self.pipeline = self._new_pipeline(count)
+      self.pipeline.loss_fn = loss_fn
+      if self.trainer is not None:
+        self.trainer = Trainer(self.pipeline, self.optimizer, self.algorithm,
+                               update_every_ticks=self.update_every_ticks)
+    self.sideways_modules = list(self.pipeline.modules)
 
   def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
     """`loss`: None (per-frame sparse cross-entropy on logits), a
@@ -133,6 +169,12 @@ class SidewaysModel(keras.Model):
     Sideways buffers for batch size B (fixed from here on) and, if compiled,
     the optimizer's slots. Call it before ``load_weights`` in a new process.
     """
+    if self._replay_auto:
+      raise ValueError(
+          "replay_modules='auto' is chosen from the first batches the first "
+          "fit sees: call fit before building, predicting or loading "
+          "weights, or pass the number (model.replay_modules of the model "
+          "that chose it)")
     batch_size, frame_shape = inputs.batch_and_frame_shape(input_shape)
     if self.built:
       self._check_batch(batch_size, frame_shape)
@@ -166,6 +208,9 @@ class SidewaysModel(keras.Model):
   def fit(self, x=None, y=None, batch_size=None, epochs=1, callbacks=None,
           **kwargs):
     self._assert_compile_called("fit")
+    if self._replay_auto:
+      self._choose_replay(inputs.first_clips(x, batch_size,
+                                             auto_replay.MEASURE_BATCHES))
     if not self.built:
       self.build(inputs.training_input_shape(x, batch_size))
     callbacks = [resume.EpochPosition()] + list(callbacks or [])

@@ -1,18 +1,21 @@
 """The gap map's section of docs/results.md: tables, plots, correlations.
 
-Reads the results that `gap_map.run_map` writes (one result.json per run)
-and reports, per cell, Sideways - BP test clip accuracy as the mean over
-seeds with a 95% t-interval (paired by seed with the BP run of the same
-data), and how well each early diagnostic (steps <= 1000) predicts the gap.
+Every number comes from the runs (`gap_map.run_map` writes one result.json
+per run), through `gap_stats.py`: only runs that pass the audit (the map's
+step count, the cell's config) enter a table, and the runs left out are
+listed with the reason. Per cell: Sideways - BP test clip accuracy, mean
+over seeds with a 95% t-interval (paired by seed with the BP run of the same
+data); the paired differences the docs quote; how well each early
+diagnostic predicts the gap; and the pre-registered test of the risk
+warning on the held-out cells (docs/fidelity.md).
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import math
 import pathlib
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -21,45 +24,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sideways_tf.paper_experiments import gap_map  # noqa: E402
+from sideways_tf.paper_experiments import gap_stats  # noqa: E402
 
-# Two-sided 95% Student t quantiles by degrees of freedom (n - 1).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
-        7: 2.365, 8: 2.306, 9: 2.262}
+# `risk` is the per-run risk statistic (the warning's); the others are the
+# means of the values logged at steps <= 1000.
 PREDICTORS = ("risk", "lag_change/module_1", "cosine/module_1",
               "update_cosine/module_1")
-
-
-def interval(values) -> tuple:
-  """(mean, half-width of the 95% t-interval); half-width nan for n < 2."""
-  values = np.asarray(values, float)
-  if len(values) < 2:
-    return float(values.mean()), float("nan")
-  half = _T95.get(len(values) - 1, 1.96) * values.std(ddof=1) / math.sqrt(
-      len(values))
-  return float(values.mean()), float(half)
+FEW_SEEDS = 5  # cells with fewer seeds are marked in the table
+interval = gap_stats.interval
 
 
 def load(outdir) -> List[Dict]:
-  """Every finished run of the map under OUTDIR/gap."""
+  """Every finished run under OUTDIR/gap, unchecked (see gap_stats.audit)."""
   return [json.loads(p.read_text())
           for p in sorted((pathlib.Path(outdir) / "gap").glob("*/*/result.json"))]
 
 
-def _by_key(results: List[Dict]) -> Dict[tuple, Dict]:
-  return {(r["cell"], r["algorithm"], r["seed"]): r for r in results}
-
-
-def _bp_cell(cell) -> str:
-  """The cell whose BP runs a cell's Sideways runs are paired with."""
-  return cell.bp_from or cell.name
+def _early(run: Dict, name: str) -> float:
+  if name == "risk":
+    value = run.get("risk_statistic")
+  else:
+    value = run.get("early", {}).get(name)
+  return np.nan if value is None else float(value)
 
 
 def cells(results: List[Dict]) -> List[Dict]:
   """Per cell: accuracies, paired gaps and early diagnostics, in map order."""
-  by_key = _by_key(results)
+  by_key = gap_stats.by_key(results)
   rows = []
   for cell in gap_map.CELLS:
-    bp_cell = _bp_cell(cell)
+    bp_cell = gap_stats.bp_cell(cell)
     seeds = sorted({s for (c, a, s) in by_key if c == cell.name
                     and a == "sideways"} & {s for (c, a, s) in by_key
                                             if c == bp_cell and a == "bp"})
@@ -73,9 +67,9 @@ def cells(results: List[Dict]) -> List[Dict]:
                sideways=interval([r["test_accuracy"] for r in sideways]),
                bp=interval([r["test_accuracy"] for r in bp]),
                gap=interval(gaps),
-               early={k: float(np.mean([r["early"].get(k, np.nan)
-                                        for r in sideways]))
-                      for k in PREDICTORS},
+               early={k: float(np.nanmean([_early(r, k) for r in sideways]))
+                      if any(np.isfinite(_early(r, k)) for r in sideways)
+                      else np.nan for k in PREDICTORS},
                seconds=float(np.mean([r["seconds"] for r in sideways])))
     if cell.group == "train set":
       row["train_minus_test"] = {
@@ -84,35 +78,6 @@ def cells(results: List[Dict]) -> List[Dict]:
           for a, runs in (("sideways", sideways), ("bp", bp))}
     rows.append(row)
   return rows
-
-
-def detection(outdir, results: List[Dict], threshold: float,
-              big_gap: float = 0.10, bp_learns: float = 0.5) -> Dict:
-  """Per Sideways run: does `fidelity/risk` exceed `threshold` at a step
-  before EARLY_STEP (the run's warning) when the run trails its paired BP run
-  (same data, seed) by more than `big_gap`? Runs whose BP run stays below
-  `bp_learns` are left out: no gap can show where BP itself does not learn.
-  Returns counts of flagged runs among the runs with and without a big gap.
-  """
-  by_key = _by_key(results)
-  cells_by_name = {cell.name: cell for cell in gap_map.CELLS}
-  counts = {"big_gap": [0, 0], "small_gap": [0, 0], "skipped": 0}
-  for run in results:
-    cell, seed = cells_by_name.get(run["cell"]), run["seed"]
-    if run["algorithm"] != "sideways" or cell is None:  # not on the map now
-      continue
-    bp = by_key.get((_bp_cell(cell), "bp", seed))
-    train = gap_map.run_dir(outdir, cell, "sideways", seed) / "train"
-    risk = [v for step, v in _series(train, "fidelity/risk").items()
-            if step < gap_map.EARLY_STEP]
-    if bp is None or not risk or bp["test_accuracy"] < bp_learns:
-      counts["skipped"] += 1
-      continue
-    key = ("big_gap" if run["test_accuracy"] - bp["test_accuracy"] <
-           -big_gap else "small_gap")
-    counts[key][0] += max(risk) > threshold
-    counts[key][1] += 1
-  return counts
 
 
 def correlations(rows: List[Dict]) -> Dict[str, Dict[str, float]]:
@@ -155,53 +120,41 @@ def _acc(pair):
   return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
 
 
-def section(outdir, report_dir, command: str) -> List[str]:
-  """Markdown lines of the gap map (and its plots in report_dir): the
-  cells' table, train − test, the diagnostics' correlations, the warning's
-  detections, the plots; one function each."""
-  results = load(outdir)
-  rows = cells(results)
-  if not rows:
-    return []
-  report_dir = pathlib.Path(report_dir)
-  report_dir.mkdir(parents=True, exist_ok=True)
-  return (_cells_table(rows) + _generalisation(rows) + _correlations(rows) +
-          _detections(outdir, results) + _plots(outdir, rows, report_dir) +
-          [f"*Command: `{command}`*", ""])
+INTRO = (
+    "Real handwriting (UCI digits via scikit-learn) moving over real photos, "
+    "test videos of unseen digit images (`configs/moving_digits.py`, "
+    "docs/data.md). Each run is `bin/train` for the same number of steps; "
+    "gap = Sideways − BP test clip accuracy, paired by seed, mean ± 95% "
+    "t-interval over the seeds listed (cells with fewer than 5 seeds are "
+    "marked *). Only runs that ran the map's number of steps with the "
+    "cell's config count; the others are listed below the tables. `risk` "
+    "is the risk statistic of docs/fidelity.md (per Sideways run, the "
+    "largest `fidelity/risk` logged at a step ≤ 1000), averaged over the "
+    "cell's runs; the other early diagnostics are the means of the "
+    "TensorBoard `fidelity/*` values logged at steps ≤ 1000 of the Sideways "
+    "runs. The map runs plain Sideways (`replay_modules=0`) unless a cell "
+    "says otherwise; the *user path* cells instead write the videos as mp4 "
+    "files (`bin/make_digit_videos`, at the default 1–2 px/frame or at "
+    "0.25–0.5 px/frame), prepare them with `bin/prepare_videos` (short side "
+    "32 px) and train `configs/video_folder.py` with the defaults it ships "
+    "(replay included), overriding only the data path, 32 px, T = 16, no "
+    "crop and no flip. The *held-out* cells are the pre-registered test of "
+    "the risk warning (docs/fidelity.md).")
 
 
-def _cells_table(rows) -> List[str]:
-  lines = [
-      "## Where Sideways is safe: the gap map (moving digits)", "",
-      "Real handwriting (UCI digits via scikit-learn) moving over real photos, "
-      "test videos of unseen digit images (`configs/moving_digits.py`, "
-      "docs/data.md). Each run is `bin/train` for the same number of steps; "
-      "gap = Sideways − BP test clip accuracy, paired by seed, mean ± 95% "
-      "t-interval over the seeds listed. Early diagnostics are the means of "
-      "the TensorBoard `fidelity/*` values logged at steps ≤ 1000 of the "
-      "Sideways runs. The map runs plain Sideways (`replay_modules=0`) "
-      "unless a cell says otherwise; the *user path* cells instead write the "
-      "videos as mp4 files (`bin/make_digit_videos`, at the default 1–2 "
-      "px/frame or at 0.25–0.5 px/frame), prepare them "
-      "with `bin/prepare_videos` (short side 32 px) and trains "
-      "`configs/video_folder.py` with the defaults it ships (replay "
-      "included), overriding only the data path, 32 px, T = 16, no crop and "
-      "no flip.", "",
-      "| group | cell | seeds | Sideways | BP | gap | risk | cos module 1 "
-      "| update cos module 1 | s/run |",
-      "|---|---|---|---|---|---|---|---|---|---|"]
+def _table(rows) -> List[str]:
+  lines = ["| group | cell | seeds | Sideways | BP | gap | risk | cos module 1 "
+           "| update cos module 1 | s/run |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     e = r["early"]
+    few = "*" if len(r["seeds"]) < FEW_SEEDS else ""
     lines.append(
-        f"| {r['group']} | {r['cell']} | {len(r['seeds'])} | "
+        f"| {r['group']} | {r['cell']} | {len(r['seeds'])}{few} | "
         f"{_acc(r['sideways'])} | {_acc(r['bp'])} | {_fmt(r['gap'])} | "
         f"{_value(e['risk'])} | {_value(e['cosine/module_1'])} | "
         f"{_value(e['update_cosine/module_1'])} | {r['seconds']:.0f} |")
-  return lines + [""]
-
-
-def _generalisation(rows) -> List[str]:
-  lines = []
+  lines.append("")
   for r in rows:
     if "train_minus_test" in r:
       lines += [
@@ -212,9 +165,24 @@ def _generalisation(rows) -> List[str]:
   return lines
 
 
-def _correlations(rows) -> List[str]:
+def _comparison_lines(results) -> List[str]:
+  rows = gap_stats.comparisons(results)
+  if not rows:
+    return []
+  lines = ["Paired differences between Sideways cells (test clip accuracy of "
+           "the first minus the second, paired by seed):", "",
+           "| cell | minus cell | seeds | difference |", "|---|---|---|---|"]
+  for r in rows:
+    few = "*" if len(r["seeds"]) < FEW_SEEDS else ""
+    lines.append(f"| {r['a']} | {r['b']} | {len(r['seeds'])}{few} | "
+                 f"{_fmt(r['difference'])} |")
+  return lines + [""]
+
+
+def _correlation_lines(rows) -> List[str]:
   found = correlations(rows)
-  learnt = correlations([r for r in rows if r["bp"][0] >= 0.5])
+  learnt = correlations([r for r in rows
+                         if r["bp"][0] >= gap_stats.BP_LEARNS])
   if not found:
     return []
   lines = ["Does an early diagnostic predict the gap? Correlation across "
@@ -233,20 +201,71 @@ def _correlations(rows) -> List[str]:
   return lines + [""]
 
 
-def _detections(outdir, results) -> List[str]:
-  from sideways_tf.training.hooks import FidelityHook  # noqa: PLC0415
-  threshold = FidelityHook.RISK_THRESHOLD
-  found = detection(outdir, results, threshold)
-  (hit, big), (alarm, small) = found["big_gap"], found["small_gap"]
-  if not (big or small):
+def _detection_lines(results) -> List[str]:
+  from sideways_tf.training import diagnostics  # noqa: PLC0415
+  threshold = diagnostics.RISK_THRESHOLD
+  lines = []
+  for held_out, which in ((False, "every cell of the map (in sample: the "
+                                  "threshold was set on the first cells)"),
+                          (True, "the held-out cells only (out of sample, "
+                                 "pre-registered)")):
+    found = gap_stats.detection(results, threshold, held_out_only=held_out)
+    (hit, big), (alarm, small) = found["big_gap"], found["small_gap"]
+    if not big + small:
+      continue
+    auc = found["auc"]
+    lines += [
+        f"The risk warning (risk statistic > {threshold}) on {which}: per "
+        f"Sideways run against the BP run of the same data and seed, over "
+        f"the runs whose BP run learnt (test accuracy ≥ "
+        f"{gap_stats.BP_LEARNS}) and that have a risk (not every module "
+        f"below the top replayed; {found['skipped']} runs left out): "
+        f"flagged {hit} of {big} runs more than "
+        f"{gap_stats.BIG_GAP * 100:.0f} points behind and {alarm} of {small} "
+        f"runs within {gap_stats.BIG_GAP * 100:.0f} points (false alarms); "
+        f"ROC AUC of the statistic for a big gap "
+        f"{'–' if auc is None else f'{auc:.2f}'}.", ""]
+  return lines
+
+
+def _left_out_lines(left_out) -> List[str]:
+  if not left_out:
+    return ["Every planned run finished and passed the checks.", ""]
+  lines = [f"Runs left out of the tables ({len(left_out)}):", "",
+           "| cell | algorithm | seed | why |", "|---|---|---|---|"]
+  for r in left_out:
+    lines.append(f"| {r['cell']} | {r['algorithm']} | {r['seed']} | "
+                 f"{r['reason']} |")
+  return lines + [""]
+
+
+def _steps_of(outdir) -> int:
+  """The step count most runs ran (for a report without --steps)."""
+  counts = collections.Counter(r.get("steps") for r in load(outdir))
+  return counts.most_common(1)[0][0] if counts else 0
+
+
+def section(outdir, report_dir, command: str, seeds: Optional[int] = None,
+            steps: Optional[int] = None) -> List[str]:
+  """Markdown lines of the gap map (and its plots in report_dir).
+
+  `seeds`, `steps`: the map's (bin/experiments --gap_seeds, --steps); runs
+  that differ, and planned runs that are missing, are listed, not counted.
+  """
+  steps = steps or _steps_of(outdir)
+  results, left_out = gap_stats.audit(
+      outdir, steps, gap_map.DEFAULT_SEEDS if seeds is None else seeds)
+  rows = cells(results)
+  if not rows:
     return []
-  return [
-      f"Does the shipped warning (`fidelity/risk` > {threshold} at a step "
-      f"before {gap_map.EARLY_STEP}) flag the runs that trail? Per Sideways "
-      f"run against the BP run of the same data and seed, over the runs "
-      f"whose BP run learnt (test accuracy ≥ 0.5; {found['skipped']} runs "
-      f"left out): flagged {hit} of {big} runs more than 10 points behind, "
-      f"and {alarm} of {small} runs within 10 points (false alarms).", ""]
+  report_dir = pathlib.Path(report_dir)
+  report_dir.mkdir(parents=True, exist_ok=True)
+  lines = ["## Where Sideways is safe: the gap map (moving digits)", "",
+           INTRO, ""]
+  lines += _table(rows) + _comparison_lines(results)
+  lines += _correlation_lines(rows) + _detection_lines(results)
+  lines += _left_out_lines(left_out) + _plots(outdir, rows, report_dir)
+  return lines + [f"*Command: `{command}`*", ""]
 
 
 def _plots(outdir, rows, report_dir) -> List[str]:
@@ -344,12 +363,14 @@ def _plot_risk(rows, path):
 BEGIN, END = "<!-- gap map: begin -->", "<!-- gap map: end -->"
 
 
-def update(outdir, report_dir, command: str) -> pathlib.Path:
+def update(outdir, report_dir, command: str, seeds: Optional[int] = None,
+           steps: Optional[int] = None) -> pathlib.Path:
   """Writes the gap map into report_dir/results.md between its markers,
   keeping the rest of the file (appends the section the first time)."""
   from sideways_tf.run.files import write_marked_section  # noqa: PLC0415
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   path = report_dir / "results.md"
-  write_marked_section(path, BEGIN, END, section(outdir, report_dir, command))
+  write_marked_section(path, BEGIN, END, section(outdir, report_dir, command,
+                                                 seeds, steps))
   return path

@@ -16,6 +16,7 @@ from sideways_tf.engine import algorithms
 from sideways_tf.engine.pipeline import Pipeline
 from sideways_tf.run import distributed
 from sideways_tf.training import auto_balance
+from sideways_tf.training import auto_replay
 from sideways_tf.training.trainer import DynamicLossScale, Trainer
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -32,11 +33,12 @@ class Setup:
   step: tf.Variable
   checkpoint: tf.train.Checkpoint
   split: Optional[dict] = None  # model.balance / num_modules="auto": split
+  replay: Optional[dict] = None  # replay_modules="auto": the choice
 
 
 def build(config, data_seed_offset: int = 0,
           cluster: Optional[distributed.Cluster] = None,
-          stage_sizes=None) -> Setup:
+          stage_sizes=None, replay_modules: Optional[int] = None) -> Setup:
   """Data, model, pipeline, optimizer and trainer for `config`.
 
   With a `cluster`, each worker trains on its own shard of the batches
@@ -44,26 +46,36 @@ def build(config, data_seed_offset: int = 0,
   across workers before every update.
   """
   keras.utils.set_random_seed(config.seed)
-  datasets = data_lib.get_datasets(
-      config.data, batch_size=config.train.batch_size,
-      eval_batch_size=config.eval.batch_size,
-      seed=config.seed + data_seed_offset)
+
+  def make_datasets():
+    return data_lib.get_datasets(
+        config.data, batch_size=config.train.batch_size,
+        eval_batch_size=config.eval.batch_size,
+        seed=config.seed + data_seed_offset)
+
+  datasets = make_datasets()
   if cluster is not None:
     # Same seed on every worker: the same batch order, so worker i keeping
     # every num_workers-th batch gives the workers disjoint batches.
     datasets = dataclasses.replace(datasets,
                                    train=cluster.shard(datasets.train))
+  # replay_modules="auto" measures on a fresh copy of the training data: the
+  # run's first batches, without moving the run's own iterator.
   return build_model(config, datasets.num_classes, datasets.frame_shape,
-                     datasets, cluster, stage_sizes)
+                     datasets, cluster, stage_sizes, replay_modules,
+                     training_batches=lambda: make_datasets().train)
 
 
 def build_model(config, num_classes: int, frame_shape, datasets=None,
                 cluster: Optional[distributed.Cluster] = None,
-                stage_sizes=None) -> Setup:
+                stage_sizes=None, replay_modules: Optional[int] = None,
+                training_batches=None) -> Setup:
   """Everything but the data (for export, or evaluation on other data).
 
   `stage_sizes`: a split saved in model_info.json (config.model.balance or
-  num_modules="auto").
+  num_modules="auto"). `replay_modules`: the choice saved there by a
+  replay_modules="auto" run; else `training_batches()` (a fresh training
+  dataset) is measured to make it (training/auto_replay.py).
   """
   config = configs.with_defaults(config)
   keras.utils.set_random_seed(config.seed)
@@ -78,16 +90,20 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   stages, split = auto_balance.apply(
       config.model, stages, frame_shape, config.train.batch_size, stage_sizes,
       num_devices=count_devices(config.devices),
-      replay_modules=(int(config.replay_modules)
+      replay_modules=(auto_replay.known(config, replay_modules)
                       if algorithms.get(config.algorithm).streams else 0),
       skips=parse_skips(config.skips), skip_align=bool(config.skip_align))
   devices = resolve_devices(config.devices, len(stages))
-  pipeline = Pipeline(stages, devices=devices,
-                      skips=parse_skips(config.skips),
-                      skip_combine=config.skip_combine,
-                      skip_align=bool(config.skip_align),
-                      replay_modules=config.replay_modules,
-                      **algorithms.options_from_config(config))
+
+  def make_pipeline(replay):
+    return Pipeline(stages, devices=devices, skips=parse_skips(config.skips),
+                    skip_combine=config.skip_combine,
+                    skip_align=bool(config.skip_align), replay_modules=replay,
+                    **algorithms.options_from_config(config))
+
+  replay, replay_info = auto_replay.resolve(
+      config, make_pipeline, training_batches, replay_modules)
+  pipeline = make_pipeline(replay)
   optimizer = make_optimizer(config.train)
   trainer = Trainer(
       pipeline, optimizer, config.algorithm,
@@ -105,7 +121,7 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   if trainer.loss_scale is not None:
     checkpoint.loss_scale = trainer.loss_scale
   return Setup(config, datasets, pipeline, optimizer, trainer, step,
-               checkpoint, split)
+               checkpoint, split, replay_info)
 
 
 def parse_skips(spec: str) -> Dict[int, list]:

@@ -143,9 +143,54 @@ def risk(pipeline, fidelity) -> "float | None":
   """The largest lag_change of a module Sideways approximates, or None.
 
   Replayed modules (``Pipeline(replay_modules=N)``) take their backward step
-  at the right input, so their lag does not count.
+  at the input their gradient belongs to, so their own lag does not count
+  (what reaches them from a module that is not replayed still carries that
+  module's lag, which its own lag_change counts).
   """
   values = [measures["lag_change"] for module, measures in fidelity.items()
             if "lag_change" in measures
             and int(module.split("_")[1]) > pipeline.replay_modules]
   return max(values) if values else None
+
+
+# The risk statistic and its threshold, frozen before the out-of-sample
+# cells were run (docs/fidelity.md, "Pre-registration"): a run's statistic
+# is the largest `fidelity/risk` logged at a step <= RISK_WINDOW; above
+# RISK_THRESHOLD the run warns (training/hooks.py) and the report counts it
+# as flagged (paper_experiments/gap_report.py).
+RISK_THRESHOLD = 0.4
+RISK_WINDOW = 1000  # steps
+
+
+def risk_statistic(logged) -> "float | None":
+  """A run's risk statistic from its logged (step, fidelity/risk) pairs:
+  the largest value at a step <= RISK_WINDOW, or None if there is none."""
+  values = [value for step, value in logged if step <= RISK_WINDOW]
+  return max(values) if values else None
+
+
+# Replaying module 1 alone trained worse than no replay on the moving-digits
+# map (docs/fidelity.md, section 3): module 1's gradient was shaped by module
+# 2's Jacobian at a newer frame. So partial replay starts at two modules.
+MIN_PARTIAL_REPLAY = 2
+
+
+def replay_for(lag_changes: Dict[str, float], num_modules: int,
+               threshold: float, has_skips: bool = False) -> int:
+  """How many bottom modules to replay so that no module Sideways still
+  approximates has a lag_change above `threshold` (risk <= threshold).
+
+  `lag_changes`: {"module_k": value} as :func:`lag_change` returns. The
+  answer is the highest module k whose value exceeds the threshold (replay
+  is always of the bottom modules, so every module below it too), at least
+  MIN_PARTIAL_REPLAY; with Skip-Sideways skips every module below the top
+  (L-1) or none, since replaying only some trained worse than none
+  (docs/skip_sideways.md). 0 if no module exceeds the threshold.
+  """
+  above = [int(name.split("_")[1]) for name, value in lag_changes.items()
+           if value > threshold]
+  if not above or num_modules < 2:
+    return 0
+  if has_skips:
+    return num_modules - 1
+  return min(max(max(above), MIN_PARTIAL_REPLAY), num_modules - 1)

@@ -64,7 +64,9 @@ def _train(config, full, workdir: pathlib.Path, overwrite: bool):
   # A resumed run draws a new, still deterministic, data order.
   setup = builder.build(
       config, data_seed_offset=start_step, cluster=cluster,
-      stage_sizes=workdir_lib.saved_stage_sizes(workdir) if latest else None)
+      stage_sizes=workdir_lib.saved_stage_sizes(workdir) if latest else None,
+      replay_modules=(workdir_lib.saved_replay_modules(workdir) if latest
+                      else None))
   _check_clip_length(setup)
   if is_chief:  # written only now: a failed start leaves no config behind
     workdir_lib.prepare(config, workdir, delete)
@@ -141,7 +143,8 @@ def _start(setup, config, workdir, latest, cluster,
            is_chief) -> hooks_lib.Context:
   """Model info, checkpoint manager (restored), worker sync, writers."""
   if is_chief:
-    workdir_lib.write_model_info(workdir, setup.datasets, setup.split)
+    workdir_lib.write_model_info(workdir, setup.datasets, setup.split,
+                                 setup.replay)
   manager = tf.train.CheckpointManager(
       setup.checkpoint, str(workdir / "checkpoints"),
       max_to_keep=setup.config.train.keep_checkpoints)
@@ -275,7 +278,9 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None):
     config = workdir_lib.load_config(workdir)
   latest = workdir_lib.latest_checkpoint(workdir, required=True)
   setup = builder.build(config,
-                        stage_sizes=workdir_lib.saved_stage_sizes(workdir))
+                        stage_sizes=workdir_lib.saved_stage_sizes(workdir),
+                        replay_modules=workdir_lib.saved_replay_modules(
+                            workdir))
   setup.checkpoint.restore(latest).expect_partial()
   writer = tf.summary.create_file_writer(str(workdir / "eval"))
   metrics = hooks_lib.evaluate(
@@ -293,7 +298,8 @@ def restore_for_inference(workdir) -> builder.Setup:
   info = workdir_lib.load_model_info(workdir)
   latest = workdir_lib.latest_checkpoint(workdir, required=True)
   setup = builder.build_model(config, info["num_classes"], info["frame_shape"],
-                              stage_sizes=info.get("stage_sizes"))
+                              stage_sizes=info.get("stage_sizes"),
+                              replay_modules=info.get("replay_modules"))
   setup.checkpoint.restore(latest).expect_partial()
   return setup
 

@@ -6,7 +6,9 @@ By default the optimizer steps once per clip with the clip gradient. With
 ``update_every_ticks = N`` the clip is fed as a stream of N-tick chunks and the
 optimizer steps after each chunk with that chunk's gradient (online learning);
 the Sideways buffers carry over between chunks, so gradients still in flight
-cross the update, as they would on a real stream.
+cross the update, as they would on a real stream. A replayed module then
+replays each held input with the weights its original forward used (weight
+stashing, `Pipeline.stash_replay_weights`), which the Trainer turns on.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class Trainer:
     self.optimizer = optimizer
     self.algorithm = algorithm
     self.update_every_ticks = int(update_every_ticks)
+    if self.update_every_ticks and algorithms.get(algorithm).streams:
+      # Weights change within a replayed module's lag: replay held inputs
+      # with the weights that computed them (docs/engine.md, "Replay").
+      pipeline.stash_replay_weights()
     self.gradient_transform = gradient_transform
     self.loss_scale = loss_scale
     self._step_fns = {}

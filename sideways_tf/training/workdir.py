@@ -2,7 +2,8 @@
 
   workdir/config.json        the config the run was started with
   workdir/model_info.json    num_classes, frame_shape, class_names (and the
-                             split of config.model.balance)
+                             split of config.model.balance, the choice of
+                             replay_modules="auto")
   workdir/checkpoints/       tf.train.CheckpointManager (model, optimizer,
                              step, pipeline state)
   workdir/train/, eval/      TensorBoard event files
@@ -92,12 +93,15 @@ def _flatten(tree, prefix=""):
   return flat
 
 
-def write_model_info(workdir: pathlib.Path, datasets, split=None) -> None:
-  """`split`: config.model.balance's chosen split (builder.Setup.split)."""
+def write_model_info(workdir: pathlib.Path, datasets, split=None,
+                     replay=None) -> None:
+  """`split`: config.model.balance's chosen split (builder.Setup.split);
+  `replay`: replay_modules="auto"'s choice (builder.Setup.replay)."""
   atomic_write_text(workdir / "model_info.json", json.dumps(dict({
       "num_classes": datasets.num_classes,
       "frame_shape": list(datasets.frame_shape),
-      "class_names": list(datasets.class_names)}, **(split or {})), indent=2))
+      "class_names": list(datasets.class_names)}, **(split or {}),
+      **(replay or {})), indent=2))
 
 
 def load_model_info(workdir) -> Dict[str, object]:
@@ -112,6 +116,14 @@ def saved_stage_sizes(workdir):
   """The split a balanced run chose (model_info.json), or None."""
   path = pathlib.Path(workdir) / "model_info.json"
   return json.loads(path.read_text()).get("stage_sizes") if path.exists() \
+      else None
+
+
+def saved_replay_modules(workdir):
+  """The replay a replay_modules="auto" run chose (model_info.json), or
+  None."""
+  path = pathlib.Path(workdir) / "model_info.json"
+  return json.loads(path.read_text()).get("replay_modules") if path.exists() \
       else None
 
 

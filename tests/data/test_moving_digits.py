@@ -270,3 +270,61 @@ def test_runs_started_together_prepare_the_set_once(tmp_path):
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-2000:]
     assert out.strip().splitlines()[-1] == "20"
+
+
+PHOTOS = dataclasses.replace(TINY, objects="photos")
+
+
+def test_photo_objects_render_one_photo_per_class():
+  video = moving_digits.render_video(PHOTOS, "train", 3)
+  assert video["video"].shape == (8, 32, 32, 3)
+  assert video["video"].dtype == np.uint8 and video["label"] == 3
+  assert PHOTOS.class_names == moving_digits.PHOTO_OBJECTS
+  assert PHOTOS.scale == 1.0  # 16 px photo crops drawn at 16 px
+  again = moving_digits.render_video(PHOTOS, "train", 3)
+  assert video["video"].tobytes() == again["video"].tobytes()
+  # The digit sets keep their settings hash (and so their caches).
+  assert PHOTOS.config_name != TINY.config_name
+  assert "objects" not in json_fields(TINY)
+
+
+def json_fields(settings):
+  import hashlib  # noqa: PLC0415
+  import json  # noqa: PLC0415
+  fields = dataclasses.asdict(settings)
+  fields.pop("objects")
+  fields.pop("backgrounds")
+  digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+  assert settings.config_name.endswith(digest.hexdigest()[:12])
+  return fields
+
+
+def test_photo_crops_of_train_and_test_come_from_disjoint_parts():
+  """Pixel values encode the column: train crops only show the left
+  1 - PHOTO_TEST_FRACTION of the photo, test crops only the rest."""
+  width = 400
+  photo = np.repeat(np.tile(np.arange(width, dtype=np.float32) / width,
+                            (300, 1))[..., None], 3, axis=-1)
+  cut = (1 - moving_digits.PHOTO_TEST_FRACTION)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    train = moving_digits.photo_crop(rng, photo, "train")
+    test = moving_digits.photo_crop(rng, photo, "test")
+    assert train.shape == test.shape == (16, 16, 3)
+    assert train.max() < cut <= test.min() + 1 / 255
+
+
+def test_skimage_backgrounds_are_other_clutter_with_the_same_digit():
+  """Another family of clutter: the background changes, the digit, its
+  path and the label do not; the first sets keep their cache names."""
+  clean = dataclasses.replace(TINY, noise=0.0)
+  other = dataclasses.replace(clean, backgrounds="skimage")
+  a = moving_digits.render_video(clean, "train", 4)
+  b = moving_digits.render_video(other, "train", 4)
+  assert (a["label"], a["instance"], a["speed"]) == (
+      b["label"], b["instance"], b["speed"])
+  assert np.abs(a["video"].astype(int) - b["video"].astype(int)).mean() > 5
+  assert other.config_name != clean.config_name
+  json_fields(clean)  # "backgrounds" left out of the default's hash
+  with pytest.raises(ValueError, match="backgrounds"):
+    dataclasses.replace(TINY, backgrounds="moon")

@@ -1,7 +1,6 @@
 """Replay: replayed modules take their backward step at the input their
 gradient belongs to (docs/engine.md, "Replay")."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -93,13 +92,3 @@ def test_replay_state_does_not_grow_with_the_clip():
 def test_bad_replay_modules_are_refused(value):
   with pytest.raises(ValueError, match="replay_modules"):
     sideways_tf.Pipeline(util.dense_stages(3), replay_modules=value)
-
-
-def test_replay_refuses_batch_norm():
-  stages = util.conv_stages(3)
-  stages[0] = keras.Sequential([keras.layers.Conv2D(4, 3, padding="same"),
-                                keras.layers.BatchNormalization()])
-  pipe = sideways_tf.Pipeline(stages, replay_modules=1)
-  with pytest.raises(ValueError, match="moving statistics"):
-    pipe.compute_gradients(util.moving_clip(2, 8, (6, 6, 2)),
-                           util.labels_for(2))
