@@ -62,7 +62,8 @@ class SidewaysModel(keras.Model):
 
   Args:
     stages: Keras layers, one per Sideways module; the last emits logits.
-    algorithm: one of ``sideways_tf.ALGORITHMS`` ("sideways", "bp", "gpipe").
+    algorithm: one of ``sideways_tf.ALGORITHMS`` ("sideways", "bp", "gpipe",
+      "pipelined_bp").
     devices: ``None`` or one TF device per stage.
     skips: Skip-Sideways skips ``{k: [j, ...]}`` (docs/skip_sideways.md).
     class_names: optional names of the classes; exported with the model.
@@ -70,7 +71,8 @@ class SidewaysModel(keras.Model):
       (online learning, see Trainer).
     replay_modules: Sideways only: the bottom N modules take their backward
       step at the input their gradient belongs to (docs/fidelity.md; 2 is
-      what the shipped real-data configs use).
+      what the shipped real-data configs use). "pipelined_bp" replays every
+      module below the top whatever this says.
     skip_combine: how a stage joins its skip inputs, "concat" or "add".
   """
 
@@ -87,10 +89,10 @@ class SidewaysModel(keras.Model):
     self.update_every_ticks = int(update_every_ticks)
     self.class_names = None if class_names is None else [
         str(c) for c in class_names]
-    self.pipeline = pipeline_lib.Pipeline(stages, devices=devices,
-                                          skips=skips,
-                                          skip_combine=skip_combine,
-                                          replay_modules=replay_modules)
+    self.pipeline = pipeline_lib.Pipeline(
+        stages, devices=devices, skips=skips, skip_combine=skip_combine,
+        replay_modules=algorithms.get(algorithm).replay_modules(
+            len(stages), replay_modules))
     # Keras tracks the modules (and through them the stages and buffers) for
     # save_weights / BackupAndRestore / ModelCheckpoint.
     self.sideways_modules = list(self.pipeline.modules)

@@ -75,18 +75,23 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   keras.mixed_precision.set_dtype_policy(precision)  # before the stages
   auto_balance.check_num_modules(config.model)
   stages = models.build_stages(config.model, num_classes)
+  algorithm = algorithms.get(config.algorithm)
+
+  def replay_modules(num_modules: int) -> int:
+    """config.replay_modules, unless the algorithm fixes it (L-1)."""
+    return algorithm.replay_modules(num_modules, config.replay_modules)
+
   stages, split = auto_balance.apply(
       config.model, stages, frame_shape, config.train.batch_size, stage_sizes,
       num_devices=count_devices(config.devices),
-      replay_modules=(int(config.replay_modules)
-                      if algorithms.get(config.algorithm).streams else 0),
+      replay_modules=replay_modules if algorithm.streams else 0,
       skips=parse_skips(config.skips), skip_align=bool(config.skip_align))
   devices = resolve_devices(config.devices, len(stages))
   pipeline = Pipeline(stages, devices=devices,
                       skips=parse_skips(config.skips),
                       skip_combine=config.skip_combine,
                       skip_align=bool(config.skip_align),
-                      replay_modules=config.replay_modules,
+                      replay_modules=replay_modules(len(stages)),
                       **algorithms.options_from_config(config))
   optimizer = make_optimizer(config.train)
   trainer = Trainer(
