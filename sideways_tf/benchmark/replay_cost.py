@@ -5,7 +5,18 @@ and, for L >= 3, the same with a Skip-Sideways skip from stage 0 into 2.
 Replay (docs/engine.md) recomputes each replayed module once more per tick
 (with skips, once per path lag), at the stored input its gradient belongs
 to, so its cost is a fraction of a forward pass per replayed module; this
-figure measures that fraction.
+figure measures that fraction. ``replay_modules`` = L-1 is
+``algorithm="pipelined_bp"``.
+
+Recompute or stash (:func:`stash_cost`): could a replayed module keep what
+its backward needs instead of recomputing it? Per module below the top, the
+ms per tick of its plain tick (forward and backward at one input: the
+floor any stash that avoids recomputing could reach), of its replay tick
+(the engine's: the forward again at the stored input) and of a per-layer
+stash (every layer's input kept for the lag, one tape per layer at its
+stored input: the only generic way TensorFlow offers, since a tape's
+gradient is built from ops recorded in the same loop iteration and reads
+those ops' own outputs), with the floats each keeps per stored frame.
 """
 
 from __future__ import annotations
@@ -65,8 +76,107 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
     log(f"  {name}: {row['frames_per_s']:.0f} frames/s, "
         f"{row['vs_plain_sideways']:.2f}x plain Sideways, "
         f"{row['vs_bp']:.2f}x BP")
-  return dict(variants=fig,
+  return dict(variants=fig, stash=stash_cost(config),
+              num_modules=config.num_modules,
               frames_per_step=config.batch_size * config.num_frames)
+
+
+def stash_cost(config: BenchmarkConfig) -> Dict[str, list]:
+  """Per module below the top: ms per tick plain, replayed, per-layer
+  stash, and the floats per frame the replay and the stash keep.
+
+  The plain and replay ticks are the engine's own (``stage_tick_seconds``
+  of a plain and an L-1-replayed Pipeline); the per-layer stash is this
+  figure's probe (:func:`_per_layer_stash_ticks`), not an engine option.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import sideways_tf  # pylint: disable=g-import-not-at-top
+  frames, labels = make_clip(config)
+  num_modules = config.num_modules
+  times, pipelines = {}, {}
+  for name, replay in (("plain", 0), ("replay", num_modules - 1)):
+    pipelines[name] = sideways_tf.Pipeline(build_stages(config, seed=0),
+                                           replay_modules=replay)
+    times[name] = pipelines[name].stage_tick_seconds(
+        frames, labels, repeats=config.stage_repeats)[:-1]
+  out = {"plain_ms": [1e3 * t for t in times["plain"]],
+         "replay_ms": [1e3 * t for t in times["replay"]],
+         "stash_ms": [], "replay_floats": [], "stash_floats": [],
+         "lags": [2 * (num_modules - 1 - k) for k in range(num_modules - 1)]}
+  pipeline = pipelines["plain"]
+  for k, stage in enumerate(pipeline.stages[:-1]):
+    module = pipeline.modules[k]
+    shape = ((config.batch_size,) + config.frame_shape() if k == 0
+             else tuple(module.input_buffer.shape))
+    seconds, layer_inputs = _per_layer_stash_seconds(
+        stage, shape, out["lags"][k], not module.is_first,
+        config.stage_repeats)
+    out["stash_ms"].append(1e3 * seconds)
+    out["replay_floats"].append(int(np.prod(shape[1:])))
+    out["stash_floats"].append(int(sum(np.prod(s[1:]) for s in layer_inputs)))
+    log(f"  module {k + 1}: plain {out['plain_ms'][k]:.2f} ms, replay "
+        f"{out['replay_ms'][k]:.2f} ms, per-layer stash "
+        f"{out['stash_ms'][k]:.2f} ms per tick; "
+        f"{out['stash_floats'][k] / out['replay_floats'][k]:.1f}x the floats "
+        f"per stored frame")
+  return out
+
+
+def _per_layer_stash_seconds(stage, input_shape, lag: int,
+                             input_gradient: bool, repeats: int,
+                             num_ticks: int = 16):
+  """Median seconds per tick of a per-layer stash of `stage` (a
+  Sequential): every tick a forward at a new input keeping each layer's
+  input for `lag` ticks, and a backward at the inputs of `lag` ticks ago,
+  one tape per layer. Returns (seconds, the layers' input shapes)."""
+  import time  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  layers = list(getattr(stage, "layers", [stage]))  # one layer: itself
+  shapes, shape = [], tuple(input_shape)
+  for layer in layers:
+    shapes.append(shape)
+    shape = tuple(layer.compute_output_shape(shape))
+  inputs = tf.random.stateless_uniform((num_ticks,) + tuple(input_shape),
+                                       seed=(0, 1))
+  output_gradient = tf.random.stateless_uniform(shape, seed=(0, 2))
+  variables = stage.trainable_variables
+
+  def tick(t, held, sums):
+    x, kept = inputs[t], []
+    for layer in layers:
+      kept.append(x)
+      x = layer(x, training=True)
+    gradient, grads = output_gradient + 0 * tf.reduce_sum(x), []
+    for i in reversed(range(len(layers))):
+      layer, old = layers[i], held[i][0]
+      with tf.GradientTape() as tape:
+        tape.watch(old)
+        y = layer(old, training=True)
+      wanted = ([old] if i or input_gradient else []) + list(
+          layer.trainable_variables)
+      parts = tape.gradient(y, wanted, output_gradients=gradient,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      if i or input_gradient:
+        gradient = parts.pop(0)
+      grads = parts + grads
+    held = [tf.concat([h[1:], x_[None]], 0) for h, x_ in zip(held, kept)]
+    return t + 1, held, [a + g for a, g in zip(sums, grads)]
+
+  def run():
+    held = [tf.zeros((lag,) + s) for s in shapes]
+    _, _, sums = tf.while_loop(lambda t, *_: t < num_ticks, tick, (
+        tf.constant(0), held, [tf.zeros_like(v) for v in variables]))
+    return tf.add_n([tf.reduce_sum(s) for s in sums])
+
+  compiled = tf.function(run, autograph=False)
+  compiled().numpy()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    compiled().numpy()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)) / num_ticks, shapes
 
 
 def markdown(fig: dict) -> list:
@@ -86,8 +196,32 @@ def markdown(fig: dict) -> list:
   for row in fig["variants"].values():
     label = ("BP" if row["algorithm"] == "bp" else
              f"Sideways, replay_modules={row['replay_modules']}")
+    if row["algorithm"] != "bp" and row["replay_modules"] == fig.get(
+        "num_modules", 0) - 1:
+      label += " (= pipelined_bp)"
     if row.get("skips"):
       label = f"skips {row['skips']}: {label}"
     lines.append(f"| {label} | {row['frames_per_s']:.0f} | "
                  f"{row['vs_plain_sideways']:.2f} | {row['vs_bp']:.2f} |")
+  return lines + _stash_markdown(fig.get("stash"))
+
+
+def _stash_markdown(stash) -> list:
+  if not stash:
+    return []
+  lines = ["", "Recompute or stash, per module below the top "
+           "(`replay_cost.stash_cost`): ms per tick of the plain tick "
+           "(no recomputation: the floor of any stash), the replay tick "
+           "(recomputes the forward at the stored input) and a per-layer "
+           "stash (every layer's input kept, one tape per layer: what "
+           "TensorFlow's tape allows), and the floats each keeps per stored "
+           "frame (× the lag 2(L-k) × B).", "",
+           "| module | lag | plain ms | replay ms | per-layer stash ms | "
+           "replay floats/frame | stash floats/frame |",
+           "|---|---|---|---|---|---|---|"]
+  for k, lag in enumerate(stash["lags"]):
+    lines.append(
+        f"| {k + 1} | {lag} | {stash['plain_ms'][k]:.2f} | "
+        f"{stash['replay_ms'][k]:.2f} | {stash['stash_ms'][k]:.2f} | "
+        f"{stash['replay_floats'][k]} | {stash['stash_floats'][k]} |")
   return lines
