@@ -17,6 +17,9 @@ stash (every layer's input kept for the lag, one tape per layer at its
 stored input: the only generic way TensorFlow offers, since a tape's
 gradient is built from ops recorded in the same loop iteration and reads
 those ops' own outputs), with the floats each keeps per stored frame.
+(Not from ``Pipeline.stage_tick_seconds``: there a replayed module's
+forward at the new input feeds nothing, so TensorFlow may prune it; its
+replay ticks timed no slower than its plain ones.)
 """
 
 from __future__ import annotations
@@ -82,38 +85,61 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
 
 
 def stash_cost(config: BenchmarkConfig) -> Dict[str, list]:
-  """Per module below the top: ms per tick plain, replayed, per-layer
-  stash, and the floats per frame the replay and the stash keep.
+  """Per module below the top: ms per tick plain, replayed and with a
+  per-layer stash, and the floats per frame the replay and the stash keep.
 
-  The plain and replay ticks are the engine's own (``stage_tick_seconds``
-  of a plain and an L-1-replayed Pipeline); the per-layer stash is this
-  figure's probe (:func:`_per_layer_stash_ticks`), not an engine option.
+  All three run in one harness (:func:`_seconds_per_tick`): a
+  ``tf.while_loop`` of ticks at successive inputs, each tick's outputs and
+  gradients consumed (so no forward is pruned away) and the stored inputs
+  shifted as the engine shifts its histories. The plain and the replay tick
+  are the engine's own (``SidewaysModule.tick`` and ``replay_tick``); the
+  per-layer stash is this figure's probe, not an engine option.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   frames, labels = make_clip(config)
   num_modules = config.num_modules
-  times, pipelines = {}, {}
-  for name, replay in (("plain", 0), ("replay", num_modules - 1)):
-    pipelines[name] = sideways_tf.Pipeline(build_stages(config, seed=0),
-                                           replay_modules=replay)
-    times[name] = pipelines[name].stage_tick_seconds(
-        frames, labels, repeats=config.stage_repeats)[:-1]
-  out = {"plain_ms": [1e3 * t for t in times["plain"]],
-         "replay_ms": [1e3 * t for t in times["replay"]],
-         "stash_ms": [], "replay_floats": [], "stash_floats": [],
-         "lags": [2 * (num_modules - 1 - k) for k in range(num_modules - 1)]}
-  pipeline = pipelines["plain"]
-  for k, stage in enumerate(pipeline.stages[:-1]):
-    module = pipeline.modules[k]
+  plain = sideways_tf.Pipeline(build_stages(config, seed=0))
+  replayed = sideways_tf.Pipeline(plain.stages,
+                                  replay_modules=num_modules - 1)
+  replayed.prepare_inputs(frames, labels)  # builds, allocates the buffers
+  out = {"lags": [2 * (num_modules - 1 - k) for k in range(num_modules - 1)],
+         "plain_ms": [], "replay_ms": [], "stash_ms": [], "replay_floats": [],
+         "stash_floats": []}
+  for k, module in enumerate(replayed.modules[:-1]):
+    lag = out["lags"][k]
     shape = ((config.batch_size,) + config.frame_shape() if k == 0
              else tuple(module.input_buffer.shape))
-    seconds, layer_inputs = _per_layer_stash_seconds(
-        stage, shape, out["lags"][k], not module.is_first,
-        config.stage_repeats)
-    out["stash_ms"].append(1e3 * seconds)
+    inputs = tf.random.stateless_uniform((16,) + shape, seed=(0, k))
+    gradient = tf.random.stateless_uniform(module.gradient_buffer.shape,
+                                           seed=(1, k))
+    layers = list(getattr(module.stage, "layers", [module.stage]))
+    layer_shapes = _layer_input_shapes(layers, shape)
+
+    def plain_tick(x, held, module=plain.modules[k], gradient=gradient):
+      del held
+      result = module.tick(x, output_gradient=gradient, training=True)
+      return result.outputs, [], _grads(result.parameter_gradients,
+                                         result.emitted_gradient)
+
+    def replay_tick(x, held, module=module, gradient=gradient):
+      result = module.replay_tick(x, [], [held], [gradient], training=True)
+      return result.outputs, [x], _grads(result.parameter_gradients,
+                                         result.emitted_gradients[0])
+
+    def stash_tick(x, held, layers=layers, gradient=gradient,
+                   first=module.is_first):
+      return _per_layer_stash_tick(layers, x, held, gradient, first)
+
+    for name, tick, held in (("plain", plain_tick, []),
+                             ("replay", replay_tick, [shape]),
+                             ("stash", stash_tick, layer_shapes)):
+      seconds = _seconds_per_tick(tick, inputs, held, lag, config.repeats)
+      out[f"{name}_ms"].append(1e3 * seconds)
     out["replay_floats"].append(int(np.prod(shape[1:])))
-    out["stash_floats"].append(int(sum(np.prod(s[1:]) for s in layer_inputs)))
+    out["stash_floats"].append(int(sum(np.prod(s[1:])
+                                       for s in layer_shapes)))
     log(f"  module {k + 1}: plain {out['plain_ms'][k]:.2f} ms, replay "
         f"{out['replay_ms'][k]:.2f} ms, per-layer stash "
         f"{out['stash_ms'][k]:.2f} ms per tick; "
@@ -122,52 +148,66 @@ def stash_cost(config: BenchmarkConfig) -> Dict[str, list]:
   return out
 
 
-def _per_layer_stash_seconds(stage, input_shape, lag: int,
-                             input_gradient: bool, repeats: int,
-                             num_ticks: int = 16):
-  """Median seconds per tick of a per-layer stash of `stage` (a
-  Sequential): every tick a forward at a new input keeping each layer's
-  input for `lag` ticks, and a backward at the inputs of `lag` ticks ago,
-  one tape per layer. Returns (seconds, the layers' input shapes)."""
+def _grads(parameter_gradients, emitted):
+  return list(parameter_gradients) + ([] if emitted is None else [emitted])
+
+
+def _layer_input_shapes(layers, shape) -> list:
+  shapes = []
+  for layer in layers:
+    shapes.append(tuple(shape))
+    shape = layer.compute_output_shape(tuple(shape))
+  return shapes
+
+
+def _per_layer_stash_tick(layers, x, held, output_gradient, first: bool):
+  """Forward at `x` keeping every layer's input; backward at the held
+  inputs (`held[i]`: layer i's input `lag` ticks ago), one tape per layer:
+  each tape recomputes its layer, whose gradient reads the layer's outputs."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  kept = []
+  for layer in layers:
+    kept.append(x)
+    x = layer(x, training=True)
+  gradient, grads = output_gradient, []
+  for i in reversed(range(len(layers))):
+    layer, old = layers[i], held[i]
+    with tf.GradientTape() as tape:
+      tape.watch(old)
+      y = layer(old, training=True)
+    wanted = ([old] if i or not first else []) + list(
+        layer.trainable_variables)
+    parts = tape.gradient(
+        y, wanted, output_gradients=gradient,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if i or not first:
+      gradient = parts.pop(0)
+    grads = parts + grads
+  return x, kept, grads + ([] if first else [gradient])
+
+
+def _seconds_per_tick(tick, inputs, held_shapes, lag: int,
+                      repeats: int) -> float:
+  """Median seconds per tick of `tick(x, held) -> (outputs, kept, grads)`
+  over the ticks of `inputs` ([ticks, ...]): `held` are the stored inputs
+  of `lag` ticks ago, `kept` joins the stores (oldest leaves), and the
+  outputs and gradients are summed into the loop state."""
   import time  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  layers = list(getattr(stage, "layers", [stage]))  # one layer: itself
-  shapes, shape = [], tuple(input_shape)
-  for layer in layers:
-    shapes.append(shape)
-    shape = tuple(layer.compute_output_shape(shape))
-  inputs = tf.random.stateless_uniform((num_ticks,) + tuple(input_shape),
-                                       seed=(0, 1))
-  output_gradient = tf.random.stateless_uniform(shape, seed=(0, 2))
-  variables = stage.trainable_variables
+  num_ticks = int(inputs.shape[0])
 
-  def tick(t, held, sums):
-    x, kept = inputs[t], []
-    for layer in layers:
-      kept.append(x)
-      x = layer(x, training=True)
-    gradient, grads = output_gradient + 0 * tf.reduce_sum(x), []
-    for i in reversed(range(len(layers))):
-      layer, old = layers[i], held[i][0]
-      with tf.GradientTape() as tape:
-        tape.watch(old)
-        y = layer(old, training=True)
-      wanted = ([old] if i or input_gradient else []) + list(
-          layer.trainable_variables)
-      parts = tape.gradient(y, wanted, output_gradients=gradient,
-                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      if i or input_gradient:
-        gradient = parts.pop(0)
-      grads = parts + grads
-    held = [tf.concat([h[1:], x_[None]], 0) for h, x_ in zip(held, kept)]
-    return t + 1, held, [a + g for a, g in zip(sums, grads)]
+  def body(t, stores, total):
+    outputs, kept, grads = tick(inputs[t], [s[0] for s in stores])
+    stores = [tf.concat([s[1:], x[None]], 0) for s, x in zip(stores, kept)]
+    total += tf.add_n([tf.reduce_sum(g) for g in grads] +
+                      [tf.reduce_sum(outputs) * 1e-30])
+    return t + 1, stores, total
 
   def run():
-    held = [tf.zeros((lag,) + s) for s in shapes]
-    _, _, sums = tf.while_loop(lambda t, *_: t < num_ticks, tick, (
-        tf.constant(0), held, [tf.zeros_like(v) for v in variables]))
-    return tf.add_n([tf.reduce_sum(s) for s in sums])
+    stores = [tf.zeros((lag,) + tuple(s)) for s in held_shapes]
+    return tf.while_loop(lambda t, *_: t < num_ticks, body,
+                         (tf.constant(0), stores, tf.constant(0.0)))[2]
 
   compiled = tf.function(run, autograph=False)
   compiled().numpy()
@@ -176,7 +216,7 @@ def _per_layer_stash_seconds(stage, input_shape, lag: int,
     start = time.perf_counter()
     compiled().numpy()
     times.append(time.perf_counter() - start)
-  return float(np.median(times)) / num_ticks, shapes
+  return float(np.median(times)) / num_ticks
 
 
 def markdown(fig: dict) -> list:
