@@ -65,12 +65,19 @@ def test_benchmark_tool_writes_json_and_markdown(tmp_path):
               ("bp", 0, ""), ("sideways", 0, ""), ("sideways", 1, "")]
   assert replay["bp"]["vs_bp"] == 1.0
   assert all(len(r["samples_s"]) == 2 for r in replay.values())
+  stash = data["replay_cost"]["stash"]  # the one module below the top
+  assert stash["lags"] == [2]
+  assert all(len(stash[key]) == 1 and stash[key][0] > 0 for key in (
+      "plain_ms", "replay_ms", "stash_ms", "replay_floats", "stash_floats"))
+  # A per-layer stash keeps every layer's input, the stage input among them.
+  assert stash["stash_floats"][0] > stash["replay_floats"][0] == 16 * 16 * 3
 
   text = doc.read_text()
   assert data["command"] in text
   for heading in ("## Summary", "## 1. Throughput", "## 2. Memory",
                   "## 3. Per-stage", "## 4. Placement", "## 6. Tracing",
-                  "## 7. What replay costs"):
+                  "## 7. What replay costs", "Recompute or stash",
+                  "| Sideways, replay_modules=1 (= pipelined_bp) |"):
     assert heading in text
 
 
@@ -84,6 +91,8 @@ def test_replay_cost_adds_the_skip_model_from_three_modules():
   rows = {name: dict(algorithm=a, replay_modules=n, skips=s,
                      frames_per_s=100.0, vs_plain_sideways=1.0, vs_bp=1.0)
           for name, (a, n, s) in table.items()}
-  text = "\n".join(replay_cost.markdown({"variants": rows}))
-  assert "| skips 2:0: Sideways, replay_modules=3 | 100 |" in text
+  text = "\n".join(replay_cost.markdown({"variants": rows,
+                                         "num_modules": 4}))
+  assert ("| skips 2:0: Sideways, replay_modules=3 (= pipelined_bp) | 100 |"
+          in text)
   assert "| Sideways, replay_modules=2 | 100 |" in text

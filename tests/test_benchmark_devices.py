@@ -93,6 +93,23 @@ def test_summary_uses_float64_exactness_and_the_timeline_bubble():
   assert goals["gpipe_remat_bubble"]["met"]
 
 
+def test_summary_checks_that_chunked_and_pipelined_bp_memory_is_flat():
+  def row(mib_16, mib_512):
+    return {"parallel": {"frames_per_s": 1.0},
+            "memory": {"16": {"step_mib": mib_16},
+                       "512": {"step_mib": mib_512}}}
+  results = {"config": {"num_modules": 2, "num_devices": 2, "num_frames": 16,
+                        "micro_batch_frames": 1, "memory_frames": [16, 512]},
+             "rows": {"chunked_bp": row(50.0, 55.0),
+                      "pipelined_bp": row(20.0, 30.0), "bp": row(50, 900)}}
+  summary = devices_report.summarise(results)
+  assert summary["goals"]["chunked_bp_memory_flat"] == {"measured": 1.1,
+                                                        "met": True}
+  assert summary["goals"]["pipelined_bp_memory_flat"] == {"measured": 1.5,
+                                                          "met": False}
+  assert "bp_memory_flat" not in summary["goals"]
+
+
 def test_rejects_bad_settings():
   with pytest.raises(ValueError, match="unknown variants"):
     benchmark_devices.validate(benchmark_devices.DevicesConfig(
@@ -107,7 +124,8 @@ def test_simulated_devices_report(tmp_path):
   doc.write_text("# Benchmarks\n\nkept text\n")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   args = ["bin/benchmark", "--simulate_devices=2",
-          "--variants=sideways,gpipe_remat,bp", "--image_size=8",
+          "--variants=sideways,gpipe_remat,bp,chunked_bp,pipelined_bp",
+          "--bp_chunk_frames=3", "--image_size=8",
           "--batch_size=2", "--num_frames=4", "--memory_frames=4",
           "--repeats=1", "--warmup=0", "--noserialised",
           f"--bench_dir={tmp_path}", f"--doc={doc}"]
@@ -116,7 +134,9 @@ def test_simulated_devices_report(tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr[-4000:]
   report = json.loads((tmp_path / "simulated_devices.json").read_text())
   assert report["command"].startswith("bin/benchmark --simulate_devices=2")
-  assert list(report["rows"]) == ["sideways", "gpipe_remat", "bp"]
+  assert list(report["rows"]) == ["sideways", "gpipe_remat", "bp",
+                                   "chunked_bp", "pipelined_bp"]
+  assert report["config"]["bp_chunk_frames"] == 3
   for name, row in report["rows"].items():
     parallel = row["parallel"]
     assert parallel["inter_op"] == 2 and parallel["frames_per_s"] > 0
@@ -125,7 +145,7 @@ def test_simulated_devices_report(tmp_path):
     bubble = parallel["bubble"]
     assert bubble["available"] and len(bubble["idle_fraction"]) == 2
     assert all(0 <= x <= 1 for x in bubble["idle_fraction"])
-    if row["exact"]:
+    if row["exact"] is True:  # not pipelined_bp's "per frame"
       assert parallel["cosine_to_bp"] == pytest.approx(1.0, abs=1e-6)
       assert parallel["max_relative_difference"] <= 1e-5
       assert parallel["max_relative_difference_f64"] <= 1e-5
@@ -154,3 +174,8 @@ def test_simulated_devices_report(tmp_path):
   assert text.startswith("# Benchmarks\n\nkept text\n")
   assert text.count(devices_report.MARK_BEGIN) == 1
   assert "| single-device BP | yes |" in text
+  assert "| single-device chunked BP | yes |" in text
+  assert "| pipelined BP | per frame |" in text
+  # Placed like Sideways; its gradient is BP's of fewer frames per module.
+  assert len(set(report["rows"]["pipelined_bp"]["parallel"]["devices"])) == 2
+  assert report["rows"]["pipelined_bp"]["parallel"]["cosine_to_bp"] < 1

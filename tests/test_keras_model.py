@@ -57,7 +57,7 @@ def state(model):
 # --------------------------------------------------------------- the step
 
 @pytest.mark.parametrize("as_dict", [False, True])
-@pytest.mark.parametrize("algorithm", ["sideways", "bp"])
+@pytest.mark.parametrize("algorithm", ["sideways", "bp", "pipelined_bp"])
 def test_one_sgd_step_of_fit_is_w_minus_lr_times_pipeline_gradient(
     algorithm, as_dict):
   video, label = clips(2)

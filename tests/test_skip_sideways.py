@@ -407,19 +407,21 @@ def _bp_along(pipe, frames, labels, edges, num_losses):
       tape.gradient(loss, pipe.trainable_variables))]
 
 
+@pytest.mark.parametrize("algorithm", ["sideways", "pipelined_bp"])
 @pytest.mark.parametrize("align", [False, True], ids=["offset", "aligned"])
 @pytest.mark.parametrize("name", sorted(SKIP_CASES))
 def test_replaying_every_module_below_the_top_gives_exact_path_gradients(
-    name, align):
-  """With replay_modules=L-1 every gradient is taken at the inputs of the
-  frame it belongs to: module k gets, for each path from the top, BP's
-  gradient along that path of the frames whose gradient reaches k within
-  the clip (1..T-L+1-e for a path of e edges), over the spec's B(T-L+1)."""
+    name, align, algorithm):
+  """With replay_modules=L-1 (or algorithm="pipelined_bp", which is that)
+  every gradient is taken at the inputs of the frame it belongs to: module k
+  gets, for each path from the top, BP's gradient along that path of the
+  frames whose gradient reaches k within the clip (1..T-L+1-e for a path of
+  e edges), over the spec's B(T-L+1)."""
   pipe, _, frames, labels, _ = _reference_case(name, "concat", align)
   replayed = sideways_tf.Pipeline(
       pipe.stages, skips=dict(SKIP_CASES[name][1]), skip_align=align,
-      replay_modules=pipe.num_modules - 1)
-  got = replayed.compute_gradients(frames, labels)
+      replay_modules=pipe.num_modules - 1 if algorithm == "sideways" else 0)
+  got = replayed.compute_gradients(frames, labels, algorithm)
   batch, num_frames = frames.shape[:2]
   num_losses = num_frames - pipe.num_modules + 1
   expected = [np.zeros(v.shape) for v in pipe.trainable_variables]

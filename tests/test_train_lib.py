@@ -129,6 +129,31 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
              for v in restored.pipeline.trainable_variables)
 
 
+def test_pipelined_bp_checkpoints_its_replay_buffers_and_resumes(tmp_path,
+                                                                 data_dir):
+  config = tiny_config(data_dir, num_steps=2, fidelity_every=0)
+  config.algorithm = "pipelined_bp"
+  train_lib.train(config, tmp_path)
+  restored = train_lib.restore_for_inference(tmp_path)
+  assert restored.pipeline.replayed_modules == 3  # config.replay_modules = 0
+  histories = [np.asarray(m.input_history)
+               for m in restored.pipeline.modules[:3]]
+  assert [h.shape[0] for h in histories] == [6, 4, 2]
+  assert all(np.abs(h).max() > 0 for h in histories)  # the checkpoint's
+  config.train.num_steps = 4
+  assert train_lib.train(config, tmp_path)["step"] == 4
+
+
+def test_chunked_bp_trains_from_the_config_key(tmp_path, data_dir):
+  config = tiny_config(data_dir, num_steps=2, fidelity_every=0)
+  config.algorithm, config.bp_chunk_frames = "bp", 3
+  assert train_lib.train(config, tmp_path)["step"] == 2
+  assert json.loads((tmp_path / "config.json").read_text())[
+      "bp_chunk_frames"] == 3
+  restored = train_lib.restore_for_inference(tmp_path)
+  assert restored.pipeline.algorithm_options["bp"].chunk_frames == 3
+
+
 # ------------------------------------------------------- the entry points
 
 def run_bin(args, timeout=600, **kwargs):
@@ -218,7 +243,8 @@ def test_evaluate_and_export_from_a_workdir(tmp_path, data_dir):
 
 @pytest.mark.parametrize("args,message", [
     (["--config.train.no_such_key=1"], "no_such_key"),
-    (["--config.algorithm=backprop"], "'sideways', 'bp' or 'gpipe'"),
+    (["--config.algorithm=backprop"],
+     "'sideways', 'bp', 'gpipe' or 'pipelined_bp'"),
     (["--algorithm=backprop"], "backprop"),
     (["stray"], "unexpected arguments"),
     (["--config.model.name=vgg99"], "unknown model 'vgg99'"),

@@ -56,16 +56,17 @@ def to_numpy(tensors):
   return [np.asarray(t) for t in tensors]
 
 
-def assert_two_chunks_equal_whole(pipe, frames, labels, split, terms):
+def assert_two_chunks_equal_whole(pipe, frames, labels, split, terms,
+                                  algorithm="sideways"):
   """Streaming `frames` as two chunks (cut at `split`, no reset between)
   gives the whole clip's gradient, each chunk's normalised by its own valid
   loss terms: `terms` = (first, second) per example."""
-  whole = pipe.compute_gradients(frames, labels)
+  whole = pipe.compute_gradients(frames, labels, algorithm)
   pipe.reset_state()
   first = pipe.compute_gradients_and_metrics(frames[:, :split], labels,
-                                             reset=False)
+                                             algorithm, reset=False)
   second = pipe.compute_gradients_and_metrics(frames[:, split:], labels,
-                                              reset=False)
+                                              algorithm, reset=False)
   batch = frames.shape[0]
   assert (float(first.num_loss_terms), float(second.num_loss_terms)) == (
       batch * terms[0], batch * terms[1])

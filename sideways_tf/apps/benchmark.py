@@ -72,7 +72,10 @@ _MICRO = flags.DEFINE_integer(
     "micro-batch (M = T / this).")
 _VARIANTS = flags.DEFINE_list(
     "variants", [], "--simulate_devices: rows to run (default all of "
-    "sideways, gpipe, gpipe_remat, mp_bp, bp).")
+    "sideways, gpipe, gpipe_remat, mp_bp, bp, chunked_bp, pipelined_bp).")
+_CHUNK = flags.DEFINE_integer(
+    "bp_chunk_frames", 8, "--simulate_devices: frames per chunk of the "
+    "chunked_bp row.")
 _SERIALISED = flags.DEFINE_bool(
     "serialised", True, "--simulate_devices: also run every row with "
     "inter-op threads 1 (its speed-up).")
@@ -147,6 +150,7 @@ def simulate_devices():
   from sideways_tf.benchmark import devices as benchmark_devices  # noqa: PLC0415
   overrides = {"num_devices": _SIMULATE.value,
                "micro_batch_frames": _MICRO.value,
+               "bp_chunk_frames": _CHUNK.value,
                "serialised": _SERIALISED.value}
   for name, flag in (("model", _MODEL), ("image_size", _IMAGE_SIZE),
                      ("channels", _CHANNELS), ("batch_size", _BATCH),

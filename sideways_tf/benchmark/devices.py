@@ -14,7 +14,11 @@ Rows (all through ``Trainer.train_step`` / ``Pipeline.compute_gradients``):
   micro_batch_frames micro-batches, without / with re-materialisation;
 * ``mp_bp``: BP with the stages on the N devices, no pipelining
   (model-parallel BP);
-* ``bp``: BP with default placement (single-device BP, same cores).
+* ``bp``: BP with default placement (single-device BP, same cores);
+* ``chunked_bp``: the same with ``bp_chunk_frames`` (BP's gradient over
+  chunks of frames, memory flat in T);
+* ``pipelined_bp``: ``algorithm="pipelined_bp"`` (the tick engine with every
+  module below the top replayed; exact per frame), stages on the N devices.
 
 Per row: frames/s (parallel and serialised) and speed-up; peak working memory
 (VmHWM minus the RSS before the first step, own process per T); gradient
@@ -61,9 +65,14 @@ VARIANTS = {
     "gpipe_remat": ("gpipe", True, True),
     "mp_bp": ("bp", True, False),
     "bp": ("bp", False, False),
+    "chunked_bp": ("bp", False, False),
+    "pipelined_bp": ("pipelined_bp", True, False),
 }
+CHUNKED = ("chunked_bp",)  # run with bp_chunk_frames = config.bp_chunk_frames
+# pipelined_bp: module k gets BP's gradient of frames 1..T-2L+k+1 only, so
+# its cosine to BP's whole-clip gradient is below 1 (docs/algorithm.md).
 EXACT = {"sideways": False, "gpipe": True, "gpipe_remat": True, "mp_bp": True,
-         "bp": True}
+         "bp": True, "chunked_bp": True, "pipelined_bp": "per frame"}
 
 
 @dataclasses.dataclass
@@ -78,6 +87,7 @@ class DevicesConfig:
   num_frames: int = 32
   num_classes: int = 10
   micro_batch_frames: int = 1   # GPipe: frames per micro-batch (M = T / this)
+  bp_chunk_frames: int = 8      # chunked_bp: frames per chunk
   repeats: int = 5
   warmup: int = 1
   memory_frames: Sequence[int] = (16, 128)
@@ -139,7 +149,8 @@ def _pipeline(config: DevicesConfig, variant: str, tf):
   return sideways_tf.Pipeline(
       stages, devices=placement,
       gpipe_micro_batch_frames=config.micro_batch_frames,
-      gpipe_rematerialize=remat)
+      gpipe_rematerialize=remat,
+      bp_chunk_frames=config.bp_chunk_frames if variant in CHUNKED else 0)
 
 
 def _clip(config: DevicesConfig, num_frames: int, tf):
@@ -410,6 +421,9 @@ def validate(config: DevicesConfig) -> None:
   if config.num_devices < 1:
     raise ValueError(f"--simulate_devices must be >= 1, got "
                      f"{config.num_devices}")
+  if config.bp_chunk_frames < 1:
+    raise ValueError(f"--bp_chunk_frames must be >= 1, got "
+                     f"{config.bp_chunk_frames}")
   unknown = set(config.variants) - set(VARIANTS)
   if unknown:
     raise ValueError(f"unknown variants {sorted(unknown)}; expected some of "

@@ -14,7 +14,9 @@ from sideways_tf.run import files
 
 TITLES = {"sideways": "Sideways", "gpipe": "GPipe",
           "gpipe_remat": "GPipe + re-materialisation",
-          "mp_bp": "model-parallel BP", "bp": "single-device BP"}
+          "mp_bp": "model-parallel BP", "bp": "single-device BP",
+          "chunked_bp": "single-device chunked BP",
+          "pipelined_bp": "pipelined BP"}
 GOALS = {
     "sideways_speedup": 1.8,          # vs its serialised run >=
     "sideways_vs_bp": 1.3,            # vs single-device BP, equal cores >=
@@ -22,7 +24,9 @@ GOALS = {
     "gpipe_bubble_tolerance": 0.2,    # |measured / (K-1)/(M+K-1) - 1| <=
     "sideways_vs_gpipe_memory": 0.1,  # at the largest T <=
     "gpipe_max_relative_difference": 1e-5,
+    "memory_flat": 1.2,               # largest T / smallest T <=
 }
+FLAT_MEMORY = ("chunked_bp", "pipelined_bp")  # rows whose memory_flat is a goal
 MARK_BEGIN = "<!-- simulated-devices: begin (bin/benchmark --simulate_devices) -->"
 MARK_END = "<!-- simulated-devices: end -->"
 
@@ -70,6 +74,12 @@ def summarise(results: dict) -> dict:
          rows["gpipe"]["memory"][t_max]["step_mib"])
     goals["sideways_vs_gpipe_memory"] = (
         r, r <= GOALS["sideways_vs_gpipe_memory"])
+  t_min = str(min(c["memory_frames"])) if c["memory_frames"] else None
+  for v in FLAT_MEMORY:
+    if v in rows and t_max != t_min:
+      r = (rows[v]["memory"][t_max]["step_mib"] /
+           rows[v]["memory"][t_min]["step_mib"])
+      goals[f"{v}_memory_flat"] = (r, r <= GOALS["memory_flat"])
   out["goals"] = {name: {"measured": v, "met": bool(met)}
                   for name, (v, met) in goals.items()}
   return out
@@ -149,7 +159,8 @@ def _results_table(results: dict) -> list:
     idle = (", ".join(f"{x:.2f}" for x in bubble["idle_fraction"])
             if bubble.get("available") else "n/a")
     cells = [
-        TITLES[variant], "yes" if row["exact"] else "no",
+        TITLES[variant], row["exact"] if isinstance(row["exact"], str)
+        else "yes" if row["exact"] else "no",
         f"{p['frames_per_s']:.0f}",
         f"{row['serialised']['frames_per_s']:.0f}" if "serialised" in row
         else "-",
@@ -230,7 +241,7 @@ def _bubble_row(variant, timeline, phase, b, expected) -> str:
 
 def _goals_table(results: dict) -> list:
   """Each goal of :func:`summarise`: measured, target, met or missed."""
-  summary = results["summary"]
+  summary, frames = results["summary"], results["config"]["memory_frames"]
   within = (f"within {GOALS['gpipe_bubble_tolerance']:.0%} of "
             f"{summary['gpipe_expected_bubble']:.3f}")
   exact = f"<= {GOALS['gpipe_max_relative_difference']} (vs float64 BP)"
@@ -239,6 +250,9 @@ def _goals_table(results: dict) -> list:
       "sideways_speedup": f">= {GOALS['sideways_speedup']}x",
       "sideways_vs_bp": f">= {GOALS['sideways_vs_bp']}x",
       "sideways_vs_gpipe_memory": f"<= {GOALS['sideways_vs_gpipe_memory']}",
+      **{f"{v}_memory_flat": f"<= {GOALS['memory_flat']}x from T = "
+                             f"{min(frames)} to {max(frames)}"
+         for v in FLAT_MEMORY if frames},
   }
   for variant in ("gpipe", "gpipe_remat"):
     targets.update({

@@ -5,7 +5,21 @@ and, for L >= 3, the same with a Skip-Sideways skip from stage 0 into 2.
 Replay (docs/engine.md) recomputes each replayed module once more per tick
 (with skips, once per path lag), at the stored input its gradient belongs
 to, so its cost is a fraction of a forward pass per replayed module; this
-figure measures that fraction.
+figure measures that fraction. ``replay_modules`` = L-1 is
+``algorithm="pipelined_bp"``.
+
+Recompute or stash (:func:`stash_cost`): could a replayed module keep what
+its backward needs instead of recomputing it? Per module below the top, the
+ms per tick of its plain tick (forward and backward at one input: the
+floor any stash that avoids recomputing could reach), of its replay tick
+(the engine's: the forward again at the stored input) and of a per-layer
+stash (every layer's input kept for the lag, one tape per layer at its
+stored input: the only generic way TensorFlow offers, since a tape's
+gradient is built from ops recorded in the same loop iteration and reads
+those ops' own outputs), with the floats each keeps per stored frame.
+(Not from ``Pipeline.stage_tick_seconds``: there a replayed module's
+forward at the new input feeds nothing, so TensorFlow may prune it; its
+replay ticks timed no slower than its plain ones.)
 """
 
 from __future__ import annotations
@@ -65,8 +79,144 @@ def replay_cost(config: BenchmarkConfig) -> Dict[str, dict]:
     log(f"  {name}: {row['frames_per_s']:.0f} frames/s, "
         f"{row['vs_plain_sideways']:.2f}x plain Sideways, "
         f"{row['vs_bp']:.2f}x BP")
-  return dict(variants=fig,
+  return dict(variants=fig, stash=stash_cost(config),
+              num_modules=config.num_modules,
               frames_per_step=config.batch_size * config.num_frames)
+
+
+def stash_cost(config: BenchmarkConfig) -> Dict[str, list]:
+  """Per module below the top: ms per tick plain, replayed and with a
+  per-layer stash, and the floats per frame the replay and the stash keep.
+
+  All three run in one harness (:func:`_seconds_per_tick`): a
+  ``tf.while_loop`` of ticks at successive inputs, each tick's outputs and
+  gradients consumed (so no forward is pruned away) and the stored inputs
+  shifted as the engine shifts its histories. The plain and the replay tick
+  are the engine's own (``SidewaysModule.tick`` and ``replay_tick``); the
+  per-layer stash is this figure's probe, not an engine option.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import sideways_tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  frames, labels = make_clip(config)
+  num_modules = config.num_modules
+  plain = sideways_tf.Pipeline(build_stages(config, seed=0))
+  replayed = sideways_tf.Pipeline(plain.stages,
+                                  replay_modules=num_modules - 1)
+  replayed.prepare_inputs(frames, labels)  # builds, allocates the buffers
+  out = {"lags": [2 * (num_modules - 1 - k) for k in range(num_modules - 1)],
+         "plain_ms": [], "replay_ms": [], "stash_ms": [], "replay_floats": [],
+         "stash_floats": []}
+  for k, module in enumerate(replayed.modules[:-1]):
+    lag = out["lags"][k]
+    shape = ((config.batch_size,) + config.frame_shape() if k == 0
+             else tuple(module.input_buffer.shape))
+    inputs = tf.random.stateless_uniform((16,) + shape, seed=(0, k))
+    gradient = tf.random.stateless_uniform(module.gradient_buffer.shape,
+                                           seed=(1, k))
+    layers = list(getattr(module.stage, "layers", [module.stage]))
+    layer_shapes = _layer_input_shapes(layers, shape)
+
+    def plain_tick(x, held, module=plain.modules[k], gradient=gradient):
+      del held
+      result = module.tick(x, output_gradient=gradient, training=True)
+      return result.outputs, [], _grads(result.parameter_gradients,
+                                         result.emitted_gradient)
+
+    def replay_tick(x, held, module=module, gradient=gradient):
+      result = module.replay_tick(x, [], [held], [gradient], training=True)
+      return result.outputs, [x], _grads(result.parameter_gradients,
+                                         result.emitted_gradients[0])
+
+    def stash_tick(x, held, layers=layers, gradient=gradient,
+                   first=module.is_first):
+      return _per_layer_stash_tick(layers, x, held, gradient, first)
+
+    for name, tick, held in (("plain", plain_tick, []),
+                             ("replay", replay_tick, [shape]),
+                             ("stash", stash_tick, layer_shapes)):
+      seconds = _seconds_per_tick(tick, inputs, held, lag, config.repeats)
+      out[f"{name}_ms"].append(1e3 * seconds)
+    out["replay_floats"].append(int(np.prod(shape[1:])))
+    out["stash_floats"].append(int(sum(np.prod(s[1:])
+                                       for s in layer_shapes)))
+    log(f"  module {k + 1}: plain {out['plain_ms'][k]:.2f} ms, replay "
+        f"{out['replay_ms'][k]:.2f} ms, per-layer stash "
+        f"{out['stash_ms'][k]:.2f} ms per tick; "
+        f"{out['stash_floats'][k] / out['replay_floats'][k]:.1f}x the floats "
+        f"per stored frame")
+  return out
+
+
+def _grads(parameter_gradients, emitted):
+  return list(parameter_gradients) + ([] if emitted is None else [emitted])
+
+
+def _layer_input_shapes(layers, shape) -> list:
+  shapes = []
+  for layer in layers:
+    shapes.append(tuple(shape))
+    shape = layer.compute_output_shape(tuple(shape))
+  return shapes
+
+
+def _per_layer_stash_tick(layers, x, held, output_gradient, first: bool):
+  """Forward at `x` keeping every layer's input; backward at the held
+  inputs (`held[i]`: layer i's input `lag` ticks ago), one tape per layer:
+  each tape recomputes its layer, whose gradient reads the layer's outputs."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  kept = []
+  for layer in layers:
+    kept.append(x)
+    x = layer(x, training=True)
+  gradient, grads = output_gradient, []
+  for i in reversed(range(len(layers))):
+    layer, old = layers[i], held[i]
+    with tf.GradientTape() as tape:
+      tape.watch(old)
+      y = layer(old, training=True)
+    wanted = ([old] if i or not first else []) + list(
+        layer.trainable_variables)
+    parts = tape.gradient(
+        y, wanted, output_gradients=gradient,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if i or not first:
+      gradient = parts.pop(0)
+    grads = parts + grads
+  return x, kept, grads + ([] if first else [gradient])
+
+
+def _seconds_per_tick(tick, inputs, held_shapes, lag: int,
+                      repeats: int) -> float:
+  """Median seconds per tick of `tick(x, held) -> (outputs, kept, grads)`
+  over the ticks of `inputs` ([ticks, ...]): `held` are the stored inputs
+  of `lag` ticks ago, `kept` joins the stores (oldest leaves), and the
+  outputs and gradients are summed into the loop state."""
+  import time  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  num_ticks = int(inputs.shape[0])
+
+  def body(t, stores, total):
+    outputs, kept, grads = tick(inputs[t], [s[0] for s in stores])
+    stores = [tf.concat([s[1:], x[None]], 0) for s, x in zip(stores, kept)]
+    total += tf.add_n([tf.reduce_sum(g) for g in grads] +
+                      [tf.reduce_sum(outputs) * 1e-30])
+    return t + 1, stores, total
+
+  def run():
+    stores = [tf.zeros((lag,) + tuple(s)) for s in held_shapes]
+    return tf.while_loop(lambda t, *_: t < num_ticks, body,
+                         (tf.constant(0), stores, tf.constant(0.0)))[2]
+
+  compiled = tf.function(run, autograph=False)
+  compiled().numpy()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    compiled().numpy()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)) / num_ticks
 
 
 def markdown(fig: dict) -> list:
@@ -86,8 +236,32 @@ def markdown(fig: dict) -> list:
   for row in fig["variants"].values():
     label = ("BP" if row["algorithm"] == "bp" else
              f"Sideways, replay_modules={row['replay_modules']}")
+    if row["algorithm"] != "bp" and row["replay_modules"] == fig.get(
+        "num_modules", 0) - 1:
+      label += " (= pipelined_bp)"
     if row.get("skips"):
       label = f"skips {row['skips']}: {label}"
     lines.append(f"| {label} | {row['frames_per_s']:.0f} | "
                  f"{row['vs_plain_sideways']:.2f} | {row['vs_bp']:.2f} |")
+  return lines + _stash_markdown(fig.get("stash"))
+
+
+def _stash_markdown(stash) -> list:
+  if not stash:
+    return []
+  lines = ["", "Recompute or stash, per module below the top "
+           "(`replay_cost.stash_cost`): ms per tick of the plain tick "
+           "(no recomputation: the floor of any stash), the replay tick "
+           "(recomputes the forward at the stored input) and a per-layer "
+           "stash (every layer's input kept, one tape per layer: what "
+           "TensorFlow's tape allows), and the floats each keeps per stored "
+           "frame (× the lag 2(L-k) × B).", "",
+           "| module | lag | plain ms | replay ms | per-layer stash ms | "
+           "replay floats/frame | stash floats/frame |",
+           "|---|---|---|---|---|---|---|"]
+  for k, lag in enumerate(stash["lags"]):
+    lines.append(
+        f"| {k + 1} | {lag} | {stash['plain_ms'][k]:.2f} | "
+        f"{stash['replay_ms'][k]:.2f} | {stash['stash_ms'][k]:.2f} | "
+        f"{stash['replay_floats'][k]} | {stash['stash_floats'][k]} |")
   return lines

@@ -100,6 +100,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.gpipe = ml_collections.ConfigDict()
   config.gpipe.micro_batch_frames = 1  # frames per micro-batch; divides T
   config.gpipe.rematerialize = False  # keep stage inputs only, recompute
+  # algorithm="bp" (sideways_tf/engine/bp.py): 0 = all B*T frames in one
+  # pass; N = BP's same gradient accumulated over N-frame chunks, memory
+  # flat in T (one chunk's activations at a time).
+  config.bp_chunk_frames = 0
 
   # Optimisation: one optimizer step per clip unless update_every_ticks > 0.
   config.train = ml_collections.ConfigDict()

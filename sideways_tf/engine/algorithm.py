@@ -44,13 +44,15 @@ class Algorithm:
   Attributes:
     name: the string users pass (``algorithm="..."``, ``--config.algorithm``).
     summary: one line for error messages and docs.
-    exact: True if the gradient is BP's (the mean per-frame loss over the
-      batch and the clip), False for an approximation; the trainer logs
-      fidelity diagnostics and risk warnings only for approximations.
+    exact: True if every term of the gradient is an exact BP gradient: BP's
+      clip gradient (the mean per-frame loss over the batch and the clip),
+      or for ``pipelined_bp`` BP's gradient of the frames whose gradient
+      reaches each module within the clip; False for an approximation. The
+      trainer warns about fidelity risk only for approximations.
     streams: True if the algorithm runs the tick engine: it keeps per-module
       buffers across calls (so a stream can be fed in chunks with
-      ``reset=False``), needs them allocated for the batch size, and honours
-      ``replay_modules``.
+      ``reset=False``), needs them allocated for the batch size, and
+      replays the bottom :meth:`replay_modules` modules.
     options: the Pipeline keyword arguments this algorithm adds, with their
       defaults (e.g. GPipe's ``gpipe_micro_batch_frames``).
     config_keys: for each option, the config field that sets it (dotted
@@ -69,6 +71,13 @@ class Algorithm:
 
   def validate(self, pipeline, num_frames: int, reset: bool) -> None:
     """Raises ValueError if this pipeline cannot run a clip of T frames."""
+
+  def replay_modules(self, num_modules: int, requested: int) -> int:
+    """How many bottom modules the tick engine replays (streaming
+    algorithms): the Pipeline's ``replay_modules`` (`requested`) unless the
+    algorithm fixes it; the pipeline's buffers are allocated for it."""
+    del num_modules
+    return requested
 
   def clip_gradients(self, pipeline, frames, labels, reset: bool,
                      loss_scale) -> ClipResult:

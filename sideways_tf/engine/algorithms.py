@@ -14,16 +14,19 @@ from typing import Any, Dict, Tuple
 from sideways_tf.engine.algorithm import Algorithm
 from sideways_tf.engine.bp import BP
 from sideways_tf.engine.gpipe import GPIPE
+from sideways_tf.engine.pipelined_bp import PIPELINED_BP
 from sideways_tf.engine.sideways import SIDEWAYS
 
-REGISTRY: Dict[str, Algorithm] = {a.name: a for a in (SIDEWAYS, BP, GPIPE)}
+REGISTRY: Dict[str, Algorithm] = {
+    a.name: a for a in (SIDEWAYS, BP, GPIPE, PIPELINED_BP)}
 
 # The names, in the table's order (public: ``sideways_tf.ALGORITHMS``).
 ALGORITHMS: Tuple[str, ...] = tuple(REGISTRY)
 
 
 def names_for_humans() -> str:
-  """'sideways', 'bp' or 'gpipe': the names as an error message lists them."""
+  """'sideways', 'bp', ... or 'pipelined_bp': the names as an error message
+  lists them."""
   quoted = [repr(n) for n in ALGORITHMS]
   return (", ".join(quoted[:-1]) + " or " + quoted[-1]) if len(quoted) > 1 \
       else quoted[0]

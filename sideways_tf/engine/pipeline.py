@@ -69,10 +69,16 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       given the gradient that arrives from above. 0 = plain Sideways; L-1 =
       the exact gradient of the frames whose gradient reaches every module
       within the clip (along every path, with skips).
+      ``algorithm="pipelined_bp"`` is the tick engine with L-1 whatever this
+      says: a ``reset=True`` call with it reallocates the buffers for L-1
+      (and a Sideways call after it back), so build the Pipeline with L-1 to
+      switch between the two.
     **algorithm_options: the options the algorithms of engine/algorithms.py
       add, by name: today GPipe's ``gpipe_micro_batch_frames`` (frames per
-      micro-batch, default 1) and ``gpipe_rematerialize`` (default False);
-      see engine/gpipe.py. A name no algorithm knows is a TypeError.
+      micro-batch, default 1) and ``gpipe_rematerialize`` (default False),
+      see engine/gpipe.py; BP's ``bp_chunk_frames`` (0 = the whole clip at
+      once, N = chunks of N frames), see engine/bp.py. A name no algorithm
+      knows is a TypeError.
   """
 
   def __init__(self,
@@ -108,13 +114,14 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     self.loss_fn = loss_fn
     self.devices = devices or [None] * len(stages)
     self.evaluation_order = evaluation_order
-    self.modules = self._new_modules()
+    self.modules = self._new_modules(self.replay_modules)
     with tf.device(self.devices[0]):
       # Global tick count since the last reset: the validity masks depend on
       # it, so a stream fed in chunks masks exactly as if fed whole.
       self.ticks_seen = tf.Variable(
           0, dtype=tf.int64, trainable=False, name="ticks_seen")
-    self._state_signature = None  # (batch_size, frame_shape) of the buffers
+    # (batch_size, frame_shape, replayed modules) of the buffers
+    self._state_signature = None
     self._compiled = state_lib.FunctionCache()
     self.trace_count = 0
     self._warned_lengths = set()
@@ -143,9 +150,10 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       labels: ``[B]`` integer clip labels.
       algorithm: a name of ``sideways_tf.ALGORITHMS`` (engine/algorithms.py):
         ``"sideways"``, ``"bp"``, ``"gpipe"`` (BP's exact gradient,
-        pipelined over the stages), ...
-      reset: Sideways only. ``True`` (default) starts a clip from zero
-        buffers. ``False`` continues the stream from the buffers left by the
+        pipelined over the stages), ``"pipelined_bp"`` (the tick engine with
+        every module below the top replayed), ...
+      reset: the tick engine only (``sideways``, ``pipelined_bp``). ``True``
+        (default) starts a clip from zero buffers. ``False`` continues the stream from the buffers left by the
         previous call (chunked streaming): the returned gradient is then the
         sum of this chunk's per-tick gradients over its own valid loss terms,
         zero if it has none.
@@ -203,7 +211,9 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       algorithm.validate(self, num_frames, reset)
       if num_frames < 1:
         raise ValueError("frames must hold at least one frame, got T = 0")
-      self._ensure_state(batch_size, frame_shape, frames.dtype, reset)
+      self._ensure_state(batch_size, frame_shape, frames.dtype, reset,
+                         algorithm.replay_modules(self.num_modules,
+                                                  self.replay_modules))
       self._warn_if_modules_starve(num_frames, reset)
     else:
       if num_frames < 1:

@@ -14,7 +14,10 @@ Read top to bottom:
   gradient (:func:`normalise`).
 * Replay (``Pipeline(replay_modules=n)``, docs/engine.md) is part of the
   tick: a replayed module takes its backward step at the inputs its gradient
-  belongs to (``SidewaysModule.replay_tick``).
+  belongs to (``SidewaysModule.replay_tick``). The modules the buffers
+  replay (``Pipeline.replayed_modules``) are n for Sideways, L-1 for
+  ``pipelined_bp`` (engine/pipelined_bp.py: this engine, every module below
+  the top replayed).
 * :class:`Sideways` is the entry in the algorithm table (`algorithms.py`).
 
 One module's forward/backward step and its buffers are in `module.py`.
@@ -49,7 +52,7 @@ class TickState(NamedTuple):
   loss_sum: tf.Tensor
   correct_sum: tf.Tensor
   valid_ticks: tf.Tensor
-  # Replay: [inputs, *skip inputs] of modules 1..replay_modules, each the
+  # Replay: [inputs, *skip inputs] of modules 1..replayed_modules, each the
   # last 2(L-k) of them, oldest first.
   histories: list
 
@@ -76,7 +79,7 @@ def sideways_clip(pipe, frames, labels, reset: bool,
                     for m in modules],
       loss_sum=zero, correct_sum=zero, valid_ticks=zero,
       histories=[[read(h) for h in [m.input_history] + m.skip_histories]
-                 for m in modules[:pipe.replay_modules]])
+                 for m in modules[:pipe.replayed_modules]])
   ticks_before = (tf.constant(0, tf.int64) if reset
                   else pipe.ticks_seen.read_value())
   end, = tf.while_loop(
@@ -112,7 +115,7 @@ def tick(pipe, s: TickState, frames, labels, ticks_before,
                       else s.inputs[k - 1])
       skip_inputs = [read_skip(b, delay) for b, delay in zip(
           s.skips[k], module.skip_delays)]
-      if k < pipe.replay_modules:
+      if k < pipe.replayed_modules:
         # The gradient of lag n belongs to the inputs held n ticks ago.
         held = s.histories[k]
         results[k] = module.replay_tick(

@@ -238,10 +238,12 @@ class StateMethods:
     """Creates the buffers for a batch size and frame shape ahead of time.
 
     Call it before restoring a checkpoint that holds pipeline state, so the
-    state variables exist to receive their values.
+    state variables exist to receive their values. The buffers are those of
+    the Pipeline's own ``replay_modules``.
     """
     self._ensure_state(int(batch_size), tuple(frame_shape),
-                       tf.as_dtype(dtype), reset=True)
+                       tf.as_dtype(dtype), reset=True,
+                       replay=self.replay_modules)
 
   def stash_replay_weights(self) -> None:
     """Weight stashing (PipeDream) for replay with online updates.
@@ -258,19 +260,23 @@ class StateMethods:
       return
     self.replay_weight_stash = True
     self._state_signature = None
-    self.modules = self._new_modules()
+    self.modules = self._new_modules(self.replayed_modules)
     self._compiled.clear()
 
-  def _new_modules(self) -> List[SidewaysModule]:
+  @property
+  def replayed_modules(self) -> int:
+    """How many bottom modules the current buffers replay: the Pipeline's
+    ``replay_modules``, or L-1 after a ``pipelined_bp`` call."""
+    return sum(1 for m in self.modules if m.replay_lags)
+
+  def _new_modules(self, replay: int) -> List[SidewaysModule]:
     num_modules = len(self.stages)
-    lags = gradient_lags(self.skip_sources, self.replay_modules,
-                         self.skip_align)
+    lags = gradient_lags(self.skip_sources, replay, self.skip_align)
     return [SidewaysModule(stage, k, num_modules,
                            skip_sources=self.skip_sources[k],
                            skip_combine=self.skip_combine,
                            skip_align=self.skip_align,
-                           replay_lags=lags[k] if k < self.replay_modules
-                           else (),
+                           replay_lags=lags[k] if k < replay else (),
                            gradient_lag=lags[k][0],
                            stash_weights=self.replay_weight_stash)
             for k, stage in enumerate(self.stages)]
@@ -279,22 +285,35 @@ class StateMethods:
     """Builds unbuilt stages under their devices; returns per-stage shapes."""
     return build_stages(self.modules, self.devices, frame_shape, dtype)
 
-  def _ensure_state(self, batch_size, frame_shape, dtype, reset) -> None:
-    signature = (batch_size, tuple(frame_shape))
+  def _ensure_state(self, batch_size, frame_shape, dtype, reset,
+                    replay: int) -> None:
+    """Buffers for this batch size, frame shape and number of replayed
+    modules (`replay`, what the streaming algorithm asks for)."""
+    signature = (batch_size, tuple(frame_shape), int(replay))
     if signature == self._state_signature:
       return
     if not reset and self._state_signature is not None:
       raise ValueError(
           f"cannot continue a stream whose state was made for batch size "
-          f"{self._state_signature[0]} and frame shape "
-          f"{list(self._state_signature[1])} with frames of batch size "
-          f"{batch_size} and frame shape {list(frame_shape)}; pass reset=True")
+          f"{self._state_signature[0]}, frame shape "
+          f"{list(self._state_signature[1])} and {self._state_signature[2]} "
+          f"replayed module(s) with frames of batch size {batch_size} and "
+          f"frame shape {list(frame_shape)} and {replay} replayed module(s); "
+          f"pass reset=True")
     shapes = self._ensure_built(frame_shape, dtype)
-    check_replayable(self.modules, self.replay_modules)
-    if self._state_signature is not None:
-      # New shapes need new buffers: fresh wrappers, and fresh traces that
-      # capture them.
-      self.modules = self._new_modules()
+    check_replayable(self.modules, replay)
+    if (self._state_signature is not None and
+        self._state_signature[2] != replay):
+      logging.warning(
+          "reallocating the buffers for %d replayed module(s) (they held "
+          "%d): sideways with replay_modules=%d and pipelined_bp (L-1) "
+          "need different buffers, and switching retraces. To switch often, "
+          "build the Pipeline with replay_modules=L-1 = %d.", replay,
+          self._state_signature[2], self.replay_modules, len(self.stages) - 1)
+    if self._state_signature is not None or replay != self.replayed_modules:
+      # New shapes or another replay need new buffers: fresh wrappers, and
+      # fresh traces that capture them.
+      self.modules = self._new_modules(replay)
       self._compiled.clear()
     allocate(self.modules, self.devices, shapes, batch_size)
     self._state_signature = signature

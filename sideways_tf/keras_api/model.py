@@ -63,7 +63,8 @@ class SidewaysModel(keras.Model):
 
   Args:
     stages: Keras layers, one per Sideways module; the last emits logits.
-    algorithm: one of ``sideways_tf.ALGORITHMS`` ("sideways", "bp", "gpipe").
+    algorithm: one of ``sideways_tf.ALGORITHMS`` ("sideways", "bp", "gpipe",
+      "pipelined_bp").
     devices: ``None`` or one TF device per stage.
     skips: Skip-Sideways skips ``{k: [j, ...]}`` (docs/skip_sideways.md).
     class_names: optional names of the classes; exported with the model.
@@ -75,6 +76,8 @@ class SidewaysModel(keras.Model):
       batches the first `fit` sees, at the initial weights
       (training/auto_replay.py); `model.replay_modules` then holds the number
       (pass it as an int to rebuild the same model for `load_weights`).
+      ``algorithm="pipelined_bp"`` replays every module below the top
+      whatever this says.
     skip_combine: how a stage joins its skip inputs, "concat" or "add".
   """
 
@@ -127,8 +130,10 @@ class SidewaysModel(keras.Model):
         self.pipeline.replay_modules)
 
   def _new_pipeline(self, replay_modules: int):
-    pipeline = pipeline_lib.Pipeline(replay_modules=replay_modules,
-                                     **self._pipeline_args)
+    pipeline = pipeline_lib.Pipeline(
+        replay_modules=algorithms.get(self.algorithm).replay_modules(
+            len(self._pipeline_args["stages"]), replay_modules),
+        **self._pipeline_args)
     if self.update_every_ticks and algorithms.get(self.algorithm).streams:
       pipeline.stash_replay_weights()  # before the modules are tracked
     return pipeline

@@ -59,7 +59,8 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
   saved by an earlier run, used as is. `num_devices`: how many devices
   config.devices names (0: none), the number of modules "auto" chooses.
   `replay_modules`, `skips`, `skip_align`: Sideways' replay, whose extra
-  forwards in the bottom modules the time balance counts.
+  forwards in the bottom modules the time balance counts; `replay_modules`
+  may be a function of the number of modules (an algorithm may replay L-1).
   """
   mode = model_config.get("balance", "") or ""
   if mode not in BALANCE_MODES:
@@ -78,6 +79,8 @@ def apply(model_config, stages: Sequence, frame_shape, batch_size: int,
   if stage_sizes is None:
     sample = tf.random.stateless_uniform(
         (int(batch_size),) + tuple(frame_shape), seed=(0, 0))
+    if callable(replay_modules):
+      replay_modules = replay_modules(num_modules)
     stage_sizes, how = _balanced_sizes(
         mode, layers, num_modules, sample, replay_modules, skips, skip_align)
   else:

@@ -87,18 +87,25 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   keras.mixed_precision.set_dtype_policy(precision)  # before the stages
   auto_balance.check_num_modules(config.model)
   stages = models.build_stages(config.model, num_classes)
+  algorithm = algorithms.get(config.algorithm)
+
   stages, split = auto_balance.apply(
       config.model, stages, frame_shape, config.train.batch_size, stage_sizes,
       num_devices=count_devices(config.devices),
-      replay_modules=(auto_replay.known(config, replay_modules)
-                      if algorithms.get(config.algorithm).streams else 0),
+      replay_modules=(
+          (lambda n: algorithm.replay_modules(
+              n, auto_replay.known(config, replay_modules)))
+          if algorithm.streams else 0),
       skips=parse_skips(config.skips), skip_align=bool(config.skip_align))
   devices = resolve_devices(config.devices, len(stages))
 
   def make_pipeline(replay):
+    # The algorithm may fix the replay (pipelined_bp: L-1).
     return Pipeline(stages, devices=devices, skips=parse_skips(config.skips),
                     skip_combine=config.skip_combine,
-                    skip_align=bool(config.skip_align), replay_modules=replay,
+                    skip_align=bool(config.skip_align),
+                    replay_modules=algorithm.replay_modules(len(stages),
+                                                            replay),
                     **algorithms.options_from_config(config))
 
   replay, replay_info = auto_replay.resolve(
