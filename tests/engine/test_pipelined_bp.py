@@ -133,14 +133,22 @@ def test_keras_model_and_registry_give_it_every_module_below_the_top():
   assert model.pipeline.replay_modules == 2
 
 
-def test_refuses_batch_norm_below_the_top():
-  stages = util.conv_stages(3)
-  stages[1] = keras.Sequential([keras.layers.Conv2D(4, 3, padding="same"),
-                                keras.layers.BatchNormalization()])
-  pipe = sideways_tf.Pipeline(stages)
-  with pytest.raises(ValueError, match="stage 1 .*moving statistics"):
-    pipe.compute_gradients(util.moving_clip(2, 6, SHAPE), util.labels_for(2),
-                           "pipelined_bp")
+def test_batch_norm_below_the_top_gives_the_replayed_sideways_gradient():
+  """Replay recomputes batch-norm stages statelessly (docs/engine.md), so the
+  named pipeline accepts them and is Sideways with L-1 replayed modules."""
+  def stages():
+    keras.utils.set_random_seed(0)
+    layers = util.conv_stages(3)
+    layers[1] = keras.Sequential([keras.layers.Conv2D(4, 3, padding="same"),
+                                  keras.layers.BatchNormalization()])
+    return layers
+  clip, labels = util.moving_clip(2, 6, SHAPE), util.labels_for(2)
+  named = sideways_tf.Pipeline(stages()).compute_gradients(
+      clip, labels, "pipelined_bp")
+  replayed = sideways_tf.Pipeline(stages(), replay_modules=2).compute_gradients(
+      clip, labels, "sideways")
+  for a, b in zip(named, replayed):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_rejects_clips_shorter_than_the_pipeline():
