@@ -18,15 +18,15 @@ from sideways_tf.run import quiet
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
-from ml_collections import config_flags
 
 from sideways_tf.run import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(pathlib.Path(cli.default_config_path()).with_name(
-        "moving_digits.py")),
+_CONFIG = cli.define_config_file(
+    __name__,
+    str(pathlib.Path(cli.default_config_path()).with_name("moving_digits.py")),
     "Config whose config.data sets the videos (override fields with "
-    "--config.data.<field>=<value>).", lock_config=True)
+    "--config.data.<field>=<value>, e.g. --config.data.num_train=N and "
+    "--config.data.num_test=N for the number of videos).")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where train/<digit>/*.mp4 and test/<digit>/*.mp4 go.",
     required=True)

@@ -1,12 +1,15 @@
-"""Small pieces the absl entry points in bin/ share."""
+"""Small pieces the absl entry points in bin/ share.
+
+No TensorFlow import at the top: `bin/<program> --help` runs without it.
+"""
 
 import os
 import pathlib
 
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
-from sideways_tf.engine import algorithms
 from sideways_tf.run.files import PROJECT_ROOT
 from sideways_tf.run import user_errors
 
@@ -20,6 +23,27 @@ def default_config_path() -> str:
   in a checkout and after `pip install .` alike."""
   return str(pathlib.Path(__file__).resolve().parents[1] / "configs" /
              "default.py")
+
+
+def define_config_file(module_name: str, default: str, help_text: str):
+  """The --config flag of the program in `module_name` (a get_config() file,
+  locked, with --config.<field> overrides), its errors as user errors.
+
+  ml_collections loads a default file while the flag is defined, at import,
+  applying the --config.<field> overrides on the command line: a misspelled
+  field without --config= would fail there, before absl.app and
+  user_errors.guard, as a traceback with exit 1.
+  """
+  try:
+    holder = config_flags.DEFINE_config_file("config", default, help_text,
+                                             lock_config=True)
+  except Exception as error:  # noqa: BLE001
+    if user_errors.verbose():
+      raise
+    user_errors.fail(user_errors.flag_error_message(error))
+    raise  # not reached: fail exits
+  flags.FLAGS.register_key_flag_for_module(module_name, flags.FLAGS["config"])
+  return holder  # (--help lists the program's key flags)
 
 
 def start(argv):
@@ -40,12 +64,14 @@ def reject_extra_args(argv):
 
 def with_algorithm(config, algorithm):
   """Applies the --algorithm shorthand and checks config.algorithm."""
+  from sideways_tf.engine import algorithms  # noqa: PLC0415  (TensorFlow)
   if algorithm is not None:
     with config.unlocked():
       config.algorithm = algorithm
   if config.algorithm not in algorithms.ALGORITHMS:
+    given = "--algorithm" if algorithm is not None else "config.algorithm"
     raise ValueError(
-        f"config.algorithm must be {algorithms.names_for_humans()}, got "
+        f"{given} must be {algorithms.names_for_humans()}, got "
         f"{config.algorithm!r}")
   return config
 
