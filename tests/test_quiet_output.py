@@ -99,6 +99,52 @@ def test_python_warnings_end_the_bar_line_first(monkeypatch):
   assert shown.__name__ == "<lambda>"  # restored on leaving the bar
 
 
+def test_an_error_leaving_the_bar_ends_its_line_first(monkeypatch):
+  stdout = io.StringIO()
+  monkeypatch.setattr(sys, "stdout", stdout)
+  bar = progress.ProgressBar(10, 0, unit_name="step")
+  with pytest.raises(FloatingPointError):
+    with bar:
+      bar.update(3, [("loss", 1.0)])
+      assert not stdout.getvalue().endswith("\n")
+      raise FloatingPointError("loss is nan at step 3")
+  assert stdout.getvalue().endswith("\n")  # the error's line is its own
+
+
+def test_a_nan_stop_prints_its_message_on_a_line_of_its_own(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "bin" / "train"), f"--config={TINY}",
+       f"--workdir={tmp_path / 'run'}",
+       f"--config.data.data_dir={tmp_path / 'data'}",
+       "--config.train.learning_rate=1e30", "--config.train.log_every=1"],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      timeout=600)
+  assert result.returncode == 3, result.stdout[-3000:]
+  errors = [line for line in result.stdout.splitlines()
+            if "error:" in line]
+  assert len(errors) == 1 and errors[0].startswith("train: error: "), \
+      result.stdout[-3000:]
+
+
+def test_rewriting_the_checkpoint_state_prints_no_deprecation(
+    tmp_path, capfd, caplog):
+  import tensorflow as tf  # noqa: PLC0415
+  from sideways_tf import checkpoints  # noqa: PLC0415
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(v=tf.Variable(1.0)), str(tmp_path), max_to_keep=3)
+  manager.save()
+  manager.save()
+  (tmp_path / "checkpoint").unlink()  # stale: newest_readable rewrites it
+  with caplog.at_level("INFO"):
+    newest, bad = checkpoints.newest_readable(tmp_path)
+  assert newest.endswith("ckpt-2") and not bad
+  assert tf.train.latest_checkpoint(str(tmp_path)) == newest  # rewritten
+  printed = capfd.readouterr()
+  logged = "\n".join(r.getMessage() for r in caplog.records)
+  for text in (printed.out, printed.err, logged):
+    assert "deprecated" not in text, text
+
+
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_every_console_script_imports_tensorflow_quietly_first(name):
   """Each entry module's first TensorFlow import happens inside

@@ -42,6 +42,9 @@ def error_lines(result):
     (["--num_steps=3"], "did you mean --config.train.num_steps"),
     (["--config.data.name=video_folder", "--config.data.path=/no/such/dir"],
      "/no/such/dir/metadata.json not found"),
+    (["--config.train.keep_checkpoints=0"],
+     "--config.train.keep_checkpoints must be a positive integer"),
+    (["--config.model.widths=abc"], "--config.model.widths must be"),
 ])
 def test_user_error_is_short_and_has_no_traceback(
     tmp_path, data_dir, args, expected):
