@@ -17,6 +17,7 @@ Only TensorFlow-free package modules are imported here, and
 first use), so this runs first.
 """
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -34,29 +35,47 @@ def _stop_during_start_up(signum, frame):
   os._exit(user_errors.signal_exit_code(signum))  # mid-import: no shutdown
 
 
+@contextlib.contextmanager
+def c_lines_hidden():
+  """Points file descriptor 2, where TensorFlow's C++ code logs, at a
+  temporary file for the block; the lines are shown if the block raises.
+
+  For TensorFlow's import (its start-up lines) and the TFLite converter
+  (about ten MLIR/loader lines per conversion), which write there whatever
+  TF_CPP_MIN_LOG_LEVEL says. Python's own sys.stderr is the same file, so
+  the block should not print what the user must see.
+  """
+  global _terminal_stderr
+  sys.stderr.flush()
+  saved = os.dup(2)
+  outer, _terminal_stderr = _terminal_stderr, (
+      saved if _terminal_stderr is None else _terminal_stderr)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    except BaseException:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      captured.seek(0)
+      sys.stderr.write(captured.read().decode(errors="replace"))
+      raise
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      _terminal_stderr = outer
+      os.close(saved)
+
+
 def import_tensorflow(show: bool = False):
   """Imports TensorFlow (and looks for GPUs) without its start-up noise."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if show or "tensorflow" in sys.modules:
     import tensorflow as tf  # noqa: PLC0415
     return tf
-  global _terminal_stderr
-  sys.stderr.flush()
-  saved = _terminal_stderr = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      import tensorflow as tf  # noqa: PLC0415
-      tf.config.list_physical_devices("GPU")  # cuInit's line, if any, now
-    except BaseException:
-      os.dup2(saved, 2)
-      captured.seek(0)
-      sys.stderr.write(captured.read().decode(errors="replace"))
-      raise
-    finally:
-      os.dup2(saved, 2)
-      _terminal_stderr = None
-      os.close(saved)
+  with c_lines_hidden():
+    import tensorflow as tf  # noqa: PLC0415
+    tf.config.list_physical_devices("GPU")  # cuInit's line, if any, now
   return tf
 
 
