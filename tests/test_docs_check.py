@@ -318,3 +318,38 @@ def test_the_default_run_evaluates_more_than_twice():
   evaluations = {s for s in range(1, train.num_steps + 1)
                  if s % train.eval_every == 0} | {train.num_steps}
   assert len(evaluations) >= 5, (train.num_steps, train.eval_every)
+
+
+# ------------------------------------------------------- numbers and how-tos
+
+
+def test_the_risk_warning_threshold_the_docs_state_is_the_code_s():
+  """Every "above X ... warn" sentence of the docs states the threshold of
+  the one warning it can mean, FidelityHook's."""
+  from sideways_tf.training import hooks  # noqa: PLC0415
+  stated = []
+  for doc in [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md")):
+    for sentence in re.split(r"\. |\||\n\n", doc.read_text()):
+      if re.search(r"warn", sentence):
+        stated += [(doc.name, float(x)) for x in
+                   re.findall(r"[Aa]bove (\d\.\d+)", sentence)]
+  assert len(stated) >= 3, stated
+  assert all(x == hooks.FidelityHook.RISK_THRESHOLD for _, x in stated), \
+      stated
+
+
+def test_the_tensorboard_reading_snippet_reads_what_a_run_writes(tmp_path):
+  import tensorflow as tf  # noqa: PLC0415
+  from sideways_tf import summaries  # noqa: PLC0415
+  writer = tf.summary.create_file_writer(str(tmp_path / "train"))
+  for step, value in ((1, 2.5), (2, 1.5)):
+    summaries.write_scalars(writer, step, {"train/loss": value,
+                                           "train/accuracy": 0.5})
+  writer.flush()
+  code = (ROOT / "docs" / "tensorboard.md").read_text().split(
+      "## Reading the values in Python", 1)[1].split("```python", 1)[1].split(
+          "```", 1)[0]
+  namespace = {}
+  exec(code.replace("WORKDIR", str(tmp_path)), namespace)  # noqa: S102
+  assert namespace["loss"] == [(1, 2.5), (2, 1.5)]
+  assert namespace["events"].Tags()["scalars"] == []  # as the doc says
