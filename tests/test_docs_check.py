@@ -353,3 +353,18 @@ def test_the_tensorboard_reading_snippet_reads_what_a_run_writes(tmp_path):
   exec(code.replace("WORKDIR", str(tmp_path)), namespace)  # noqa: S102
   assert namespace["loss"] == [(1, 2.5), (2, 1.5)]
   assert namespace["events"].Tags()["scalars"] == []  # as the doc says
+
+
+def test_the_readme_states_the_load_of_every_time_it_gives():
+  """Times of `make train` / `make test` vary fourfold with the load: each
+  one the README's "Two commands" section gives sits in a row that says
+  at which load it was measured."""
+  section = (ROOT / "README.md").read_text().split("## Two commands", 1)[
+      1].split("\n## ", 1)[0]
+  section = re.sub(r"```.*?```", "", section, flags=re.S)  # sample output
+  timed = [line for line in section.splitlines()
+           if re.search(r"\b\d+(\.\d+)? ?(s|min)\b", line)]
+  assert timed
+  for line in timed:
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    assert line.startswith("|") and len(cells) == 3 and cells[2], line
