@@ -4,7 +4,7 @@ A mistake on the command line, in a config, a workdir or the data prints one
 or two lines that say what to do, without a traceback (--verbose shows it).
 Exit codes (also in README.md):
 
-  0    done (or nothing to do)
+  0    done (or nothing to do, or --help)
   1    an unexpected error (with its traceback)
   2    a user error: bad flag, config, workdir, data; the message says what
        to do
@@ -12,8 +12,9 @@ Exit codes (also in README.md):
        checkpoint named; rerun with a smaller learning rate to resume)
   4    a distributed worker was lost
   75   the workdir is locked by another run (EX_TEMPFAIL: retry later)
-  130  stopped by SIGINT (Ctrl-C) after saving a checkpoint
-  143  stopped by SIGTERM after saving a checkpoint
+  130  stopped by SIGINT (Ctrl-C): after saving a checkpoint in the training
+       loop, with one line before it
+  143  stopped by SIGTERM: the same
   137  a cluster did not start in time (the workers that never started are
        named; distributed_start.py)
 
