@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from sideways_tf import quiet  # noqa: E402
+from sideways_tf.run import quiet  # noqa: E402
 
 quiet.import_tensorflow()  # without its C++ start-up lines (as bin/* do)
 

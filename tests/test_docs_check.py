@@ -340,7 +340,7 @@ def test_the_risk_warning_threshold_the_docs_state_is_the_code_s():
 
 def test_the_tensorboard_reading_snippet_reads_what_a_run_writes(tmp_path):
   import tensorflow as tf  # noqa: PLC0415
-  from sideways_tf import summaries  # noqa: PLC0415
+  from sideways_tf.run import summaries  # noqa: PLC0415
   writer = tf.summary.create_file_writer(str(tmp_path / "train"))
   for step, value in ((1, 2.5), (2, 1.5)):
     summaries.write_scalars(writer, step, {"train/loss": value,

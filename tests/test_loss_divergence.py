@@ -17,8 +17,6 @@ def log_steps(caplog, losses, learning_rate=1e6):
   ctx = types.SimpleNamespace(
       setup=types.SimpleNamespace(
           datasets=types.SimpleNamespace(num_classes=NUM_CLASSES),
-          config=types.SimpleNamespace(
-              train=types.SimpleNamespace(learning_rate=learning_rate)),
           optimizer=types.SimpleNamespace(learning_rate=learning_rate)),
       train_writer=tf.summary.create_noop_writer())
   hook = hooks.LogHook(every=1, num_steps=100, first_step=1)

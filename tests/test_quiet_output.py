@@ -129,7 +129,7 @@ def test_a_nan_stop_prints_its_message_on_a_line_of_its_own(tmp_path):
 def test_rewriting_the_checkpoint_state_prints_no_deprecation(
     tmp_path, capfd, caplog):
   import tensorflow as tf  # noqa: PLC0415
-  from sideways_tf import checkpoints  # noqa: PLC0415
+  from sideways_tf.run import checkpoints  # noqa: PLC0415
   manager = tf.train.CheckpointManager(
       tf.train.Checkpoint(v=tf.Variable(1.0)), str(tmp_path), max_to_keep=3)
   manager.save()

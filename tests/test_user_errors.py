@@ -38,7 +38,8 @@ def error_lines(result):
     (["--config.train.num_step=3"], "did you mean 'num_steps'"),
     (["--config=configs/no_such_config.py"],
      "configs/no_such_config.py not found"),
-    (["--config.algorithm=BP"], "'sideways', 'bp' or 'gpipe', got 'BP'"),
+    (["--config.algorithm=BP"], "'sideways', 'bp', 'gpipe' or 'pipelined_bp', "
+     "got 'BP'"),
     (["--num_steps=3"], "did you mean --config.train.num_steps"),
     (["--config.data.name=video_folder", "--config.data.path=/no/such/dir"],
      "/no/such/dir/metadata.json not found"),

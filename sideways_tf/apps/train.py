@@ -27,8 +27,8 @@ _WORKDIR = flags.DEFINE_string(
 # A string, checked against the registry (engine/algorithms.py) in main:
 # listing the names here would load TensorFlow for --help.
 _ALGORITHM = flags.DEFINE_string(
-    "algorithm", None, "Shorthand for --config.algorithm: sideways, bp or "
-    "gpipe (sideways_tf.ALGORITHMS).")
+    "algorithm", None, "Shorthand for --config.algorithm: sideways, bp, "
+    "gpipe or pipelined_bp (sideways_tf.ALGORITHMS).")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete an existing run in --workdir whose config "
     "differs, instead of refusing to start.")

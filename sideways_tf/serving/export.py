@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-from sideways_tf import quiet
+from sideways_tf.run import quiet
 from sideways_tf.engine.pipeline import Pipeline
 
 

@@ -202,7 +202,7 @@ class LogHook(Hook):
         "it and rerun with a smaller --config.train.learning_rate (now "
         "%g).", step, loss,
         self.DIVERGENCE_FACTOR, num_classes, num_classes, chance,
-        ctx.setup.config.train.learning_rate)
+        learning_rate(ctx.setup.optimizer))
 
 
 class CheckpointHook(Hook):
