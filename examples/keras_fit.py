@@ -12,14 +12,16 @@ resumes from the backup.
 """
 
 import argparse
-import os
 import pathlib
 import shutil
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from sideways_tf.run import quiet  # noqa: E402
+
+quiet.import_tensorflow()  # without its C++ start-up lines (as bin/* do)
 
 import keras  # noqa: E402
 

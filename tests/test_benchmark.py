@@ -96,3 +96,16 @@ def test_replay_cost_adds_the_skip_model_from_three_modules():
   assert ("| skips 2:0: Sideways, replay_modules=3 (= pipelined_bp) | 100 |"
           in text)
   assert "| Sideways, replay_modules=2 | 100 |" in text
+
+
+def test_balancing_figure_warns_about_no_clip_length_it_chose(caplog):
+  """The figure times stages on a clip of its own choosing: a too-short one
+  warned once per pipeline (six times by default) about modules starving."""
+  from sideways_tf.benchmark import common, figures  # noqa: PLC0415
+  config = common.BenchmarkConfig(image_size=8, batch_size=1, num_modules=4,
+                                  zoo=("frame_cnn",), zoo_width=4)
+  with caplog.at_level("WARNING"):
+    result = figures.balancing(config)
+  assert set(result) == {"frame_cnn"}
+  assert not [r for r in caplog.records if "get no gradient" in
+              r.getMessage()], [r.getMessage() for r in caplog.records]

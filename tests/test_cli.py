@@ -1,6 +1,9 @@
 """The pieces every bin/ entry point shares."""
 
 import pathlib
+import re
+import shutil
+import sys
 
 import ml_collections
 import pytest
@@ -21,8 +24,9 @@ def test_algorithm_shorthand_overrides_and_is_checked():
   assert cli.with_algorithm(config, None).algorithm == "sideways"
   assert cli.with_algorithm(config, "bp").algorithm == "bp"
   assert cli.with_algorithm(config, "gpipe").algorithm == "gpipe"
-  with pytest.raises(ValueError,
-                     match="'sideways', 'bp' or 'gpipe', got 'backprop'"):
+  from sideways_tf.engine import algorithms  # noqa: PLC0415
+  with pytest.raises(ValueError, match=re.escape(
+      f"{algorithms.names_for_humans()}, got 'backprop'")):
     cli.with_algorithm(ml_collections.ConfigDict({"algorithm": "backprop"}),
                        None)
 
@@ -48,3 +52,26 @@ def test_atomic_write_replaces_whole_files(tmp_path):
   files.atomic_write_text(target, "second")
   assert target.read_text() == "second"
   assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp left
+
+
+def test_suggested_commands_run_with_this_interpreter(monkeypatch, tmp_path):
+  """bin/* started by another python (no TensorFlow outside the venv)
+  fails: a printed command names this interpreter, as a path that works
+  from the working directory."""
+  monkeypatch.chdir(files.PROJECT_ROOT)
+  interpreter, script = cli.command("prepare_videos").split()
+  assert pathlib.Path(interpreter).resolve() == pathlib.Path(
+      sys.executable).resolve()
+  assert script == "bin/prepare_videos"
+  assert cli.config_file("video_folder.py") == "configs/video_folder.py"
+  monkeypatch.chdir(tmp_path)  # elsewhere: paths that still work
+  interpreter, script = cli.command("train").split()
+  assert pathlib.Path(script).resolve() == files.PROJECT_ROOT / "bin" / "train"
+  assert pathlib.Path(cli.config_file("video_folder.py")).is_file()
+
+
+def test_venv_tools_are_named_by_a_path_not_found_on_path(monkeypatch):
+  """`saved_model_cli` is not on PATH unless the venv is activated."""
+  monkeypatch.setenv("PATH", "/usr/bin:/bin")
+  tool = cli.venv_tool("saved_model_cli")
+  assert "/" in tool and shutil.which(tool) is not None

@@ -318,3 +318,53 @@ def test_the_default_run_evaluates_more_than_twice():
   evaluations = {s for s in range(1, train.num_steps + 1)
                  if s % train.eval_every == 0} | {train.num_steps}
   assert len(evaluations) >= 5, (train.num_steps, train.eval_every)
+
+
+# ------------------------------------------------------- numbers and how-tos
+
+
+def test_the_risk_warning_threshold_the_docs_state_is_the_code_s():
+  """Every "above X ... warn" sentence of the docs states the threshold of
+  the one warning it can mean, FidelityHook's."""
+  from sideways_tf.training import hooks  # noqa: PLC0415
+  stated = []
+  for doc in [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md")):
+    for sentence in re.split(r"\. |\||\n\n", doc.read_text()):
+      if re.search(r"warn", sentence):
+        stated += [(doc.name, float(x)) for x in
+                   re.findall(r"[Aa]bove (\d\.\d+)", sentence)]
+  assert len(stated) >= 3, stated
+  assert all(x == hooks.FidelityHook.RISK_THRESHOLD for _, x in stated), \
+      stated
+
+
+def test_the_tensorboard_reading_snippet_reads_what_a_run_writes(tmp_path):
+  import tensorflow as tf  # noqa: PLC0415
+  from sideways_tf.run import summaries  # noqa: PLC0415
+  writer = tf.summary.create_file_writer(str(tmp_path / "train"))
+  for step, value in ((1, 2.5), (2, 1.5)):
+    summaries.write_scalars(writer, step, {"train/loss": value,
+                                           "train/accuracy": 0.5})
+  writer.flush()
+  code = (ROOT / "docs" / "tensorboard.md").read_text().split(
+      "## Reading the values in Python", 1)[1].split("```python", 1)[1].split(
+          "```", 1)[0]
+  namespace = {}
+  exec(code.replace("WORKDIR", str(tmp_path)), namespace)  # noqa: S102
+  assert namespace["loss"] == [(1, 2.5), (2, 1.5)]
+  assert namespace["events"].Tags()["scalars"] == []  # as the doc says
+
+
+def test_the_readme_states_the_load_of_every_time_it_gives():
+  """Times of `make train` / `make test` vary fourfold with the load: each
+  one the README's "Two commands" section gives sits in a row that says
+  at which load it was measured."""
+  section = (ROOT / "README.md").read_text().split("## Two commands", 1)[
+      1].split("\n## ", 1)[0]
+  section = re.sub(r"```.*?```", "", section, flags=re.S)  # sample output
+  timed = [line for line in section.splitlines()
+           if re.search(r"\b\d+(\.\d+)? ?(s|min)\b", line)]
+  assert timed
+  for line in timed:
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    assert line.startswith("|") and len(cells) == 3 and cells[2], line

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,52 @@ def test_docs_streaming_snippet_runs_on_an_exported_model(exported, capsys):
   printed = capsys.readouterr().out
   # 20 frames through 4 modules: frames 1..17 leave it, one logits row each.
   assert printed.count("tf.Tensor(") == 20 - (4 - 1), printed[-2000:]
+
+
+def _documented_signatures():
+  """{signature: {"inputs"|"outputs": {name: (dtype, shape)}}} from the
+  `saved_model_cli show --all` excerpt of docs/export.md."""
+  text = (ROOT / "docs" / "export.md").read_text()
+  excerpt = text.split("signatures part:\n\n```\n", 1)[1].split("```", 1)[0]
+  signatures, current, side = {}, None, None
+  for line in excerpt.splitlines():
+    found = re.match(r"signature_def\['(\w+)'\]:", line)
+    if found:
+      current = signatures.setdefault(found.group(1),
+                                      {"inputs": {}, "outputs": {}})
+    tensor = re.match(r"\s+(inputs|outputs)\['(\w+)'\]", line)
+    if tensor:
+      side, name = tensor.groups()
+    dtype = re.match(r"\s+dtype: (DT_\w+)", line)
+    if dtype:
+      current[side][name] = [dtype.group(1)]
+    shape = re.match(r"\s+shape: (.*)", line)
+    if shape:
+      current[side][name].append(
+          tuple(int(d) for d in re.findall(r"-?\d+", shape.group(1))))
+  return signatures
+
+
+def test_the_documented_saved_model_cli_excerpt_is_what_an_export_shows(
+    tmp_path):
+  """docs/export.md's excerpt: the default model (configs/default.py, 32x32
+  frames, 4 classes) exported, signature by signature."""
+  import tensorflow as tf  # noqa: PLC0415
+  from tensorflow.core.framework import types_pb2  # noqa: PLC0415
+  from sideways_tf.configs import default  # noqa: PLC0415
+  from sideways_tf.training import builder  # noqa: PLC0415
+  setup = builder.build_model(default.get_config(), 4, (32, 32, 3))
+  path = export.export_saved_model(setup.pipeline, (32, 32, 3),
+                                   tmp_path / "model")
+  loaded = tf.saved_model.load(str(path))
+
+  def described(spec):
+    return [types_pb2.DataType.Name(spec.dtype.as_datatype_enum),
+            tuple(-1 if d is None else d for d in spec.shape.as_list())]
+  actual = {
+      name: {"inputs": {k: described(v) for k, v in
+                        function.structured_input_signature[1].items()},
+             "outputs": {k: described(v) for k, v in
+                         function.structured_outputs.items()}}
+      for name, function in loaded.signatures.items()}
+  assert _documented_signatures() == actual

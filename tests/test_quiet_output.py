@@ -99,13 +99,55 @@ def test_python_warnings_end_the_bar_line_first(monkeypatch):
   assert shown.__name__ == "<lambda>"  # restored on leaving the bar
 
 
-@pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_every_console_script_imports_tensorflow_quietly_first(name):
-  """Each entry module's first TensorFlow import happens inside
-  quiet.import_tensorflow (checked without importing TensorFlow: the
-  import is refused and where it came from is recorded)."""
-  module = SCRIPTS[name].split(":")[0]
-  probe = f"""
+def test_an_error_leaving_the_bar_ends_its_line_first(monkeypatch):
+  stdout = io.StringIO()
+  monkeypatch.setattr(sys, "stdout", stdout)
+  bar = progress.ProgressBar(10, 0, unit_name="step")
+  with pytest.raises(FloatingPointError):
+    with bar:
+      bar.update(3, [("loss", 1.0)])
+      assert not stdout.getvalue().endswith("\n")
+      raise FloatingPointError("loss is nan at step 3")
+  assert stdout.getvalue().endswith("\n")  # the error's line is its own
+
+
+def test_a_nan_stop_prints_its_message_on_a_line_of_its_own(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "bin" / "train"), f"--config={TINY}",
+       f"--workdir={tmp_path / 'run'}",
+       f"--config.data.data_dir={tmp_path / 'data'}",
+       "--config.train.learning_rate=1e30", "--config.train.log_every=1"],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      timeout=600)
+  assert result.returncode == 3, result.stdout[-3000:]
+  errors = [line for line in result.stdout.splitlines()
+            if "error:" in line]
+  assert len(errors) == 1 and errors[0].startswith("train: error: "), \
+      result.stdout[-3000:]
+
+
+def test_rewriting_the_checkpoint_state_prints_no_deprecation(
+    tmp_path, capfd, caplog):
+  import tensorflow as tf  # noqa: PLC0415
+  from sideways_tf.run import checkpoints  # noqa: PLC0415
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(v=tf.Variable(1.0)), str(tmp_path), max_to_keep=3)
+  manager.save()
+  manager.save()
+  (tmp_path / "checkpoint").unlink()  # stale: newest_readable rewrites it
+  with caplog.at_level("INFO"):
+    newest, bad = checkpoints.newest_readable(tmp_path)
+  assert newest.endswith("ckpt-2") and not bad
+  assert tf.train.latest_checkpoint(str(tmp_path)) == newest  # rewritten
+  printed = capfd.readouterr()
+  logged = "\n".join(r.getMessage() for r in caplog.records)
+  for text in (printed.out, printed.err, logged):
+    assert "deprecated" not in text, text
+
+
+# Runs `start` with imports of TensorFlow/Keras refused, printing the
+# sideways_tf function the first one came from.
+_PROBE = """
 import sys, traceback
 class Refuse:
   def find_spec(self, fullname, path=None, target=None):
@@ -116,13 +158,66 @@ class Refuse:
       raise ImportError("refused " + fullname)
 sys.meta_path.insert(0, Refuse())
 try:
-  import {module}
+  {start}
 except ImportError as error:
   print("STOPPED", error)
 """
-  result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+
+
+def assert_first_tensorflow_import_is_quiet(start):
+  result = subprocess.run([sys.executable, "-c", _PROBE.format(start=start)],
+                          cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
   first = re.search(r"FIRST (\S+) (\S+)", result.stdout)
   assert first, result.stdout + result.stderr[-2000:]
   assert first.group(1).endswith("sideways_tf/run/quiet.py"), result.stdout
   assert first.group(2) == "import_tensorflow", result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_every_console_script_imports_tensorflow_quietly_first(name):
+  """Each entry module's first TensorFlow import happens inside
+  quiet.import_tensorflow (checked without importing TensorFlow: the
+  import is refused and where it came from is recorded)."""
+  assert_first_tensorflow_import_is_quiet(
+      f"import {SCRIPTS[name].split(':')[0]}")
+
+
+def test_the_example_imports_tensorflow_quietly_first():
+  assert_first_tensorflow_import_is_quiet(
+      "import runpy; runpy.run_path('examples/keras_fit.py', "
+      "run_name='__main__')")
+
+
+def test_tflite_export_prints_no_converter_lines(tmp_path):
+  """SidewaysModel.export(tflite=True) in a user's script that sets no
+  TF_CPP_MIN_LOG_LEVEL: the converter's C++ lines (about ten per
+  conversion) are hidden."""
+  script = f"""
+import keras, sideways_tf
+from sideways_tf.models import frame_cnn_stages
+model = sideways_tf.SidewaysModel(frame_cnn_stages(num_classes=3,
+                                                   widths=(2, 2, 2)))
+model.compile(optimizer="sgd")
+model.build((1, 4, 8, 8, 3))
+print("EXPORTING", flush=True)
+model.export({str(tmp_path / "exported")!r}, tflite=True)
+print("EXPORTED", flush=True)
+"""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env["PYTHONPATH"] = str(ROOT)
+  result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
+                          env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:]
+  export_output = result.stdout.split("EXPORTING\n", 1)[1]
+  assert export_output == "EXPORTED\n", export_output[-3000:]
+  assert (tmp_path / "exported" / "tflite" / "step.tflite").is_file()
+
+
+def test_pyproject_license_is_an_spdx_string():
+  """setuptools >= 77 prints a deprecation banner for every build (three
+  during `make`) for a `license` table; the string form needs >= 77."""
+  pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+  assert pyproject["project"]["license"] == "Apache-2.0"
+  assert pyproject["build-system"]["requires"] == ["setuptools>=77"]

@@ -38,10 +38,14 @@ def error_lines(result):
     (["--config.train.num_step=3"], "did you mean 'num_steps'"),
     (["--config=configs/no_such_config.py"],
      "configs/no_such_config.py not found"),
-    (["--config.algorithm=BP"], "'sideways', 'bp' or 'gpipe', got 'BP'"),
+    (["--config.algorithm=BP"], "'sideways', 'bp', 'gpipe' or 'pipelined_bp', "
+     "got 'BP'"),
     (["--num_steps=3"], "did you mean --config.train.num_steps"),
     (["--config.data.name=video_folder", "--config.data.path=/no/such/dir"],
      "/no/such/dir/metadata.json not found"),
+    (["--config.train.keep_checkpoints=0"],
+     "--config.train.keep_checkpoints must be a positive integer"),
+    (["--config.model.widths=abc"], "--config.model.widths must be"),
 ])
 def test_user_error_is_short_and_has_no_traceback(
     tmp_path, data_dir, args, expected):
@@ -52,6 +56,41 @@ def test_user_error_is_short_and_has_no_traceback(
   assert len(lines) <= 3, lines
   assert expected in "\n".join(lines)
   assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("program, args, expected", [
+    ("train", ["--config.train.num_step=5"], "did you mean 'num_steps'"),
+    ("make_digit_videos", ["--output_dir=OUT", "--config.data.num_trian=5"],
+     "did you mean 'num_train'"),
+])
+def test_misspelled_field_of_the_default_config(tmp_path, program, args,
+                                                expected):
+  """Without --config= the default file loads while the flag is defined,
+  before the program's error handling: the same two lines, exit 2."""
+  args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "bin" / program), *args,
+       f"--workdir={tmp_path / 'run'}"] if program == "train" else
+      [sys.executable, str(ROOT / "bin" / program), *args],
+      capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  lines = error_lines(result)
+  assert result.returncode == user_errors.EXIT_USER, result.stderr[-2000:]
+  assert len(lines) == 2 and expected in lines[0], lines
+  assert "Traceback" not in result.stderr
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_config_file_without_get_config(tmp_path, data_dir):
+  config = tmp_path / "mine.py"
+  config.write_text("learning_rate = 0.1\n")
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "bin" / "train"), f"--config={config}",
+       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True,
+      timeout=600, cwd=ROOT)
+  lines = error_lines(result)
+  assert result.returncode == user_errors.EXIT_USER
+  assert len(lines) == 2 and f"{config} defines no get_config()" in lines[0]
+  assert not (tmp_path / "run").exists()
 
 
 def test_workdir_that_is_a_file(tmp_path, data_dir):

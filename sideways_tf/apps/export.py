@@ -40,7 +40,7 @@ def main(argv):
                                    _OUTPUT.value, overwrite=_OVERWRITE.value,
                                    class_names=info.get("class_names"))
   print(f"SavedModel written to {path} (step {int(exp.step)}). Inspect it "
-        f"with: saved_model_cli show --all --dir {path}")
+        f"with: {cli.venv_tool('saved_model_cli')} show --all --dir {path}")
   if _TFLITE.value:
     print(f"TFLite streaming model written to {export.export_tflite(path)}")
 

@@ -14,21 +14,21 @@ from sideways_tf.run import quiet
 quiet.quiet_start(sys.argv)  # TensorFlow imported without its C++ start-up lines
 
 from absl import flags
-from ml_collections import config_flags
 
-from sideways_tf.engine.algorithms import ALGORITHMS
 from sideways_tf.run import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", cli.default_config_path(),
+_CONFIG = cli.define_config_file(
+    __name__, cli.default_config_path(),
     "Experiment config file (a get_config() python file); override any field "
-    "with --config.<field>=<value>.", lock_config=True)
+    "with --config.<field>=<value>.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, TensorBoard logs and results. "
     "Default: workdir/<experiment>_<algorithm> under the project.")
-_ALGORITHM = flags.DEFINE_enum(
-    "algorithm", None, list(ALGORITHMS),
-    "Shorthand for --config.algorithm.")
+# A string, checked against the registry (engine/algorithms.py) in main:
+# listing the names here would load TensorFlow for --help.
+_ALGORITHM = flags.DEFINE_string(
+    "algorithm", None, "Shorthand for --config.algorithm: sideways, bp, "
+    "gpipe or pipelined_bp (sideways_tf.ALGORITHMS).")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete an existing run in --workdir whose config "
     "differs, instead of refusing to start.")

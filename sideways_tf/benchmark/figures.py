@@ -132,7 +132,9 @@ def balancing(config: BenchmarkConfig) -> Dict[str, dict]:
   """
   import sideways_tf  # pylint: disable=g-import-not-at-top
   from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
-  frames, labels = make_clip(config, num_frames=max(config.num_modules, 4))
+  # Its own clip length: the fewest frames whose gradient reaches every
+  # module (T = 2L-1; fewer would warn about a T the user never chose).
+  frames, labels = make_clip(config, num_frames=2 * config.num_modules - 1)
   out = {}
   for model in config.zoo:
     log(f"balancing: {model}, {config.num_modules} modules")

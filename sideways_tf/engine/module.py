@@ -29,6 +29,7 @@ updated once per frame, by the original forward only.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import keras
@@ -36,6 +37,24 @@ import tensorflow as tf
 
 
 SKIP_COMBINE_MODES = ("concat", "add")
+
+
+@contextlib.contextmanager
+def _mixed_precision_as_in_call(stage):
+  """What keras.Layer.__call__ does around `call` and `stateless_call` does
+  not, under a mixed precision policy: floating inputs cast to the compute
+  dtype, float variables read in it. Without it a replayed stage that is a
+  bare layer (a container's sub-layers do it in their own __call__) runs
+  in float32 under mixed_bfloat16, and its gradient meets a bfloat16 one.
+  Yields the input cast."""
+  compute = stage.compute_dtype
+  if not stage.autocast or compute == stage.variable_dtype:
+    yield lambda inputs: inputs
+    return
+  from keras.src.backend import AutocastScope  # noqa: PLC0415  (no public one)
+  with AutocastScope(compute):
+    yield lambda inputs: tf.nest.map_structure(
+        lambda x: tf.cast(x, compute) if x.dtype.is_floating else x, inputs)
 
 
 def skip_delay(target: int, source: int, align: bool) -> int:
@@ -392,8 +411,9 @@ class SidewaysModule(keras.layers.Layer):
     """
     state = [tf.convert_to_tensor(v)
              for v in self.stage.non_trainable_variables]
-    outputs, _ = self.stage.stateless_call(weights, state, inputs,
-                                           training=True)
+    with _mixed_precision_as_in_call(self.stage) as cast:
+      outputs, _ = self.stage.stateless_call(weights, state, cast(inputs),
+                                             training=True)
     return outputs
 
   def weights_at_lag(self, lag: int, current: list, chunk_tick) -> list:

@@ -124,8 +124,14 @@ def _write_state(directory: pathlib.Path, good: List[str]) -> None:
   state = directory / "checkpoint"
   if state.exists():
     state.unlink()  # garbage would make the update fail to parse it
-  tf.compat.v1.train.update_checkpoint_state(
-      str(directory), oldest_first[-1], all_model_checkpoint_paths=oldest_first)
+  # The one TF function that writes this file is deprecated (for
+  # CheckpointManager, which cannot list checkpoints it did not save): its
+  # notice would print on every rewrite.
+  from tensorflow.python.util import deprecation  # noqa: PLC0415
+  with deprecation.silence():
+    tf.compat.v1.train.update_checkpoint_state(
+        str(directory), oldest_first[-1],
+        all_model_checkpoint_paths=oldest_first)
 
 
 def _quarantine(prefix: str) -> str:

@@ -4,7 +4,7 @@ A mistake on the command line, in a config, a workdir or the data prints one
 or two lines that say what to do, without a traceback (--verbose shows it).
 Exit codes (also in README.md):
 
-  0    done (or nothing to do)
+  0    done (or nothing to do, or --help)
   1    an unexpected error (with its traceback)
   2    a user error: bad flag, config, workdir, data; the message says what
        to do
@@ -12,10 +12,18 @@ Exit codes (also in README.md):
        checkpoint named; rerun with a smaller learning rate to resume)
   4    a distributed worker was lost
   75   the workdir is locked by another run (EX_TEMPFAIL: retry later)
-  130  stopped by SIGINT (Ctrl-C) after saving a checkpoint
-  143  stopped by SIGTERM after saving a checkpoint
+  130  stopped by SIGINT (Ctrl-C): after saving a checkpoint in the training
+       loop, with one line before it
+  143  stopped by SIGTERM: the same
   137  a cluster did not start in time (the workers that never started are
        named; distributed_start.py)
+
+Signals: until a program's main runs (TensorFlow loading, flag parsing),
+SIGINT and SIGTERM end it at once with one line, as nothing has been
+written yet (quiet.py); from main on (`guard`), Ctrl-C is a
+KeyboardInterrupt and SIGTERM a SystemExit(143), each with one line, so
+`finally` blocks (the workdir lock, temporary files) run; the training loop
+saves a checkpoint first.
 
 No TensorFlow import here: the bin/ programs use it before TF loads.
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import signal
 import sys
 
 EXIT_ERROR = 1
@@ -37,6 +46,38 @@ EXIT_LOCKED = 75
 def signal_exit_code(signum: int) -> int:
   """The shell's convention: 128 + the signal number (130 SIGINT, 143 TERM)."""
   return 128 + int(signum)
+
+
+def help_requested(argv) -> bool:
+  """absl's --help, --helpshort, --helpfull, --helpxml or -? is on the line
+  (the program then prints its flags and exits 0, without loading
+  TensorFlow)."""
+  return any(re.fullmatch(r"--?(help|helpshort|helpfull|helpxml|\?)"
+                          r"(=(true|True|1))?", a) for a in argv[1:])
+
+
+def stopped_by(signum: int) -> str:
+  """The line a signal outside the training loop prints."""
+  return f"{_program()}: stopped by {signal.Signals(signum).name}"
+
+
+def _exit_on_sigterm(signum, frame):
+  del frame
+  print(f"\n{stopped_by(signum)}", file=sys.stderr, flush=True)
+  raise SystemExit(signal_exit_code(signum))
+
+
+def stop_cleanly_in_main() -> None:
+  """SIGINT/SIGTERM from main on: exceptions, so cleanup code runs."""
+  set_signal_handlers(signal.default_int_handler, _exit_on_sigterm)
+
+
+def set_signal_handlers(on_sigint, on_sigterm) -> None:
+  try:
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigterm)
+  except ValueError:  # not the main thread: signals are not ours to set
+    pass
 
 
 def verbose() -> bool:
@@ -95,6 +136,7 @@ def guard(main):
   """Wraps an absl main: expected errors print a short message and exit with
   their code; a second Ctrl-C exits quietly with 130."""
   def wrapped(argv):
+    stop_cleanly_in_main()
     try:
       return main(argv)
     except KeyboardInterrupt:
@@ -106,7 +148,7 @@ def guard(main):
       if isinstance(error, OSError) and "config file" in str(error):
         if verbose():
           raise
-        fail(_flag_error_message(error))  # ml_collections loads it lazily
+        fail(flag_error_message(error))  # ml_collections loads it lazily
       code = _exit_code(error)
       if code is None or verbose():
         raise
@@ -120,6 +162,10 @@ def parse_flags(argv):
   from absl import flags  # noqa: PLC0415
   try:
     return flags.FLAGS(argv)
+  except SystemExit as done:
+    if done.code == 1 and help_requested(argv):
+      sys.exit(0)  # absl exits 1 after --help; the help is what was asked
+    raise
   except KeyboardInterrupt:
     print(f"\n{_program()}: interrupted", file=sys.stderr, flush=True)
     sys.exit(signal_exit_code(2))
@@ -131,12 +177,22 @@ def parse_flags(argv):
   except Exception as error:  # noqa: BLE001
     if verbose():
       raise
-    fail(_flag_error_message(error))
+    fail(flag_error_message(error, argv))
   return None
 
 
-def _flag_error_message(error: BaseException) -> str:
+def _config_file(argv) -> str:
+  given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+  return given[-1] if given else "the config file"
+
+
+def flag_error_message(error: BaseException, argv=None) -> str:
+  """One line for an error of absl's or ml_collections' flag parsing."""
   text = " ".join(str(error).replace("\\n", "\n").split())
+  if "has no attribute 'get_config'" in text:
+    return (f"{_config_file(argv or sys.argv)} defines no get_config(); a "
+            f"config file is a python file whose get_config() returns an "
+            f"ml_collections.ConfigDict (see configs/default.py)")
   # ml_collections: a misspelled key arrives as a garbled AttributeError repr:
   # '\'num_step\'\nDid you mean "num_steps" instead of "num_step"?'
   mean = re.search(r"""Did you mean ['"]?([\w.]+)['"]? instead of ['"]?([\w.]+)""",

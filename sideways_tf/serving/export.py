@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from sideways_tf.run import quiet
 from sideways_tf.engine.pipeline import Pipeline
 
 
@@ -167,7 +168,8 @@ def export_tflite(saved_model_dir, output_path=None) -> pathlib.Path:
   converter = tf.lite.TFLiteConverter.from_saved_model(
       str(saved_model_dir), signature_keys=["step"])
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  flatbuffer = converter.convert()
+  with quiet.c_lines_hidden():  # its C++ lines, shown only if it fails
+    flatbuffer = converter.convert()
   output_path.parent.mkdir(parents=True, exist_ok=True)
   tmp = output_path.with_name(f".{output_path.name}.tmp")
   tmp.write_bytes(flatbuffer)

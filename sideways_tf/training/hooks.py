@@ -151,10 +151,19 @@ class StageTimeHook(Hook):
 
 class LogHook(Hook):
   """Train loss, accuracy, learning rate and speed, averaged since the last
-  log line; the progress bar; the first step's input clips."""
+  log line; the progress bar; the first step's input clips; one warning if
+  the loss diverges."""
+
+  # A run starts near the cross-entropy of a uniform guess, ln C, and goes
+  # down. At this many times ln C the model gives the right class a
+  # probability of about C^-10 on average: it is confidently wrong on most
+  # frames, i.e. the optimisation diverges (a NaN stop may never come: the
+  # loss can stay large and finite).
+  DIVERGENCE_FACTOR = 10.0
 
   def __init__(self, every: int, num_steps: int, first_step: int):
     self.every, self.num_steps = every, num_steps
+    self.warned_divergence = False
     self.window = Window()
     self.last = {"loss": float("nan"), "accuracy": float("nan")}
     # `with log.progress:` around the loop keeps warnings off its line.
@@ -179,6 +188,21 @@ class LogHook(Hook):
           ("loss", averages["loss"]), ("accuracy", averages["accuracy"]),
           ("frames/s", averages["frames_per_second"])])
       self.last = averages
+      self._warn_if_diverging(ctx, step, averages["loss"])
+
+  def _warn_if_diverging(self, ctx, step, loss):
+    num_classes = ctx.setup.datasets.num_classes
+    chance = float(np.log(num_classes))
+    if self.warned_divergence or not loss > self.DIVERGENCE_FACTOR * chance:
+      return
+    self.warned_divergence = True
+    logging.warning(
+        "step %d: train/loss = %.3g is over %g times the loss of a uniform "
+        "guess over %d classes (ln %d = %.2f): training is diverging. Stop "
+        "it and rerun with a smaller --config.train.learning_rate (now "
+        "%g).", step, loss,
+        self.DIVERGENCE_FACTOR, num_classes, num_classes, chance,
+        learning_rate(ctx.setup.optimizer))
 
 
 class CheckpointHook(Hook):

@@ -5,8 +5,10 @@ step, so a warning written meanwhile (a log record, a Python warning, a
 message to stderr) would continue the bar's line. While the bar is active
 (`with bar:`), every record of the logging handlers (absl's included) and
 every Python warning first ends the bar's line; the next redraw starts a new
-one. (sys.stderr itself is left alone: absl's handler compares its stream
-with it.)
+one. An exception leaving the block ends it too, so the error message the
+program then prints (a NaN stop, a user error) starts a line of its own.
+(sys.stderr itself is left alone: absl's handler compares its stream with
+it.)
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class ProgressBar:
     return self
 
   def __exit__(self, *exc_info):
+    if exc_info[0] is not None:
+      self.end_line()
     for handler in self._handlers:
       handler.removeFilter(self._filter)
     self._handlers = []

@@ -26,6 +26,7 @@ from sideways_tf.run import distributed_start
 from sideways_tf.run import summaries
 from sideways_tf.run import workdir_lock
 from sideways_tf.training import builder
+from sideways_tf.training import config_check
 from sideways_tf.training import hooks as hooks_lib
 from sideways_tf.training import workdir as workdir_lib
 
@@ -41,6 +42,7 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   """
   workdir = pathlib.Path(workdir)
   full = configs.with_defaults(config)
+  config_check.check(full)  # before the workdir is touched
   with workdir_lock.hold(workdir, enabled=workdir_lock.is_chief_from_env()
                          if full.distributed else True):
     return _train(config, full, workdir, overwrite)
