@@ -278,12 +278,12 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None):
   workdir = pathlib.Path(workdir)
   if config is None:
     config = workdir_lib.load_config(workdir)
-  latest = workdir_lib.latest_checkpoint(workdir, required=True)
+  workdir_lib.require_checkpoints(workdir)
   setup = builder.build(config,
                         stage_sizes=workdir_lib.saved_stage_sizes(workdir),
                         replay_modules=workdir_lib.saved_replay_modules(
                             workdir))
-  setup.checkpoint.restore(latest).expect_partial()
+  workdir_lib.restore_latest(setup.checkpoint, workdir)
   writer = tf.summary.create_file_writer(str(workdir / "eval"))
   metrics = hooks_lib.evaluate(
       setup, writer, int(setup.step), workdir,
@@ -298,11 +298,11 @@ def restore_for_inference(workdir) -> builder.Setup:
   workdir = pathlib.Path(workdir)
   config = workdir_lib.load_config(workdir)
   info = workdir_lib.load_model_info(workdir)
-  latest = workdir_lib.latest_checkpoint(workdir, required=True)
+  workdir_lib.require_checkpoints(workdir)
   setup = builder.build_model(config, info["num_classes"], info["frame_shape"],
                               stage_sizes=info.get("stage_sizes"),
                               replay_modules=info.get("replay_modules"))
-  setup.checkpoint.restore(latest).expect_partial()
+  workdir_lib.restore_latest(setup.checkpoint, workdir)
   return setup
 
 

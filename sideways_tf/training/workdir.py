@@ -143,14 +143,20 @@ def _read_json(path: pathlib.Path):
                      f"--overwrite to start the run again") from None
 
 
-def latest_checkpoint(workdir, required: bool = False):
-  """Path of the newest readable checkpoint in workdir/checkpoints (a warning
-  names any newer unreadable one; nothing is moved), or None."""
+def require_checkpoints(workdir) -> None:
+  """Fails before anything is built if workdir/checkpoints holds none."""
   directory = pathlib.Path(workdir) / "checkpoints"
-  latest = checkpoints.newest_verified(directory)
-  if required and not latest:
-    raise ValueError(f"no readable checkpoint in {directory}; train first")
-  return latest
+  if not checkpoints.checkpoint_steps(directory):
+    raise ValueError(f"no checkpoint in {directory}; train first")
+
+
+def restore_latest(checkpoint, workdir) -> str:
+  """Restores the newest readable checkpoint of workdir/checkpoints into
+  `checkpoint` (for bin/evaluate, bin/export: a live run may rotate it away
+  meanwhile, then the newest that still exists is read); returns its
+  path."""
+  return checkpoints.restore_newest(checkpoint,
+                                    pathlib.Path(workdir) / "checkpoints")
 
 
 def checkpoint_step(path: str) -> int:
