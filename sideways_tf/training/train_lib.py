@@ -70,7 +70,12 @@ def _train(config, full, workdir: pathlib.Path, overwrite: bool):
       replay_modules=(workdir_lib.saved_replay_modules(workdir) if latest
                       else None))
   _check_clip_length(setup)
-  if is_chief:  # written only now: a failed start leaves no config behind
+  _check_classes(setup)
+  if is_chief and not delete:
+    workdir_lib.check_same_model(workdir, setup.datasets)
+  if latest:
+    _restore(setup, latest, workdir)
+  if is_chief:  # written only now: a failed start leaves the workdir as it was
     workdir_lib.prepare(config, workdir, delete)
   ctx = _start(setup, config, workdir, latest, cluster, is_chief)
   return _run(ctx, cluster, is_chief)
@@ -89,6 +94,8 @@ def _resume_point(config, workdir, overwrite, is_chief):
       manager_dir, overwrite)[0]
   delete = delete or (overwrite and not latest and
                       bool(checkpoints.checkpoint_steps(manager_dir)))
+  if not latest and not delete:
+    workdir_lib.check_nothing_lost(workdir, overwrite)
   return latest, delete
 
 
@@ -102,6 +109,34 @@ def _check_clip_length(setup):
   setup.pipeline.prepare_inputs(tf.zeros(shape, spec.dtype),
                                 tf.zeros(shape[:1], tf.int32),
                                 config.algorithm)
+
+
+def _check_classes(setup):
+  """One class gives loss 0 and accuracy 1 from the first steps: a run
+  that looks perfect and learned nothing."""
+  datasets = setup.datasets
+  if datasets.num_classes < 2:
+    raise ValueError(
+        f"the training data has {datasets.num_classes} class "
+        f"({', '.join(map(str, datasets.class_names))}): a classifier has "
+        f"nothing to tell apart. Give bin/prepare_videos one folder per "
+        f"class, at least two (docs/data.md).")
+
+
+def _restore(setup, latest, workdir):
+  """Restores before anything is written: a checkpoint that does not fit
+  this model refuses the run and leaves the workdir as it was."""
+  try:
+    setup.checkpoint.restore(latest).assert_existing_objects_matched()
+  except (ValueError, AssertionError, tf.errors.OpError) as error:
+    reason = " ".join(str(error).split())[:200]
+    raise ValueError(
+        f"checkpoint {latest} does not fit the model this config builds "
+        f"({reason}): workdir {workdir} holds another model. Use another "
+        f"--workdir, or pass --overwrite to delete that run.") from error
+  # A resumable key: a resumed run may lower it (e.g. after a NaN stop).
+  if hasattr(setup.optimizer.learning_rate, "assign"):
+    setup.optimizer.learning_rate.assign(setup.config.train.learning_rate)
 
 
 def _run(ctx, cluster, is_chief) -> Dict[str, object]:
@@ -143,18 +178,14 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
 
 def _start(setup, config, workdir, latest, cluster,
            is_chief) -> hooks_lib.Context:
-  """Model info, checkpoint manager (restored), worker sync, writers."""
+  """Model info, checkpoint manager, worker sync, writers."""
   if is_chief:
     workdir_lib.write_model_info(workdir, setup.datasets, setup.split,
                                  setup.replay)
   manager = tf.train.CheckpointManager(
       setup.checkpoint, str(workdir / "checkpoints"),
       max_to_keep=setup.config.train.keep_checkpoints)
-  if latest:
-    setup.checkpoint.restore(latest).assert_existing_objects_matched()
-    # A resumable key: a resumed run may lower it (e.g. after a NaN stop).
-    if hasattr(setup.optimizer.learning_rate, "assign"):
-      setup.optimizer.learning_rate.assign(setup.config.train.learning_rate)
+  if latest:  # restored by _train before anything was written
     print(f"Resumed from {latest} at step {int(setup.step)}.", flush=True)
   if cluster is not None:
     _sync_workers(setup, cluster, latest)
