@@ -7,6 +7,7 @@ to a loss of 0 that means nothing.
 """
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -14,6 +15,7 @@ import pytest
 
 from sideways_tf import checkpoints
 from sideways_tf import user_errors
+from sideways_tf import workdir_lock
 from sideways_tf.training import train_lib
 from tests.faults import harness
 
@@ -138,3 +140,50 @@ def test_one_class_is_warned_at_prepare_and_refused_at_train(
   assert "the training data has 1 class (a)" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (workdir / "config.json").exists()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_lost_lock_is_detected(tmp_path, how):
+  workdir = tmp_path / "run"
+  lock = workdir_lock.WorkdirLock(workdir).acquire()
+  try:
+    lock.check()  # held: no error
+    shutil.rmtree(workdir)
+    if how == "replaced":  # a second run locked a new file at the path
+      second = workdir_lock.WorkdirLock(workdir).acquire()
+      second.check()
+    with pytest.raises(workdir_lock.WorkdirLockLostError,
+                       match=r"lock .*/run/\.lock of this run is "
+                       + ("gone" if how == "deleted" else "another file")):
+      lock.check()
+  finally:
+    lock.release()
+
+
+def test_deleting_the_workdir_of_a_live_run_stops_it(trained, tmp_path,
+                                                     data_dir):
+  """The workdir is deleted under a live bin/train, which would otherwise
+  recreate checkpoints/ without its lock: it stops at its next save with
+  exit 2, naming the lock."""
+  workdir = harness.copy_run(trained, tmp_path)
+  first = subprocess.Popen(
+      harness.train_cmd(workdir, data_dir, "--config.train.num_steps=100000",
+                        "--config.train.checkpoint_every=1",
+                        "--config.train.eval_every=0"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    harness.wait_for(lambda: checkpoints.checkpoint_steps(
+        workdir / "checkpoints")[0] >= 6, first)
+    # `rm -rf` in one step (the live run keeps adding files meanwhile).
+    os.rename(workdir, tmp_path / "deleted")
+    shutil.rmtree(tmp_path / "deleted", ignore_errors=True)
+    out, err = first.communicate(timeout=300)
+  finally:
+    if first.poll() is None:
+      first.kill()
+      first.wait()
+  assert first.returncode == user_errors.EXIT_USER, err[-2000:]
+  assert f"the lock {workdir / '.lock'} of this run is gone" in err
+  assert "Traceback" not in err
+  # At most the save under way when the workdir went was written.
+  assert len(checkpoints.checkpoint_steps(workdir / "checkpoints")) <= 1

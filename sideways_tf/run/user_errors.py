@@ -106,6 +106,8 @@ def _exit_code(error: BaseException):
   name = type(error).__name__
   if name == "WorkdirLockedError":
     return EXIT_LOCKED
+  if name == "WorkdirLockLostError":
+    return EXIT_USER
   if isinstance(error, FloatingPointError):
     return EXIT_NONFINITE
   if name in ("WorkerLostError", "WorkerStartTimeout"):

@@ -44,11 +44,11 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   full = configs.with_defaults(config)
   config_check.check(full)  # before the workdir is touched
   with workdir_lock.hold(workdir, enabled=workdir_lock.is_chief_from_env()
-                         if full.distributed else True):
-    return _train(config, full, workdir, overwrite)
+                         if full.distributed else True) as lock:
+    return _train(config, full, workdir, overwrite, lock)
 
 
-def _train(config, full, workdir: pathlib.Path, overwrite: bool):
+def _train(config, full, workdir: pathlib.Path, overwrite: bool, lock):
   # MultiWorkerMirroredStrategy must start before any other TF op.
   cluster = (distributed_start.start_cluster(
       lambda: distributed.Cluster(full.collective_timeout_seconds),
@@ -78,6 +78,7 @@ def _train(config, full, workdir: pathlib.Path, overwrite: bool):
   if is_chief:  # written only now: a failed start leaves the workdir as it was
     workdir_lib.prepare(config, workdir, delete)
   ctx = _start(setup, config, workdir, latest, cluster, is_chief)
+  ctx.lock = lock  # checked before every checkpoint save
   return _run(ctx, cluster, is_chief)
 
 
@@ -157,7 +158,7 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
   step = int(setup.step)
   if is_chief and step > 0 and ctx.manager.latest_checkpoint != str(
       workdir / "checkpoints" / f"ckpt-{step}"):
-    workdir_lib.save_checkpoint(setup, ctx.manager, step)
+    workdir_lib.save_checkpoint(setup, ctx.manager, step, ctx.lock)
   ctx.train_writer.flush()
   ctx.eval_writer.flush()
   wall = time.perf_counter() - run_start
@@ -251,7 +252,7 @@ def _worker_lost(ctx, cluster, step, error) -> distributed.WorkerLostError:
   done = int(ctx.setup.step)
   if cluster.is_chief and done > 0 and not os.path.exists(
       manager_dir / f"ckpt-{done}.index"):
-    workdir_lib.save_checkpoint(ctx.setup, ctx.manager, done)
+    workdir_lib.save_checkpoint(ctx.setup, ctx.manager, done, ctx.lock)
   return distributed.WorkerLostError(distributed.lost_worker_message(
       cluster, step, tf.train.latest_checkpoint(str(manager_dir)), error))
 

@@ -214,10 +214,14 @@ def checkpoint_step(path: str) -> int:
   return int(path.rsplit("-", 1)[-1])
 
 
-def save_checkpoint(setup, manager, step) -> None:
+def save_checkpoint(setup, manager, step, lock=None) -> None:
   """Saves unless a saved variable (weights, buffers, optimizer slots) is
-  NaN/Inf: a bad checkpoint is worse than none. The manager's directory is
-  workdir/checkpoints; workdir/last_checkpoint.json records the save."""
+  NaN/Inf: a bad checkpoint is worse than none; or unless `lock` (the
+  run's workdir_lock.WorkdirLock) was lost: another run may own the workdir
+  now. The manager's directory is workdir/checkpoints;
+  workdir/last_checkpoint.json records the save."""
+  if lock is not None:
+    lock.check(f"saving the checkpoint of step {step}")
   checkpoints.check_finite(saved_variables(setup), step,
                            manager.latest_checkpoint)
   path = manager.save(checkpoint_number=step)
