@@ -266,7 +266,8 @@ def make_hooks(config, first_step: int,
 
 
 def evaluate(setup, writer, step, workdir, settings: EvalSettings):
-  """Clip and frame accuracy on the eval split -> TensorBoard, eval.json."""
+  """Clip and frame accuracy on the eval split -> TensorBoard,
+  workdir/eval.json (not written if `workdir` is None)."""
   batches = setup.datasets.eval
   if settings.num_batches:
     batches = batches.take(settings.num_batches)
@@ -276,8 +277,9 @@ def evaluate(setup, writer, step, workdir, settings: EvalSettings):
       "eval/loss": metrics["loss"],
       "eval/accuracy": metrics["clip_accuracy"],
       "eval/frame_accuracy": metrics["frame_accuracy"]})
-  atomic_write_text(pathlib.Path(workdir) / "eval.json",
-                    json.dumps(dict(metrics, step=step), indent=2))
+  if workdir is not None:
+    atomic_write_text(pathlib.Path(workdir) / "eval.json",
+                      json.dumps(dict(metrics, step=step), indent=2))
   return metrics
 
 

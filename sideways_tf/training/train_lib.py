@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import tempfile
 import time
 from typing import Dict, Optional
 
@@ -304,24 +305,50 @@ def _summary(config, workdir, step, steps_run, wall, frames_per_clip,
   return summary
 
 
-def evaluate(workdir, config=None, num_batches: Optional[int] = None):
+def evaluate(workdir, config=None, num_batches: Optional[int] = None,
+             output_dir=None):
   """Evaluates the newest readable checkpoint in `workdir` on the eval
-  split."""
+  split; eval.json and TensorBoard events go to `output_dir` (default: the
+  workdir). A read-only workdir (an archived run) is still evaluated: the
+  numbers are returned with a warning that nothing was written."""
   workdir = pathlib.Path(workdir)
   if config is None:
     config = workdir_lib.load_config(workdir)
   workdir_lib.require_checkpoints(workdir)
+  output = pathlib.Path(output_dir) if output_dir else workdir
+  if output_dir:
+    output.mkdir(parents=True, exist_ok=True)
+  why_not = _not_writable(output)
+  if why_not and output_dir:
+    raise why_not
   setup = builder.build(config,
                         stage_sizes=workdir_lib.saved_stage_sizes(workdir),
                         replay_modules=workdir_lib.saved_replay_modules(
                             workdir))
   workdir_lib.restore_latest(setup.checkpoint, workdir)
-  writer = tf.summary.create_file_writer(str(workdir / "eval"))
+  if why_not:
+    checkpoints.warn(
+        f"{output} is not writable ({why_not.strerror}): eval.json and the "
+        f"TensorBoard events are not written. Pass --output_dir=DIR to "
+        f"write them elsewhere.")
+    writer = tf.summary.create_noop_writer()
+  else:
+    writer = tf.summary.create_file_writer(str(output / "eval"))
   metrics = hooks_lib.evaluate(
-      setup, writer, int(setup.step), workdir,
+      setup, writer, int(setup.step), None if why_not else output,
       hooks_lib.EvalSettings.from_config(config, num_batches))
   writer.flush()
   return metrics
+
+
+def _not_writable(directory: pathlib.Path) -> Optional[OSError]:
+  """None if a file can be created in `directory`, else the OSError (a
+  read-only mount, an immutable directory, no permission)."""
+  try:
+    with tempfile.TemporaryFile(dir=directory):
+      return None
+  except OSError as error:
+    return OSError(error.errno, error.strerror, str(directory))
 
 
 def restore_for_inference(workdir) -> builder.Setup:
