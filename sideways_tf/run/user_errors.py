@@ -6,8 +6,9 @@ Exit codes (also in README.md):
 
   0    done (or nothing to do, or --help)
   1    an unexpected error (with its traceback)
-  2    a user error: bad flag, config, workdir, data; the message says what
-       to do
+  2    a user error: bad flag, config, workdir, data; a full disk or a
+       read-only workdir; the workdir deleted under the run (lost lock); the
+       message says what to do
   3    training stopped on a non-finite loss or variable (last good
        checkpoint named; rerun with a smaller learning rate to resume)
   4    a distributed worker was lost
