@@ -79,8 +79,13 @@ def _train(config, full, workdir: pathlib.Path, overwrite: bool, lock):
   if is_chief:  # written only now: a failed start leaves the workdir as it was
     workdir_lib.prepare(config, workdir, delete)
   ctx = _start(setup, config, workdir, latest, cluster, is_chief)
-  ctx.lock = lock  # checked before every checkpoint save
-  return _run(ctx, cluster, is_chief)
+  ctx.lock = lock  # checked before every checkpoint save and eval.json
+  try:
+    return _run(ctx, cluster, is_chief)
+  except Exception:
+    if lock is not None:  # a workdir deleted during a write explains it
+      lock.check(f"going on after step {int(setup.step)}")
+    raise
 
 
 def _resume_point(config, workdir, overwrite, is_chief):
