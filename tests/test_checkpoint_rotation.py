@@ -124,3 +124,25 @@ def test_a_checkpoint_deleted_while_verified_is_no_fault(run, monkeypatch,
   assert checkpoints.newest_verified(run / "checkpoints") == str(
       ckpt(run, 2, ""))
   assert "unusable" not in capfd.readouterr().err
+
+
+def test_a_checkpoint_rotated_away_right_after_it_was_read_is_used(
+    run, monkeypatch):
+  """The rotation deletes the checkpoint just after its values were read:
+  they are in memory, the read succeeded. (tf.train.Checkpoint.restore
+  would then create its save_counter from the deleted files and fail, and
+  keep failing on every retry, as bin/evaluate did on a live run.)"""
+  read = tf.train.Checkpoint.read
+  deleted = []
+
+  def read_then_rotate(self, save_path, *args, **kwargs):
+    status = read(self, save_path, *args, **kwargs)
+    if not deleted:
+      for path in tf.io.gfile.glob(str(save_path) + ".*"):
+        os.remove(path)
+      deleted.append(str(save_path))
+    return status
+
+  monkeypatch.setattr(tf.train.Checkpoint, "read", read_then_rotate)
+  assert int(train_lib.restore_for_inference(run).step) == 4
+  assert deleted == [str(ckpt(run, 4, ""))]

@@ -253,7 +253,9 @@ def restore_newest(checkpoint, directory) -> str:
   tf.train.Checkpoint; for readers) and returns its prefix.
 
   A live run's rotation may delete that checkpoint between the listing and
-  the read; then the newest one that still exists is read instead.
+  the read; then the newest one that still exists is read instead. `read`,
+  not `restore`: a failed `restore` leaves the root's save_counter waiting
+  for the deleted checkpoint, and the next `restore` fails on it.
   """
   for _ in range(READ_ATTEMPTS):
     prefix = newest_verified(directory)
@@ -261,7 +263,7 @@ def restore_newest(checkpoint, directory) -> str:
       raise CheckpointError(f"no readable checkpoint in {directory}; train "
                             f"first")
     try:
-      checkpoint.restore(prefix).expect_partial()
+      checkpoint.read(prefix).expect_partial()
       return prefix
     except Exception:  # noqa: BLE001  (re-raised unless rotated away)
       if os.path.exists(prefix + ".index"):
