@@ -72,7 +72,8 @@ def storage_problem(error: BaseException):
   if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
     return (_STORAGE_ERRNOS[error.errno], error.strerror, error.filename)
   if type(error).__module__.startswith("tensorflow"):
-    text = str(getattr(error, "message", error))
+    # Not the op's device name: "{{function_node ..._device_/job:...}}".
+    text = re.sub(r"\{\{.*?\}\}", "", str(getattr(error, "message", error)))
     for said, kind in _STORAGE_TEXTS.items():
       if said in text:
         path = re.search(r"(/[^\s;:'\"]+)", text)
