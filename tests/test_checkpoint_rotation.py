@@ -13,7 +13,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from sideways_tf import checkpoints
+from sideways_tf.run import checkpoints
 from sideways_tf.training import train_lib
 from tests.faults import harness
 from tests.faults.harness import ckpt

@@ -19,8 +19,8 @@ import sys
 import pytest
 import tensorflow as tf
 
-from sideways_tf import checkpoints
-from sideways_tf import user_errors
+from sideways_tf.run import checkpoints
+from sideways_tf.run import user_errors
 from tests.faults import harness
 
 

@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from sideways_tf import checkpoints
-from sideways_tf import user_errors
-from sideways_tf import workdir_lock
+from sideways_tf.run import checkpoints
+from sideways_tf.run import user_errors
+from sideways_tf.run import workdir_lock
 from sideways_tf.training import train_lib
 from tests.faults import harness
 
