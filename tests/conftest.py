@@ -11,3 +11,8 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed():
   keras.utils.set_random_seed(1234)
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: takes more than about 30 s (still runs in CI)")

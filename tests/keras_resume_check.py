@@ -1,11 +1,15 @@
 """SidewaysModel.fit with BackupAndRestore, killed with SIGKILL and rerun.
 
 Usage: python tests/keras_resume_check.py WORKDIR [--kill_at_step=N]
+  [--kill_in_backup=N] [--snapshot_step=S]
 
 3 epochs of 8 batches (a fixed, unshuffled order), a backup every 3 steps.
-Writes WORKDIR/at_step_9.npz (the state when the step-9 backup was written),
-restored.npz (the state right after BackupAndRestore restored it),
+Writes WORKDIR/at_step_S.npz (S = 9: the state when the step-9 backup was
+written), restored.npz (the state right after BackupAndRestore restored it),
 final.npz, and done.json (the first step trained by this process).
+--kill_in_backup=N: SIGKILL in the middle of writing the N-th backup (the
+weights file is opened and half-written, as h5py writes it, then the process
+dies).
 """
 
 import json
@@ -35,9 +39,10 @@ def snapshot(model):
 
 
 class Recorder(keras.callbacks.Callback):
-  def __init__(self, workdir, kill_at_step):
+  def __init__(self, workdir, kill_at_step, snapshot_step):
     super().__init__()
     self.workdir, self.kill_at_step = workdir, kill_at_step
+    self.snapshot_step = snapshot_step
     self.epoch = None
     self.first_trained = None
     self.start_step = None
@@ -55,14 +60,30 @@ class Recorder(keras.callbacks.Callback):
     step = int(self.model.optimizer.iterations)
     if self.first_trained is None and step > self.start_step:
       self.first_trained = {"epoch": self.epoch, "batch": batch, "step": step}
-    if step == 9 and not self.start_step:
-      np.savez(os.path.join(self.workdir, "at_step_9.npz"),
+    if step == self.snapshot_step and not self.start_step:
+      np.savez(os.path.join(self.workdir, f"at_step_{step}.npz"),
                **snapshot(self.model))
     if step == self.kill_at_step:
       os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(workdir, kill_at_step=0):
+def kill_in_backup(model, backup):
+  """Makes the `backup`-th save_weights die half-way through its file."""
+  save_weights, calls = model.save_weights, []
+
+  def dying(filepath, *args, **kwargs):
+    calls.append(filepath)
+    if len(calls) == backup:
+      with open(filepath, "wb") as f:  # h5py truncates, then writes
+        f.write(b"\x89HDF\r\n\x1a\n" + bytes(100))
+        f.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+    return save_weights(filepath, *args, **kwargs)
+
+  model.save_weights = dying
+
+
+def main(workdir, kill_at_step=0, kill_in_backup_at=0, snapshot_step=9):
   os.makedirs(workdir, exist_ok=True)
   keras.utils.set_random_seed(0)
   video = util.moving_clip(batch=16, frames=6, shape=(6, 6, 2), seed=1)
@@ -70,7 +91,9 @@ def main(workdir, kill_at_step=0):
   data = tf.data.Dataset.from_tensor_slices({"video": video, "label": label})
   model = sideways_tf.SidewaysModel(util.conv_stages(3))
   model.compile(optimizer=keras.optimizers.Adam(0.01))
-  recorder = Recorder(workdir, kill_at_step)
+  recorder = Recorder(workdir, kill_at_step, snapshot_step)
+  if kill_in_backup_at:
+    kill_in_backup(model, kill_in_backup_at)
   model.fit(data.batch(2, drop_remainder=True), epochs=3, verbose=0,
             callbacks=[keras.callbacks.BackupAndRestore(
                 os.path.join(workdir, "backup"), save_freq=3), recorder])
@@ -81,7 +104,12 @@ def main(workdir, kill_at_step=0):
                                 - recorder.start_step}, f)
 
 
+def _flag(name, default=0):
+  values = [int(a.split("=")[1]) for a in sys.argv[2:]
+            if a.startswith(f"--{name}=")]
+  return values[0] if values else default
+
+
 if __name__ == "__main__":
-  kill = [int(a.split("=")[1]) for a in sys.argv[2:]
-          if a.startswith("--kill_at_step=")]
-  main(sys.argv[1], kill[0] if kill else 0)
+  main(sys.argv[1], _flag("kill_at_step"), _flag("kill_in_backup"),
+       _flag("snapshot_step", 9))

@@ -4,7 +4,6 @@ file and the fix (checkpoints, workdir lock, signals, NaN, temp files)."""
 
 import json
 import os
-import pathlib
 import re
 import shutil
 import signal
@@ -23,17 +22,14 @@ from sideways_tf.training import builder
 from sideways_tf.training import train_lib
 from sideways_tf.training import workdir as workdir_lib
 from tests import util
-from tests.faults import tiny_config as tiny
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-TINY = str(ROOT / "tests" / "faults" / "tiny_config.py")
-
-
-def config(data_dir, **train):
-  cfg = tiny.get_config()
-  cfg.data.data_dir = str(data_dir)
-  cfg.train.update(train)
-  return cfg
+from tests.faults import harness
+from tests.faults.harness import ROOT
+from tests.faults.harness import ckpt
+from tests.faults.harness import config
+from tests.faults.harness import flip as _flip
+from tests.faults.harness import train_cmd as _train_cmd
+from tests.faults.harness import truncate as _truncate
+from tests.faults.harness import wait_for as _wait_for
 
 
 @pytest.fixture(scope="module")
@@ -44,38 +40,16 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
   """A 4-step run with checkpoints ckpt-2 and ckpt-4 (copied by each test)."""
-  workdir = tmp_path_factory.mktemp("trained") / "run"
-  result = train_lib.train(config(data_dir), workdir)
-  assert result["step"] == 4
-  return workdir
+  return harness.train_once(tmp_path_factory.mktemp("trained") / "run",
+                            data_dir)
 
 
 @pytest.fixture
 def run(trained, tmp_path):
-  workdir = tmp_path / "run"
-  shutil.copytree(trained, workdir)
-  return workdir
-
-
-def ckpt(workdir, step, suffix=".index"):
-  if suffix == ".data":
-    return next((workdir / "checkpoints").glob(f"ckpt-{step}.data-*"))
-  return workdir / "checkpoints" / f"ckpt-{step}{suffix}"
+  return harness.copy_run(trained, tmp_path)
 
 
 # ------------------------------------------- 1, 2: checkpoint integrity
-
-
-def _truncate(path):
-  data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
-
-
-def _flip(path):
-  data = bytearray(path.read_bytes())
-  for i in range(len(data) // 4, len(data) // 2):
-    data[i] ^= 0xFF
-  path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("fault", ["delete_index", "truncate_data",
@@ -224,22 +198,6 @@ def test_lock_refuses_a_second_run_and_is_stale_after_kill_9(tmp_path):
   assert json.loads((workdir / ".lock").read_text())["pid"] == os.getpid()
   lock.release()
   assert workdir_lock.read_holder(workdir / ".lock") == {}
-
-
-def _train_cmd(workdir, data_dir, *extra):
-  return [sys.executable, str(ROOT / "bin" / "train"), f"--config={TINY}",
-          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-          *extra]
-
-
-def _wait_for(predicate, process, seconds=120):
-  deadline = time.time() + seconds
-  while time.time() < deadline:
-    if predicate():
-      return
-    assert process.poll() is None, process.communicate()
-    time.sleep(0.2)
-  raise AssertionError("timed out")
 
 
 def test_second_train_refused_then_sigterm_saves_and_exits_143(

@@ -132,6 +132,17 @@ def find_videos(input_dir: pathlib.Path):
   return sorted(class_names), videos, len(ignored), split_folders
 
 
+def _warn_one_class(input_dir, class_names) -> None:
+  """One class trains to loss 0 and accuracy 1 and learns nothing (bin/train
+  refuses it): say so while the folder is at hand."""
+  if len(class_names) < 2:
+    import sys  # noqa: PLC0415
+    print(f"WARNING: only one class folder of {input_dir} holds videos "
+          f"({class_names[0]}): a classifier has nothing to tell apart and "
+          f"bin/train refuses it. Put each class's videos in a folder of its "
+          f"own: {input_dir}/<class>/<video>", file=sys.stderr, flush=True)
+
+
 def _warn_classes_without_test(class_names, by_split) -> None:
   """A hash split of few videos can leave a class out of 'test'."""
   tested = {class_name for class_name, _ in by_split.get("test", [])}
@@ -152,6 +163,7 @@ def _shuffled(videos):
 def make_plan(input_dir: pathlib.Path, options: PrepareOptions) -> Dict:
   """Which video goes to which shard, and what is skipped before decoding."""
   class_names, videos, ignored, split_folders = find_videos(input_dir)
+  _warn_one_class(input_dir, class_names)
   assignment, list_files = None, []
   if options.split_file:
     assignment, list_files = splits_lib.read_split_file(

@@ -17,8 +17,10 @@ Checkpoints: the stages' weights, the Sideways buffers (non-trainable weights
 of each SidewaysModule), the pipeline's tick counter, the optimizer and the
 position inside the current epoch are all in ``model.save_weights`` files, so
 ``keras.callbacks.BackupAndRestore`` resumes at the step after the last
-backup, not at the start of the epoch (`resume.py`). Inputs, losses and
-metrics are checked and converted in `inputs.py`. See docs/keras.md.
+backup, not at the start of the epoch (`resume.py`); ``fit`` runs it as
+:class:`sideways_tf.callbacks.BackupAndRestore`, whose backups survive a kill
+during their write. Inputs, losses and metrics are checked and converted in
+`inputs.py`. See docs/keras.md.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import tensorflow as tf
 
 from sideways_tf.engine import algorithms
 from sideways_tf.engine import pipeline as pipeline_lib
+from sideways_tf.keras_api import callbacks as callbacks_lib
 from sideways_tf.keras_api import inputs
 from sideways_tf.keras_api import resume
 from sideways_tf.serving import export as export_lib
@@ -218,7 +221,12 @@ class SidewaysModel(keras.Model):
                                              auto_replay.MEASURE_BATCHES))
     if not self.built:
       self.build(inputs.training_input_shape(x, batch_size))
-    callbacks = [resume.EpochPosition()] + list(callbacks or [])
+    # Keras' BackupAndRestore rewrites its backup in place (a kill during
+    # the write loses it): the same callback with atomic backups instead.
+    callbacks = [resume.EpochPosition()] + [
+        callbacks_lib.BackupAndRestore.from_keras(c)
+        if type(c) is keras.callbacks.BackupAndRestore else c
+        for c in callbacks or []]
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault("shuffle", False)  # a dataset shuffles itself
     return super().fit(x, y, batch_size=batch_size, epochs=epochs,

@@ -6,6 +6,12 @@ finite). Checkpoints that fail are moved to `checkpoints/corrupt/` with a
 warning that names them, so that the keep-N rotation never deletes the good
 ones and a bad one is never picked again. If checkpoint files exist but none
 is readable, the run refuses to start from scratch (pass --overwrite).
+
+The `checkpoint` state file is rewritten to list every good checkpoint on
+disk, with the timestamps tf.train.CheckpointManager needs to rotate them:
+keep-N applies to what is on disk, whatever the state file said before.
+Readers (bin/evaluate, bin/export) may race a live run's rotation: they read
+the newest checkpoint that still exists.
 """
 
 from __future__ import annotations
@@ -97,30 +103,40 @@ def newest_readable(directory, overwrite: bool = False
          + (f"; resuming from the previous good checkpoint {good[0]}"
             if good else ""))
   state = directory / "checkpoint"
-  if good and (bad or not _state_lists(state, good[0])):
-    if not bad:
+  listed = _state_lists(state, good)
+  if good and (bad or listed is not True):
+    if not bad and listed is not None:
       warn(f"{state} is missing, unreadable or stale; resuming from the "
            f"newest readable checkpoint {good[0]}")
     _write_state(directory, good)
   return (good[0] if good else None), bad
 
 
-def _state_lists(state: pathlib.Path, newest: str) -> bool:
-  """Whether the state file parses and names `newest` as the latest."""
+def _state_lists(state: pathlib.Path, good: List[str]) -> Optional[bool]:
+  """True if the state file names good[0] as the latest and lists exactly
+  the checkpoints `good` with their timestamps (so the manager rotates all
+  of them); None if only the list of older ones differs; else False."""
   import tensorflow as tf  # noqa: PLC0415
   try:
     parsed = tf.train.get_checkpoint_state(str(state.parent))
   except Exception:  # noqa: BLE001  (garbage in the state file)
     return False
-  if parsed is None:
+  if parsed is None or not good or os.path.basename(
+      parsed.model_checkpoint_path) != os.path.basename(good[0]):
     return False
-  return os.path.basename(parsed.model_checkpoint_path) == \
-      os.path.basename(newest)
+  listed = [os.path.basename(p) for p in parsed.all_model_checkpoint_paths]
+  return (sorted(listed) == sorted(os.path.basename(p) for p in good)
+          and len(parsed.all_model_checkpoint_timestamps) == len(listed)) \
+      or None
 
 
 def _write_state(directory: pathlib.Path, good: List[str]) -> None:
+  """Lists `good` (newest first) in the state file, oldest first, each with
+  its index file's time. Without timestamps tf.train.CheckpointManager
+  treats every listed checkpoint as preserved and never rotates it."""
   import tensorflow as tf  # noqa: PLC0415
-  oldest_first = [os.path.basename(p) for p in reversed(good)]
+  oldest_first = list(reversed(good))
+  times = [os.path.getmtime(p + ".index") for p in oldest_first]
   state = directory / "checkpoint"
   if state.exists():
     state.unlink()  # garbage would make the update fail to parse it
@@ -130,8 +146,10 @@ def _write_state(directory: pathlib.Path, good: List[str]) -> None:
   from tensorflow.python.util import deprecation  # noqa: PLC0415
   with deprecation.silence():
     tf.compat.v1.train.update_checkpoint_state(
-        str(directory), oldest_first[-1],
-        all_model_checkpoint_paths=oldest_first)
+        str(directory), os.path.basename(oldest_first[-1]),
+        all_model_checkpoint_paths=[os.path.basename(p)
+                                    for p in oldest_first],
+        all_model_checkpoint_timestamps=times, last_preserved_timestamp=0.0)
 
 
 def _quarantine(prefix: str) -> str:
@@ -197,13 +215,61 @@ def _alive(pid: int) -> bool:
   return True
 
 
+# How often a reader looks again after a live run rotated away the
+# checkpoint it was reading (each look is one listing of checkpoints/).
+READ_ATTEMPTS = 10
+
+
 def newest_verified(directory) -> Optional[str]:
   """For readers (bin/evaluate, bin/export): the newest checkpoint that
-  verifies, warning about (but not moving) newer bad ones; None if none."""
-  for step in checkpoint_steps(directory):
-    prefix = str(pathlib.Path(directory) / f"ckpt-{step}")
-    problem = verify(prefix)
-    if problem is None:
-      return prefix
-    warn(f"checkpoint {prefix} is unusable: {problem}; using an older one")
+  verifies, warning about (but not moving) newer bad ones; None if none.
+
+  One that disappears while it is read (a live run's keep-N rotation
+  deleted it) is no fault: the listing is read again.
+  """
+  warned = set()
+  for _ in range(READ_ATTEMPTS):
+    rotated = False
+    for step in checkpoint_steps(directory):
+      prefix = str(pathlib.Path(directory) / f"ckpt-{step}")
+      had_index = os.path.exists(prefix + ".index")
+      problem = verify(prefix)
+      if problem is None:
+        return prefix
+      if had_index and not os.path.exists(prefix + ".index"):
+        rotated = True
+        break
+      if prefix not in warned:
+        warned.add(prefix)
+        warn(f"checkpoint {prefix} is unusable: {problem}; using an older "
+             f"one")
+    if not rotated:
+      return None
   return None
+
+
+def restore_newest(checkpoint, directory) -> str:
+  """Restores the newest checkpoint that verifies into `checkpoint` (a
+  tf.train.Checkpoint; for readers) and returns its prefix.
+
+  A live run's rotation may delete that checkpoint between the listing and
+  the read; then the newest one that still exists is read instead. `read`,
+  not `restore`: a failed `restore` leaves the root's save_counter waiting
+  for the deleted checkpoint, and the next `restore` fails on it.
+  """
+  for _ in range(READ_ATTEMPTS):
+    prefix = newest_verified(directory)
+    if prefix is None:
+      raise CheckpointError(f"no readable checkpoint in {directory}; train "
+                            f"first")
+    try:
+      checkpoint.read(prefix).expect_partial()
+      return prefix
+    except Exception:  # noqa: BLE001  (re-raised unless rotated away)
+      if os.path.exists(prefix + ".index"):
+        raise
+  raise CheckpointError(
+      f"the checkpoints in {directory} were deleted while being read, "
+      f"{READ_ATTEMPTS} times: a run in that workdir keeps very few "
+      f"(train.keep_checkpoints) and saves very often; retry, or read a "
+      f"copy of the workdir")

@@ -6,8 +6,9 @@ Exit codes (also in README.md):
 
   0    done (or nothing to do, or --help)
   1    an unexpected error (with its traceback)
-  2    a user error: bad flag, config, workdir, data; the message says what
-       to do
+  2    a user error: bad flag, config, workdir, data; a full disk or a
+       read-only workdir; the workdir deleted under the run (lost lock); the
+       message says what to do
   3    training stopped on a non-finite loss or variable (last good
        checkpoint named; rerun with a smaller learning rate to resume)
   4    a distributed worker was lost
@@ -31,6 +32,7 @@ No TensorFlow import here: the bin/ programs use it before TF loads.
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import re
 import signal
@@ -41,6 +43,42 @@ EXIT_USER = 2
 EXIT_NONFINITE = 3
 EXIT_WORKER_LOST = 4
 EXIT_LOCKED = 75
+
+
+# The file system refusing a write (or a read): the user's (or the
+# machine's) to fix, not a bug. OSError's errno, or the text of a TensorFlow
+# error (TF reports them as ResourceExhaustedError, PermissionDeniedError,
+# ... with this text).
+_STORAGE_ERRNOS = {errno.ENOSPC: "full", errno.EDQUOT: "full",
+                   errno.EROFS: "read-only", errno.EACCES: "permission",
+                   errno.EPERM: "permission"}
+_STORAGE_TEXTS = {"No space left on device": "full",
+                  "Disk quota exceeded": "full",
+                  "Read-only file system": "read-only",
+                  "Permission denied": "permission"}
+_STORAGE_HINTS = {
+    "full": "Free space there (or use another --workdir), then rerun the "
+            "same command: training resumes from its last checkpoint.",
+    "read-only": "Use a writable --workdir (bin/evaluate: --output_dir; "
+                 "bin/export: --output).",
+    "permission": "Check that path's permissions, or use another --workdir "
+                  "(bin/evaluate: --output_dir; bin/export: --output).",
+}
+
+
+def storage_problem(error: BaseException):
+  """("full" | "read-only" | "permission", what the system said, the path
+  or None) if `error` is the file system refusing access, else None."""
+  if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+    return (_STORAGE_ERRNOS[error.errno], error.strerror, error.filename)
+  if type(error).__module__.startswith("tensorflow"):
+    # Not the op's device name: "{{function_node ..._device_/job:...}}".
+    text = re.sub(r"\{\{.*?\}\}", "", str(getattr(error, "message", error)))
+    for said, kind in _STORAGE_TEXTS.items():
+      if said in text:
+        path = re.search(r"(/[^\s;:'\"]+)", text)
+        return kind, said, path.group(1) if path else None
+  return None
 
 
 def signal_exit_code(signum: int) -> int:
@@ -106,6 +144,8 @@ def _exit_code(error: BaseException):
   name = type(error).__name__
   if name == "WorkdirLockedError":
     return EXIT_LOCKED
+  if name == "WorkdirLockLostError" or storage_problem(error):
+    return EXIT_USER
   if isinstance(error, FloatingPointError):
     return EXIT_NONFINITE
   if name in ("WorkerLostError", "WorkerStartTimeout"):
@@ -123,6 +163,10 @@ def _message(error: BaseException) -> str:
   text = getattr(error, "message", None) or (
       error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str)
       else str(error))
+  storage = storage_problem(error)
+  if storage:
+    kind, said, path = storage
+    return f"{path or 'a file'}: {said}.\n{_STORAGE_HINTS[kind]}"
   if isinstance(error, FileExistsError) and error.filename:
     text = (f"{error.filename} exists and is not a directory: pass a "
             f"directory path as --workdir")

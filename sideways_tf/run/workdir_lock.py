@@ -4,6 +4,12 @@ The lock is an flock(2) on the file, so the kernel releases it on any exit,
 kill -9 included; the file records the holder (PID, host, command, start
 time) so that a refusal can name it, and a lock left by a process that no
 longer runs is reported as stale and taken over.
+
+An flock lives on the file, not on its path: if the workdir is deleted (or
+moved) under a live run, a second run can lock a new file at the same path.
+The holder therefore checks before each checkpoint save that the path still
+names the file it locked (device and inode), and stops if not
+(:class:`WorkdirLockLostError`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ LOCK_NAME = ".lock"
 
 class WorkdirLockedError(RuntimeError):
   """Another live process holds the workdir."""
+
+
+class WorkdirLockLostError(RuntimeError):
+  """The lock file this run holds is no longer at its path."""
 
 
 class WorkdirLock:
@@ -59,6 +69,26 @@ class WorkdirLock:
     os.pwrite(fd, json.dumps(holder).encode(), 0)
     self._fd = fd
     return self
+
+  def check(self, doing: str = "saving") -> None:
+    """Raises WorkdirLockLostError unless `path` is still the file this
+    process locked: the workdir was deleted, moved or replaced meanwhile,
+    and another run may be writing there now."""
+    if self._fd is None:
+      return
+    held = os.fstat(self._fd)
+    try:
+      now = os.stat(self.path)
+    except OSError:
+      now = None
+    if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+      state = "gone" if now is None else "another file"
+      raise WorkdirLockLostError(
+          f"the lock {self.path} of this run is {state}: {self.workdir} was "
+          f"deleted, moved or replaced while the run was running; stopped "
+          f"before {doing}, so as not to write over another run.\nCheck "
+          f"{self.workdir}, then rerun the same command (or use another "
+          f"--workdir).")
 
   def release(self) -> None:
     if self._fd is None:

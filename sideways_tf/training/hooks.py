@@ -39,6 +39,7 @@ class Context:
   manager: object  # tf.train.CheckpointManager
   train_writer: object
   eval_writer: object
+  lock: object = None  # workdir_lock.WorkdirLock of the chief, else None
 
 
 def due(step: int, every: int) -> bool:
@@ -213,7 +214,7 @@ class CheckpointHook(Hook):
 
   def after_step(self, ctx, step, frames, metrics, seconds):
     if due(step, self.every):
-      workdir_lib.save_checkpoint(ctx.setup, ctx.manager, step)
+      workdir_lib.save_checkpoint(ctx.setup, ctx.manager, step, ctx.lock)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +241,8 @@ class EvalHook(Hook):
       self.run(ctx, step)
 
   def run(self, ctx, step) -> Dict[str, float]:
+    if ctx.lock is not None:
+      ctx.lock.check("writing eval.json")
     self.metrics = evaluate(ctx.setup, ctx.eval_writer, step, ctx.workdir,
                             self.settings)
     return self.metrics
@@ -263,7 +266,8 @@ def make_hooks(config, first_step: int,
 
 
 def evaluate(setup, writer, step, workdir, settings: EvalSettings):
-  """Clip and frame accuracy on the eval split -> TensorBoard, eval.json."""
+  """Clip and frame accuracy on the eval split -> TensorBoard,
+  workdir/eval.json (not written if `workdir` is None)."""
   batches = setup.datasets.eval
   if settings.num_batches:
     batches = batches.take(settings.num_batches)
@@ -273,8 +277,9 @@ def evaluate(setup, writer, step, workdir, settings: EvalSettings):
       "eval/loss": metrics["loss"],
       "eval/accuracy": metrics["clip_accuracy"],
       "eval/frame_accuracy": metrics["frame_accuracy"]})
-  atomic_write_text(pathlib.Path(workdir) / "eval.json",
-                    json.dumps(dict(metrics, step=step), indent=2))
+  if workdir is not None:
+    atomic_write_text(pathlib.Path(workdir) / "eval.json",
+                      json.dumps(dict(metrics, step=step), indent=2))
   return metrics
 
 

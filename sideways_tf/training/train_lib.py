@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import tempfile
 import time
 from typing import Dict, Optional
 
@@ -44,11 +45,11 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   full = configs.with_defaults(config)
   config_check.check(full)  # before the workdir is touched
   with workdir_lock.hold(workdir, enabled=workdir_lock.is_chief_from_env()
-                         if full.distributed else True):
-    return _train(config, full, workdir, overwrite)
+                         if full.distributed else True) as lock:
+    return _train(config, full, workdir, overwrite, lock)
 
 
-def _train(config, full, workdir: pathlib.Path, overwrite: bool):
+def _train(config, full, workdir: pathlib.Path, overwrite: bool, lock):
   # MultiWorkerMirroredStrategy must start before any other TF op.
   cluster = (distributed_start.start_cluster(
       lambda: distributed.Cluster(full.collective_timeout_seconds),
@@ -70,10 +71,21 @@ def _train(config, full, workdir: pathlib.Path, overwrite: bool):
       replay_modules=(workdir_lib.saved_replay_modules(workdir) if latest
                       else None))
   _check_clip_length(setup)
-  if is_chief:  # written only now: a failed start leaves no config behind
+  _check_classes(setup)
+  if is_chief and not delete:
+    workdir_lib.check_same_model(workdir, setup.datasets)
+  if latest:
+    _restore(setup, latest, workdir)
+  if is_chief:  # written only now: a failed start leaves the workdir as it was
     workdir_lib.prepare(config, workdir, delete)
   ctx = _start(setup, config, workdir, latest, cluster, is_chief)
-  return _run(ctx, cluster, is_chief)
+  ctx.lock = lock  # checked before every checkpoint save and eval.json
+  try:
+    return _run(ctx, cluster, is_chief)
+  except Exception:
+    if lock is not None:  # a workdir deleted during a write explains it
+      lock.check(f"going on after step {int(setup.step)}")
+    raise
 
 
 def _resume_point(config, workdir, overwrite, is_chief):
@@ -89,6 +101,8 @@ def _resume_point(config, workdir, overwrite, is_chief):
       manager_dir, overwrite)[0]
   delete = delete or (overwrite and not latest and
                       bool(checkpoints.checkpoint_steps(manager_dir)))
+  if not latest and not delete:
+    workdir_lib.check_nothing_lost(workdir, overwrite)
   return latest, delete
 
 
@@ -102,6 +116,34 @@ def _check_clip_length(setup):
   setup.pipeline.prepare_inputs(tf.zeros(shape, spec.dtype),
                                 tf.zeros(shape[:1], tf.int32),
                                 config.algorithm)
+
+
+def _check_classes(setup):
+  """One class gives loss 0 and accuracy 1 from the first steps: a run
+  that looks perfect and learned nothing."""
+  datasets = setup.datasets
+  if datasets.num_classes < 2:
+    raise ValueError(
+        f"the training data has {datasets.num_classes} class "
+        f"({', '.join(map(str, datasets.class_names))}): a classifier has "
+        f"nothing to tell apart. Give bin/prepare_videos one folder per "
+        f"class, at least two (docs/data.md).")
+
+
+def _restore(setup, latest, workdir):
+  """Restores before anything is written: a checkpoint that does not fit
+  this model refuses the run and leaves the workdir as it was."""
+  try:
+    setup.checkpoint.restore(latest).assert_existing_objects_matched()
+  except (ValueError, AssertionError, tf.errors.OpError) as error:
+    reason = " ".join(str(error).split())[:200]
+    raise ValueError(
+        f"checkpoint {latest} does not fit the model this config builds "
+        f"({reason}): workdir {workdir} holds another model. Use another "
+        f"--workdir, or pass --overwrite to delete that run.") from error
+  # A resumable key: a resumed run may lower it (e.g. after a NaN stop).
+  if hasattr(setup.optimizer.learning_rate, "assign"):
+    setup.optimizer.learning_rate.assign(setup.config.train.learning_rate)
 
 
 def _run(ctx, cluster, is_chief) -> Dict[str, object]:
@@ -122,7 +164,7 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
   step = int(setup.step)
   if is_chief and step > 0 and ctx.manager.latest_checkpoint != str(
       workdir / "checkpoints" / f"ckpt-{step}"):
-    workdir_lib.save_checkpoint(setup, ctx.manager, step)
+    workdir_lib.save_checkpoint(setup, ctx.manager, step, ctx.lock)
   ctx.train_writer.flush()
   ctx.eval_writer.flush()
   wall = time.perf_counter() - run_start
@@ -143,18 +185,14 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
 
 def _start(setup, config, workdir, latest, cluster,
            is_chief) -> hooks_lib.Context:
-  """Model info, checkpoint manager (restored), worker sync, writers."""
+  """Model info, checkpoint manager, worker sync, writers."""
   if is_chief:
     workdir_lib.write_model_info(workdir, setup.datasets, setup.split,
                                  setup.replay)
   manager = tf.train.CheckpointManager(
       setup.checkpoint, str(workdir / "checkpoints"),
       max_to_keep=setup.config.train.keep_checkpoints)
-  if latest:
-    setup.checkpoint.restore(latest).assert_existing_objects_matched()
-    # A resumable key: a resumed run may lower it (e.g. after a NaN stop).
-    if hasattr(setup.optimizer.learning_rate, "assign"):
-      setup.optimizer.learning_rate.assign(setup.config.train.learning_rate)
+  if latest:  # restored by _train before anything was written
     print(f"Resumed from {latest} at step {int(setup.step)}.", flush=True)
   if cluster is not None:
     _sync_workers(setup, cluster, latest)
@@ -220,7 +258,7 @@ def _worker_lost(ctx, cluster, step, error) -> distributed.WorkerLostError:
   done = int(ctx.setup.step)
   if cluster.is_chief and done > 0 and not os.path.exists(
       manager_dir / f"ckpt-{done}.index"):
-    workdir_lib.save_checkpoint(ctx.setup, ctx.manager, done)
+    workdir_lib.save_checkpoint(ctx.setup, ctx.manager, done, ctx.lock)
   return distributed.WorkerLostError(distributed.lost_worker_message(
       cluster, step, tf.train.latest_checkpoint(str(manager_dir)), error))
 
@@ -272,24 +310,50 @@ def _summary(config, workdir, step, steps_run, wall, frames_per_clip,
   return summary
 
 
-def evaluate(workdir, config=None, num_batches: Optional[int] = None):
+def evaluate(workdir, config=None, num_batches: Optional[int] = None,
+             output_dir=None):
   """Evaluates the newest readable checkpoint in `workdir` on the eval
-  split."""
+  split; eval.json and TensorBoard events go to `output_dir` (default: the
+  workdir). A read-only workdir (an archived run) is still evaluated: the
+  numbers are returned with a warning that nothing was written."""
   workdir = pathlib.Path(workdir)
   if config is None:
     config = workdir_lib.load_config(workdir)
-  latest = workdir_lib.latest_checkpoint(workdir, required=True)
+  workdir_lib.require_checkpoints(workdir)
+  output = pathlib.Path(output_dir) if output_dir else workdir
+  if output_dir:
+    output.mkdir(parents=True, exist_ok=True)
+  why_not = _not_writable(output)
+  if why_not and output_dir:
+    raise why_not
   setup = builder.build(config,
                         stage_sizes=workdir_lib.saved_stage_sizes(workdir),
                         replay_modules=workdir_lib.saved_replay_modules(
                             workdir))
-  setup.checkpoint.restore(latest).expect_partial()
-  writer = tf.summary.create_file_writer(str(workdir / "eval"))
+  workdir_lib.restore_latest(setup.checkpoint, workdir)
+  if why_not:
+    checkpoints.warn(
+        f"{output} is not writable ({why_not.strerror}): eval.json and the "
+        f"TensorBoard events are not written. Pass --output_dir=DIR to "
+        f"write them elsewhere.")
+    writer = tf.summary.create_noop_writer()
+  else:
+    writer = tf.summary.create_file_writer(str(output / "eval"))
   metrics = hooks_lib.evaluate(
-      setup, writer, int(setup.step), workdir,
+      setup, writer, int(setup.step), None if why_not else output,
       hooks_lib.EvalSettings.from_config(config, num_batches))
   writer.flush()
   return metrics
+
+
+def _not_writable(directory: pathlib.Path) -> Optional[OSError]:
+  """None if a file can be created in `directory`, else the OSError (a
+  read-only mount, an immutable directory, no permission)."""
+  try:
+    with tempfile.TemporaryFile(dir=directory):
+      return None
+  except OSError as error:
+    return OSError(error.errno, error.strerror, str(directory))
 
 
 def restore_for_inference(workdir) -> builder.Setup:
@@ -298,11 +362,11 @@ def restore_for_inference(workdir) -> builder.Setup:
   workdir = pathlib.Path(workdir)
   config = workdir_lib.load_config(workdir)
   info = workdir_lib.load_model_info(workdir)
-  latest = workdir_lib.latest_checkpoint(workdir, required=True)
+  workdir_lib.require_checkpoints(workdir)
   setup = builder.build_model(config, info["num_classes"], info["frame_shape"],
                               stage_sizes=info.get("stage_sizes"),
                               replay_modules=info.get("replay_modules"))
-  setup.checkpoint.restore(latest).expect_partial()
+  workdir_lib.restore_latest(setup.checkpoint, workdir)
   return setup
 
 

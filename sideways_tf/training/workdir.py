@@ -8,6 +8,9 @@
                              step, pipeline state)
   workdir/train/, eval/      TensorBoard event files
   workdir/eval.json          the last evaluation
+  workdir/last_checkpoint.json  the newest checkpoint saved (step, path): a
+                             workdir whose checkpoints/ lost it is refused
+                             rather than trained again from step 0
   workdir/.lock              held by the running `bin/train` (run/workdir_lock.py)
 """
 
@@ -38,6 +41,9 @@ RESUMABLE_KEYS = ("train.num_steps", "train.learning_rate", "train.log_every",
                   "distributed", "collective_timeout_seconds",
                   "start_timeout_seconds", "gpipe.micro_batch_frames",
                   "gpipe.rematerialize")
+
+
+LAST_CHECKPOINT = "last_checkpoint.json"
 
 
 def check(config, workdir: pathlib.Path, overwrite: bool) -> bool:
@@ -104,6 +110,51 @@ def write_model_info(workdir: pathlib.Path, datasets, split=None,
       **(replay or {})), indent=2))
 
 
+def check_same_model(workdir: pathlib.Path, datasets) -> None:
+  """Refuses data that builds another model than the run in `workdir`
+  (data.path and data.data_dir may change on resume: the data may move,
+  not become other data); writes nothing."""
+  path = workdir / "model_info.json"
+  if not path.exists():
+    return
+  saved = _read_json(path)
+  new = {"num_classes": datasets.num_classes,
+         "frame_shape": list(datasets.frame_shape),
+         "class_names": list(datasets.class_names)}
+  differences = [f"{key}: {_short(saved[key])} -> {_short(value)}"
+                 for key, value in new.items()
+                 if key in saved and saved[key] != value]
+  if differences:
+    raise ValueError(
+        f"workdir {workdir} holds a model of other data "
+        f"({'; '.join(differences)}). Use another --workdir, or pass "
+        f"--overwrite to delete that run.")
+
+
+def _short(value, items: int = 4) -> str:
+  if isinstance(value, list) and len(value) > items:
+    return f"[{', '.join(map(repr, value[:items]))}, ... ({len(value)})]"
+  return repr(value)
+
+
+def check_nothing_lost(workdir: pathlib.Path, overwrite: bool) -> None:
+  """Refuses to start from step 0 in a workdir that recorded a checkpoint
+  (last_checkpoint.json) when checkpoints/ no longer holds any: its logs
+  and eval.json would describe another run (unless `overwrite`)."""
+  path = workdir / LAST_CHECKPOINT
+  if overwrite or not path.exists():
+    return
+  directory = workdir / "checkpoints"
+  if checkpoints.checkpoint_steps(directory):
+    return
+  step = _read_json(path).get("step")
+  raise checkpoints.CheckpointError(
+      f"workdir {workdir} saved a checkpoint at step {step} ({path.name}) "
+      f"but {directory} holds none (deleted?); refusing to start again "
+      f"from step 0 over that run's logs. Put the checkpoints back, or pass "
+      f"--overwrite to delete this run and start again.")
+
+
 def load_model_info(workdir) -> Dict[str, object]:
   """num_classes, frame_shape and class_names, recorded when training began."""
   path = pathlib.Path(workdir) / "model_info.json"
@@ -143,26 +194,40 @@ def _read_json(path: pathlib.Path):
                      f"--overwrite to start the run again") from None
 
 
-def latest_checkpoint(workdir, required: bool = False):
-  """Path of the newest readable checkpoint in workdir/checkpoints (a warning
-  names any newer unreadable one; nothing is moved), or None."""
+def require_checkpoints(workdir) -> None:
+  """Fails before anything is built if workdir/checkpoints holds none."""
   directory = pathlib.Path(workdir) / "checkpoints"
-  latest = checkpoints.newest_verified(directory)
-  if required and not latest:
-    raise ValueError(f"no readable checkpoint in {directory}; train first")
-  return latest
+  if not checkpoints.checkpoint_steps(directory):
+    raise ValueError(f"no checkpoint in {directory}; train first")
+
+
+def restore_latest(checkpoint, workdir) -> str:
+  """Restores the newest readable checkpoint of workdir/checkpoints into
+  `checkpoint` (for bin/evaluate, bin/export: a live run may rotate it away
+  meanwhile, then the newest that still exists is read); returns its
+  path."""
+  return checkpoints.restore_newest(checkpoint,
+                                    pathlib.Path(workdir) / "checkpoints")
 
 
 def checkpoint_step(path: str) -> int:
   return int(path.rsplit("-", 1)[-1])
 
 
-def save_checkpoint(setup, manager, step) -> None:
+def save_checkpoint(setup, manager, step, lock=None) -> None:
   """Saves unless a saved variable (weights, buffers, optimizer slots) is
-  NaN/Inf: a bad checkpoint is worse than none."""
+  NaN/Inf: a bad checkpoint is worse than none; or unless `lock` (the
+  run's workdir_lock.WorkdirLock) was lost: another run may own the workdir
+  now. The manager's directory is workdir/checkpoints;
+  workdir/last_checkpoint.json records the save."""
+  if lock is not None:
+    lock.check(f"saving the checkpoint of step {step}")
   checkpoints.check_finite(saved_variables(setup), step,
                            manager.latest_checkpoint)
-  manager.save(checkpoint_number=step)
+  path = manager.save(checkpoint_number=step)
+  workdir = pathlib.Path(manager.directory).parent
+  atomic_write_text(workdir / LAST_CHECKPOINT, json.dumps(
+      {"step": int(step), "path": os.path.relpath(path, workdir)}))
 
 
 def saved_variables(setup):
