@@ -146,3 +146,86 @@ def cell_rows(results: List[Dict]) -> tuple:
     by_cell.setdefault(r["cell"], {})[r["seed"]] = (
         r["test_accuracy"], steps_to_target(r["curve"], target))
   return target, by_cell
+
+
+MARKERS = ("<!-- time-to-accuracy: begin -->", "<!-- time-to-accuracy: end -->")
+
+
+def _fmt(pair, digits=3) -> str:
+  mean, half = pair
+  return (f"{mean:.{digits}f}" if half != half  # nan: one value
+          else f"{mean:.{digits}f} ± {half:.{digits}f}")
+
+
+def table(outdir, steps: int) -> List[str]:
+  """The markdown rows: per cell, the seeds that count, final accuracy,
+  runs that reached the target, steps to target, and the paired difference
+  of the final accuracy to BP's (same seeds)."""
+  from sideways_tf.paper_experiments.gap_stats import interval  # noqa: PLC0415
+  results, problems = load(outdir, steps)
+  target, by_cell = cell_rows(results)
+  bp = by_cell.get(CELLS[0].name, {})
+  lines = [f"Target: {target:.3f} test clip accuracy (BP's mean final "
+           f"accuracy over its {len(bp)} seeds − {TARGET_BELOW_BP}); "
+           f"{steps} steps, test set evaluated every {EVAL_EVERY} steps.", "",
+           "| algorithm (accuracy curve) | seeds | final test clip acc. | "
+           "reached target | steps to target (runs that reached it) | "
+           "final − BP, paired by seed |",
+           "|---|---|---|---|---|---|"]
+  for cell in CELLS:
+    runs = by_cell.get(cell.name, {})
+    if not runs:
+      lines.append(f"| {cell.name} | 0 | – | – | – | – |")
+      continue
+    finals = [a for a, _ in runs.values()]
+    reached = [s for _, s in runs.values() if s is not None]
+    paired = [runs[s][0] - bp[s][0] for s in runs if s in bp]
+    lines.append(
+        f"| {cell.name} | {len(runs)} ({', '.join(map(str, sorted(runs)))}) "
+        f"| {_fmt(interval(finals))} | {len(reached)} of {len(runs)} | "
+        f"{_fmt(interval(reached), 0) if reached else '–'} | "
+        f"{_fmt(interval(paired)) if paired and cell is not CELLS[0] else '–'}"
+        f" |")
+  if problems:
+    lines += ["", "Runs that do not count yet:", ""]
+    lines += [f"* {p}" for p in problems]
+  return lines
+
+
+def plot(outdir, steps: int, path) -> None:
+  """Mean test clip accuracy against training step, one line per cell."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  results, _ = load(outdir, steps)
+  target, _ = cell_rows(results)
+  figure, axes = plt.subplots(figsize=(6, 4))
+  for cell in CELLS:
+    curves = [dict(r["curve"]) for r in results if r["cell"] == cell.name]
+    if not curves:
+      continue
+    x = sorted(set.intersection(*(set(c) for c in curves)))
+    y = [sum(c[s] for c in curves) / len(curves) for s in x]
+    axes.plot(x, y, label=f"{cell.name} ({len(curves)} seeds)")
+  axes.axhline(target, color="gray", linestyle="--", label="target")
+  axes.set_xlabel("training step")
+  axes.set_ylabel("test clip accuracy (mean over seeds)")
+  axes.legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def update(outdir, report_dir, steps: int, command: str) -> pathlib.Path:
+  """Writes the table and the plot into REPORT_DIR/choosing.md."""
+  from sideways_tf.run.files import write_marked_section  # noqa: PLC0415
+  report_dir = pathlib.Path(report_dir)
+  report_dir.mkdir(parents=True, exist_ok=True)
+  plot(outdir, steps, report_dir / "choosing_time_to_accuracy.png")
+  lines = table(outdir, steps) + [
+      "", "![time to accuracy](choosing_time_to_accuracy.png)", "",
+      f"*Command: `{command}`*"]
+  path = report_dir / "choosing.md"
+  write_marked_section(path, *MARKERS, lines,
+                       new_file="# Choosing an algorithm\n\n")
+  return path
