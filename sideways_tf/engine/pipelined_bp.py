@@ -23,11 +23,15 @@ carried into the next chunk. With Skip-Sideways skips every path is exact
 (docs/skip_sideways.md, "Replay"). Between a plain Sideways run and this one
 ``replay_modules`` is the knob (how many bottom modules are exact).
 
-Across an optimizer step inside a stream (``update_every_ticks``, or chunks
-of one stream with an update between them) a gradient still in flight
-belongs to the weights before the step while the recomputation uses the new
-ones: pipelined BP without weight stashing, as PipeDream-2BW, PipeMare and
-Kosson et al.'s "Pipelined Backpropagation at Scale" discuss.
+Across an optimizer step inside a stream (``update_every_ticks``) a
+gradient still in flight belongs to the weights before the step. The Trainer
+then turns on PipeDream's weight stashing (``Pipeline.stash_replay_weights``:
+each replayed module recomputes a held input with the weights its forward
+used), so every update is the exact, delayed gradient of the losses as they
+were computed; PipeMare and Kosson et al.'s "Pipelined Backpropagation at
+Scale" predict the weights instead, which is not implemented. Chunks of one
+stream fed by hand with an update in between get no stashing unless
+``stash_replay_weights`` is called.
 """
 
 from __future__ import annotations

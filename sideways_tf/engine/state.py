@@ -253,12 +253,16 @@ class StateMethods:
     current ones. A replayed module then keeps the weights of the last
     2(L-k) ticks and replays each held input with the weights its original
     forward used, so its recomputation is the forward that actually ran.
-    No-op without replay. Replaces the modules: state allocated before is
-    dropped and allocated afresh (zero buffers) on the next call.
+    Replaces replayed modules: state allocated before is dropped and
+    allocated afresh (zero buffers) on the next call. Without replay it only
+    turns stashing on for the modules an algorithm replays later
+    (``pipelined_bp`` replays L-1 whatever ``replay_modules`` says).
     """
-    if self.replay_weight_stash or not self.replay_modules:
+    if self.replay_weight_stash:
       return
     self.replay_weight_stash = True
+    if not self.replayed_modules:
+      return  # _new_modules reads the flag when an algorithm replays
     self._state_signature = None
     self.modules = self._new_modules(self.replayed_modules)
     self._compiled.clear()

@@ -156,3 +156,23 @@ def test_rejects_clips_shorter_than_the_pipeline():
   with pytest.raises(ValueError, match="T = 2 < L = 3"):
     pipe.compute_gradients(util.moving_clip(2, 2, (5,)), util.labels_for(2),
                            "pipelined_bp")
+
+
+def test_online_updates_stash_weights_on_a_pipeline_built_without_replay():
+  """Trainer(update_every_ticks=N) turns weight stashing on for the modules
+  pipelined_bp replays, even when the Pipeline itself replays none: each
+  update is then the exact delayed gradient (tests/engine/test_replay_online)."""
+  from tests.engine import test_replay_online as online  # the reference
+  stages = util.dense_stages(3)
+  frames = util.moving_clip(batch=2, frames=9, shape=(5,))
+  labels = util.labels_for(2)
+  want = online.online_sgd_reference(stages, frames, labels)
+  pipe = sideways_tf.Pipeline(stages)  # replay_modules=0
+  trainer = Trainer(pipe, keras.optimizers.SGD(online.LEARNING_RATE),
+                    "pipelined_bp", update_every_ticks=online.EVERY)
+  trainer.train_step(frames, labels)
+  for got, expected in zip(pipe.trainable_variables, want):
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4,
+                               atol=1e-5)
+  assert pipe.replayed_modules == 2
+  assert [len(m.weight_history) for m in pipe.modules] == [2, 2, 0]
