@@ -114,7 +114,8 @@ def test_update_keeps_the_rest_of_results_md(tmp_path):
   text = path.read_text()
   assert text.startswith("# Results\n\nEarlier sections.")
   assert "| speed | 1-2 px/frame (default) | 3* |" in text  # < 5 seeds
-  assert "| replay_modules=2 | sideways | 0 | missing (never run) |" in text
+  assert ("| replay_modules=2 | sideways | 0, 1, 2, 3, 4 | missing (never "
+          "run) |") in text  # the cell plans 5 seeds
   assert (tmp_path / "results_gap_map.png").stat().st_size > 0
   gap_report.update(outdir, tmp_path, "bin/experiments --only=gap",
                     seeds=3, steps=50)

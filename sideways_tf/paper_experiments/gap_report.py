@@ -229,13 +229,19 @@ def _detection_lines(results) -> List[str]:
 
 
 def _left_out_lines(left_out) -> List[str]:
+  """The planned runs that are not in the tables, one row per cell,
+  algorithm and reason (with the seeds it applies to)."""
   if not left_out:
     return ["Every planned run finished and passed the checks.", ""]
-  lines = [f"Runs left out of the tables ({len(left_out)}):", "",
-           "| cell | algorithm | seed | why |", "|---|---|---|---|"]
+  grouped = collections.OrderedDict()
   for r in left_out:
-    lines.append(f"| {r['cell']} | {r['algorithm']} | {r['seed']} | "
-                 f"{r['reason']} |")
+    grouped.setdefault((r["cell"], r["algorithm"], r["reason"]),
+                       []).append(r["seed"])
+  lines = [f"Runs left out of the tables ({len(left_out)}):", "",
+           "| cell | algorithm | seeds | why |", "|---|---|---|---|"]
+  for (cell, algorithm, reason), seeds in grouped.items():
+    lines.append(f"| {cell} | {algorithm} | "
+                 f"{', '.join(str(s) for s in seeds)} | {reason} |")
   return lines + [""]
 
 
