@@ -3,6 +3,7 @@ devices once per process); run by tests/test_data_parallel.py.
 
   python -m tests.data_parallel_check gradients REPLICAS DEVICES_PER_REPLICA
   python -m tests.data_parallel_check batch_norm
+  python -m tests.data_parallel_check loss_scale
   python -m tests.data_parallel_check checkpoint DATA_DIR WORKDIR
 
 `gradients`: for every algorithm of the table, one Trainer step with R
@@ -11,7 +12,8 @@ the same step with one replica on the whole batch: the applied gradient and
 the logged loss, every replica's buffers (the algorithms with buffers), the
 placement of weights, buffers and ops.
 `batch_norm`: with a batch-norm stage each replica's moving statistics are
-those of its own clips. `checkpoint`: bin/train's loop with R = 2 then 1
+those of its own clips. `loss_scale`: mixed_float16's skipped and applied
+steps. `checkpoint`: bin/train's loop with R = 2 then 1
 then 2 on one workdir, each resuming from the other's checkpoint.
 Prints "OK ..." when every assertion holds.
 """
@@ -210,6 +212,38 @@ def check_batch_norm():
   print("OK batch_norm")
 
 
+def check_loss_scale():
+  """mixed_float16 on 2 x 2 replicas: a step whose gradients overflow is
+  skipped on every copy and the scale halves; with a workable scale every
+  copy takes the same step."""
+  from sideways_tf.training.trainer import DynamicLossScale  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_dtype_policy("mixed_float16")
+  frames = util.moving_clip(batch=BATCH, frames=2 * NUM_MODULES + 1,
+                            shape=FRAME)
+  labels = util.labels_for(BATCH)
+  for algorithm in sideways_tf.ALGORITHMS:
+    for scale, overflows in ((2.0 ** 40, True), (2.0 ** 10, False)):
+      keras.utils.set_random_seed(0)
+      pipeline = sideways_tf.Pipeline(util.conv_stages(NUM_MODULES))
+      parallel = DataParallel(pipeline, device_grid(2, 2))
+      parallel.build(FRAME)
+      before = [v.numpy() for v in pipeline.trainable_variables]
+      with parallel.scope():
+        optimizer = keras.optimizers.SGD(learning_rate=1.0)
+      loss_scale = DynamicLossScale(initial_scale=scale)
+      sideways_tf.Trainer(pipeline, optimizer, algorithm,
+                          loss_scale=loss_scale,
+                          data_parallel=parallel).train_step(frames, labels)
+      assert float(loss_scale.scale.numpy()) == (scale / 2 if overflows
+                                                 else scale), algorithm
+      for variable, w0 in zip(pipeline.trainable_variables, before):
+        copies = [c.numpy() for c in variable.value.values]
+        np.testing.assert_array_equal(copies[0], copies[1])
+        assert np.array_equal(copies[0], w0) == overflows, algorithm
+  keras.mixed_precision.set_dtype_policy("float32")
+  print("OK loss_scale")
+
+
 def check_checkpoints(data_dir, workdir):
   """bin/train's loop (train_lib.train) on one workdir with 2 replicas, then
   1, then 2, each resuming from the other's checkpoint, ends where a run
@@ -220,7 +254,7 @@ def check_checkpoints(data_dir, workdir):
 
   def train(run, replicas, steps):
     config = tiny_config(data_dir, num_steps=steps, checkpoint_every=2,
-                         fidelity_every=2, stage_time_every=0, eval_every=0)
+                         fidelity_every=2, stage_time_every=2, eval_every=0)
     config.replicas = replicas
     config.devices = ("auto",)  # 4 logical CPUs: 2 per replica, or 4
     result = train_lib.train(config, workdir / run)
@@ -252,6 +286,8 @@ def main():
     check_gradients(int(sys.argv[2]), int(sys.argv[3]))
   elif mode == "batch_norm":
     check_batch_norm()
+  elif mode == "loss_scale":
+    check_loss_scale()
   elif mode == "checkpoint":
     check_checkpoints(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]))
   else:

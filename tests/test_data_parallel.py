@@ -44,6 +44,10 @@ def test_batch_norm_replicas_keep_their_own_statistics():
   assert "OK batch_norm" in run_check("batch_norm")
 
 
+def test_float16_replicas_skip_an_overflowing_step_together():
+  assert "OK loss_scale" in run_check("loss_scale")
+
+
 def test_checkpoints_restore_across_replica_counts(tmp_path):
   assert "OK checkpoint" in run_check("checkpoint", tmp_path / "data",
                                       tmp_path / "runs")
