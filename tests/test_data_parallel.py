@@ -65,6 +65,7 @@ def test_one_replica_is_the_pipeline_itself():
     ([["/CPU:0"], ["/CPU:0"]], "first devices must differ"),
     ([["/CPU:0", "/CPU:0"]], "one device per stage"),
     ([], "every replica's devices"),
+    ([["/CPU:0"], ["/GPU:7"]], "does not see"),
 ])
 def test_bad_device_rows_are_named(devices, message):
   pipeline = sideways_tf.Pipeline(util.dense_stages(1))
@@ -107,11 +108,13 @@ def test_device_rows_split_the_devices_into_replicas():
 @pytest.mark.parametrize("override,message", [
     ("--config.replicas=3", "must divide config.train.batch_size=8"),
     ("--config.replicas=2", "needs at least 2 devices"),
+    ("--config.replicas=2 --config.model.num_modules=1 "
+     "--config.devices=('/GPU:0','/GPU:1')", "does not see"),
 ])
 def test_bin_train_refuses_a_bad_replica_count(tmp_path, override, message):
   workdir = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, "bin/train", override, f"--workdir={workdir}",
+      [sys.executable, "bin/train", *override.split(), f"--workdir={workdir}",
        "--config.train.num_steps=1"],
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stdout + result.stderr[-3000:]

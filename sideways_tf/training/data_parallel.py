@@ -234,6 +234,7 @@ def mirrored_strategy(devices: Sequence[Sequence[str]]
   if not rows or not all(rows):
     raise ValueError(f"devices must list every replica's devices, got "
                      f"{rows!r}")
+  _check_devices_exist([device for row in rows for device in row])
   firsts = [_device_key(row[0]) for row in rows]
   if len(set(firsts)) != len(firsts):
     raise ValueError(
@@ -246,6 +247,18 @@ def _device_key(device: str) -> tuple:
   """(type, index) of a device string, whatever job/replica prefix it has."""
   spec = tf.DeviceSpec.from_string(device)
   return (spec.device_type or "").upper(), spec.device_index
+
+
+def _check_devices_exist(devices) -> None:
+  """ValueError naming a device TF does not see: the strategy would wait
+  forever on a replica placed on it."""
+  seen = {_device_key(d.name): d.name for d in tf.config.list_logical_devices()}
+  missing = [d for d in devices if _device_key(d) not in seen]
+  if missing:
+    raise ValueError(
+        f"data parallelism needs every replica's devices to exist; "
+        f"TensorFlow does not see {sorted(set(missing))} (it sees "
+        f"{sorted(seen.values())})")
 
 
 def _all_finite(gradients) -> tf.Tensor:
