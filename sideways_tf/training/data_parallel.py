@@ -75,6 +75,7 @@ class DataParallel:
                strategy: Optional[tf.distribute.MirroredStrategy] = None):
     self.pipeline = pipeline
     self._built = False
+    self._mean_fns = {}  # compute_gradients' traces, by algorithm
     if devices is None:
       self.strategy = None
       self.replicas = [pipeline]
@@ -153,6 +154,22 @@ class DataParallel:
                              labels[r * share:(r + 1) * share], algorithm,
                              reset)
     return frames, tf.cast(labels, tf.int32)
+
+  def compute_gradients(self, frames, labels, algorithm: str = "sideways"):
+    """The gradient one step of the replicas applies (the mean of their
+    clip gradients: the whole batch's), aligned with the pipeline's
+    trainable_variables; applies nothing."""
+    frames, labels = self.prepare_inputs(frames, labels, algorithm)
+    if self.strategy is None:
+      return self.pipeline.compute_gradients(frames, labels, algorithm)
+    if algorithm not in self._mean_fns:
+      def mean_gradient(replica_frames, replica_labels):
+        gradients = self.clip_gradients(replica_frames, replica_labels,
+                                         algorithm, reset=True).gradients
+        return [self.strategy.reduce(_MEAN, g, axis=None) for g in gradients]
+      self._mean_fns[algorithm] = tf.function(mean_gradient, autograph=False)
+    with self.scope():
+      return self._mean_fns[algorithm](frames, labels)
 
   def reset_state(self) -> None:
     """Zeroes every replica's buffers (a clip boundary)."""
