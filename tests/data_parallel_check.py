@@ -4,6 +4,7 @@ devices once per process); run by tests/test_data_parallel.py.
   python -m tests.data_parallel_check gradients REPLICAS DEVICES_PER_REPLICA
   python -m tests.data_parallel_check batch_norm
   python -m tests.data_parallel_check loss_scale
+  python -m tests.data_parallel_check keras WORKDIR
   python -m tests.data_parallel_check checkpoint DATA_DIR WORKDIR
 
 `gradients`: for every algorithm of the table, one Trainer step with R
@@ -13,7 +14,8 @@ the logged loss, every replica's buffers (the algorithms with buffers), the
 placement of weights, buffers and ops.
 `batch_norm`: with a batch-norm stage each replica's moving statistics are
 those of its own clips. `loss_scale`: mixed_float16's skipped and applied
-steps. `checkpoint`: bin/train's loop with R = 2 then 1
+steps. `keras`: SidewaysModel with replicas (fit, save_weights across
+replica counts). `checkpoint`: bin/train's loop with R = 2 then 1
 then 2 on one workdir, each resuming from the other's checkpoint.
 Prints "OK ..." when every assertion holds.
 """
@@ -244,6 +246,60 @@ def check_loss_scale():
   print("OK loss_scale")
 
 
+def check_keras(workdir):
+  """SidewaysModel with devices for 2 replicas: fit takes the one-replica
+  model's steps (every replica streaming its clips), and save_weights files
+  load across replica counts."""
+  rows = device_grid(2, 1)
+  videos = util.moving_clip(batch=8, frames=2 * NUM_MODULES + 1, shape=FRAME)
+  labels = util.labels_for(8)
+
+  def model(devices):
+    keras.utils.set_random_seed(0)
+    built = sideways_tf.SidewaysModel(util.conv_stages(NUM_MODULES),
+                                      devices=devices)
+    # A loss of the model's own (twice the default): the replicas must
+    # compute the loss compile set, not the one they were made with.
+    built.compile(optimizer={"class_name": "sgd",
+                             "config": {"learning_rate": 1.0}},
+                  loss=lambda y, logits: 2.0 * (
+                      sideways_tf.sparse_softmax_cross_entropy(y, logits)))
+    built.build((4, videos.shape[1]) + FRAME)
+    return built
+
+  one, two = model(None), model(rows)
+  assert two.data_parallel.num_replicas == 2
+  before = [v.numpy() for v in one.pipeline.trainable_variables]
+  for fitted in (one, two):
+    fitted.fit(videos, labels, batch_size=4, epochs=1, shuffle=False,
+               verbose=0)
+  for replica in two.data_parallel.replicas:
+    assert int(replica.ticks_seen.numpy()) == videos.shape[1]
+  # Two SGD(1) steps: the updates agree to the worst-case float32 rounding
+  # of summing a gradient's B*T*H*W terms in another order (each step),
+  # relative to the update, plus an ulp of the weights per step.
+  summands = 4 * videos.shape[1] * FRAME[0] * FRAME[1]
+  for w0, a, b in zip(before, one.pipeline.trainable_variables,
+                      two.pipeline.trainable_variables):
+    step = np.abs(a.numpy() - w0).max()
+    for copy in b.value.values:
+      np.testing.assert_allclose(
+          copy.numpy(), a.numpy(), rtol=0,
+          atol=2 * summands * EPS32 * step + 4 * EPS32 * np.abs(w0).max())
+  for saved, loaded in ((two, model(None)), (one, model(rows))):
+    path = workdir / f"{saved.data_parallel.num_replicas}.weights.h5"
+    saved.save_weights(path)
+    loaded.load_weights(path)
+    for a, b in zip(saved.pipeline.trainable_variables,
+                    loaded.pipeline.trainable_variables):
+      for copy in getattr(b.value, "values", [b.value]):
+        np.testing.assert_array_equal(copy.numpy(), a.numpy())
+    for a, b in zip(saved.optimizer.variables, loaded.optimizer.variables):
+      np.testing.assert_array_equal(np.asarray(b.numpy()),
+                                    np.asarray(a.numpy()))
+  print("OK keras")
+
+
 def check_checkpoints(data_dir, workdir):
   """bin/train's loop (train_lib.train) on one workdir with 2 replicas, then
   1, then 2, each resuming from the other's checkpoint, ends where a run
@@ -288,6 +344,8 @@ def main():
     check_batch_norm()
   elif mode == "loss_scale":
     check_loss_scale()
+  elif mode == "keras":
+    check_keras(pathlib.Path(sys.argv[2]))
   elif mode == "checkpoint":
     check_checkpoints(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]))
   else:

@@ -48,6 +48,12 @@ def test_float16_replicas_skip_an_overflowing_step_together():
   assert "OK loss_scale" in run_check("loss_scale")
 
 
+def test_keras_model_with_replicas(tmp_path):
+  """SidewaysModel(devices=rows of replicas): fit equals the one-replica
+  model's, weight files load across replica counts."""
+  assert "OK keras" in run_check("keras", tmp_path)
+
+
 def test_checkpoints_restore_across_replica_counts(tmp_path):
   assert "OK checkpoint" in run_check("checkpoint", tmp_path / "data",
                                       tmp_path / "runs")

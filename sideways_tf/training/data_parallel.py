@@ -148,6 +148,7 @@ class DataParallel:
           f"{self.num_replicas} replicas; use a batch size divisible by "
           f"{self.num_replicas}")
     self.build(frames.shape[2:], frames.dtype)
+    self._follow_loss()
     share = batch_size // self.num_replicas
     for r, replica in enumerate(self.replicas):
       replica.prepare_inputs(frames[r * share:(r + 1) * share],
@@ -170,6 +171,15 @@ class DataParallel:
       self._mean_fns[algorithm] = tf.function(mean_gradient, autograph=False)
     with self.scope():
       return self._mean_fns[algorithm](frames, labels)
+
+  def _follow_loss(self) -> None:
+    """The replicas compute the pipeline's loss as it is now (a Keras
+    compile replaces it); traces made with another are dropped."""
+    if self.replicas[0].loss_fn is not self.pipeline.loss_fn:
+      for replica in self.replicas:
+        replica.loss_fn = self.pipeline.loss_fn
+        replica._compiled.clear()  # pylint: disable=protected-access
+      self._mean_fns.clear()
 
   def reset_state(self) -> None:
     """Zeroes every replica's buffers (a clip boundary)."""
