@@ -3,6 +3,7 @@ devices once per process); run by tests/test_data_parallel.py.
 
   python -m tests.data_parallel_check gradients REPLICAS DEVICES_PER_REPLICA
   python -m tests.data_parallel_check batch_norm
+  python -m tests.data_parallel_check online
   python -m tests.data_parallel_check loss_scale
   python -m tests.data_parallel_check keras WORKDIR
   python -m tests.data_parallel_check checkpoint DATA_DIR WORKDIR
@@ -13,7 +14,8 @@ the same step with one replica on the whole batch: the applied gradient and
 the logged loss, every replica's buffers (the algorithms with buffers), the
 placement of weights, buffers and ops.
 `batch_norm`: with a batch-norm stage each replica's moving statistics are
-those of its own clips. `loss_scale`: mixed_float16's skipped and applied
+those of its own clips. `online`: update_every_ticks with replicas.
+`loss_scale`: mixed_float16's skipped and applied
 steps. `keras`: SidewaysModel with replicas (fit, save_weights across
 replica counts). `checkpoint`: bin/train's loop with R = 2 then 1
 then 2 on one workdir, each resuming from the other's checkpoint.
@@ -173,6 +175,48 @@ def check_placement(algorithm, trainer, grid, frames, labels):
       wrong = {n: d for n, d in mine.items()
                if f"stage_{k}/" in n and d != canonical(device)}
       assert not wrong, (algorithm, r, k, list(wrong.items())[:3])
+
+
+def check_online():
+  """update_every_ticks=2 with 2 x 2 replicas, for every algorithm with the
+  tick engine: one clip's chunk-by-chunk steps end at the one-replica
+  run's weights; every replica stashes the weights its replays need."""
+  frames = util.moving_clip(batch=BATCH, frames=2 * NUM_MODULES + 2,
+                            shape=FRAME)
+  labels = util.labels_for(BATCH)
+  chunks = frames.shape[1] // 2
+  # The chunks' SGD(1) steps agree to the worst-case float32 rounding of a
+  # gradient's B*T*H*W terms summed in another order (each step), relative
+  # to the update, plus an ulp of the weights per step.
+  summands = BATCH * frames.shape[1] * FRAME[0] * FRAME[1]
+  for algorithm in [a for a in sideways_tf.ALGORITHMS
+                    if algorithms.get(a).streams]:
+    results = []
+    for grid in (None, device_grid(2, 2)):
+      keras.utils.set_random_seed(0)
+      pipeline = sideways_tf.Pipeline(util.conv_stages(NUM_MODULES))
+      parallel = DataParallel(pipeline, grid)
+      parallel.build(FRAME)
+      before = [v.numpy() for v in pipeline.trainable_variables]
+      with parallel.scope():
+        optimizer = keras.optimizers.SGD(learning_rate=1.0)
+      trainer = sideways_tf.Trainer(pipeline, optimizer, algorithm,
+                                    update_every_ticks=2,
+                                    data_parallel=parallel)
+      trainer.train_step(frames, labels)
+      assert all(replica.replay_weight_stash
+                 for replica in parallel.replicas), algorithm
+      results.append([v.value.values if grid else [v.value]
+                      for v in pipeline.trainable_variables])
+    for w0, alone, copies in zip(before, *results):
+      step = np.abs(alone[0].numpy() - w0).max()
+      for copy in copies:
+        np.testing.assert_allclose(
+            copy.numpy(), alone[0].numpy(), rtol=0,
+            atol=chunks * (summands * EPS32 * step +
+                           2 * EPS32 * np.abs(w0).max()),
+            err_msg=algorithm)
+  print("OK online")
 
 
 def check_batch_norm():
@@ -342,6 +386,8 @@ def main():
     check_gradients(int(sys.argv[2]), int(sys.argv[3]))
   elif mode == "batch_norm":
     check_batch_norm()
+  elif mode == "online":
+    check_online()
   elif mode == "loss_scale":
     check_loss_scale()
   elif mode == "keras":

@@ -44,6 +44,10 @@ def test_batch_norm_replicas_keep_their_own_statistics():
   assert "OK batch_norm" in run_check("batch_norm")
 
 
+def test_online_updates_with_replicas_stash_every_replicas_weights():
+  assert "OK online" in run_check("online")
+
+
 def test_float16_replicas_skip_an_overflowing_step_together():
   assert "OK loss_scale" in run_check("loss_scale")
 

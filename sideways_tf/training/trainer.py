@@ -99,8 +99,11 @@ class Trainer:
     self.update_every_ticks = int(update_every_ticks)
     if self.update_every_ticks and algorithms.get(algorithm).streams:
       # Weights change within a replayed module's lag: replay held inputs
-      # with the weights that computed them (docs/engine.md, "Replay").
-      pipeline.stash_replay_weights()
+      # with the weights that computed them (docs/engine.md, "Replay"); in
+      # every replica, and in the pipeline its checkpoints hold.
+      for streaming in {id(p): p for p in [pipeline] +
+                        data_parallel.replicas}.values():
+        streaming.stash_replay_weights()
     self.gradient_transform = gradient_transform
     self.loss_scale = loss_scale
     self._step_fns = {}
