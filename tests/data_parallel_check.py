@@ -144,11 +144,17 @@ def check_replica_buffers(algorithm, frames, labels, weights, trainer):
     for module, expected_module in zip(replica.modules, whole.modules):
       for buffer, expected in zip(module.state_variables,
                                   expected_module.state_variables):
-        assert buffer.shape[0] == share, buffer.shape
+        # The batch axis: the one the replica holds B/R of (axis 1 of a
+        # replay history [lag, B, ...], else axis 0).
+        axis = [a for a, (mine, all_) in enumerate(zip(
+            buffer.shape, expected.shape)) if mine != all_]
+        assert len(axis) == 1 and buffer.shape[axis[0]] == share, (
+            buffer.shape, expected.shape)
         assert canonical(buffer.value.device) == canonical(
             replica.devices[module.index])
         np.testing.assert_allclose(
-            buffer.numpy(), expected.numpy()[r * share:(r + 1) * share],
+            buffer.numpy(), np.take(expected.numpy(), range(
+                r * share, (r + 1) * share), axis=axis[0]),
             rtol=1e-5, atol=1e-6, err_msg=f"{algorithm} replica {r}")
     assert int(replica.ticks_seen.numpy()) == frames.shape[1]
 

@@ -181,29 +181,33 @@ def check_replicas(config) -> int:
   replicas = config.get("replicas", 1)
   if isinstance(replicas, bool) or not isinstance(replicas, int) or \
       replicas < 1:
-    raise ValueError(f"config.replicas must be an integer >= 1 (data "
+    raise ValueError(f"--config.replicas must be a positive integer (data "
                      f"parallel replicas on this machine), got {replicas!r}")
   if replicas == 1:
     return 1
   batch_size = config.train.batch_size
   if batch_size % replicas:
     raise ValueError(
-        f"config.replicas={replicas} must divide config.train.batch_size="
-        f"{batch_size}: each replica trains on batch_size / replicas clips")
+        f"--config.replicas={replicas} must divide --config.train.batch_size"
+        f"={batch_size}: each replica trains on batch_size / replicas clips")
   if config.distributed:
     raise ValueError(
-        f"config.replicas={replicas} with config.distributed=True is not "
+        f"--config.replicas={replicas} with --config.distributed=True is not "
         f"supported: use replicas on one machine, or one worker per machine")
   num_devices = count_devices(config.devices)
   if num_devices < replicas:
     raise ValueError(
-        f"config.replicas={replicas} needs at least {replicas} devices, but "
-        f"config.devices={config.devices!r} names {num_devices}; list "
-        f"R x (devices per replica) devices, or use config.devices='auto'")
+        f"--config.replicas={replicas} needs at least {replicas} devices, "
+        f"but --config.devices={config.devices!r} names {num_devices}; list "
+        f"R x (devices per replica) devices, or use --config.devices=auto")
   if num_devices % replicas:
     raise ValueError(
-        f"config.replicas={replicas} must divide the {num_devices} devices "
-        f"of config.devices (each replica takes an equal group)")
+        f"--config.replicas={replicas} must divide the {num_devices} "
+        f"devices of --config.devices (each replica takes an equal group)")
+  listed = [config.devices] if isinstance(config.devices, str) else list(
+      config.devices)
+  if listed != ["auto"]:
+    data_parallel_lib.check_devices_exist(listed)
   return replicas
 
 

@@ -261,7 +261,7 @@ def mirrored_strategy(devices: Sequence[Sequence[str]]
   if not rows or not all(rows):
     raise ValueError(f"devices must list every replica's devices, got "
                      f"{rows!r}")
-  _check_devices_exist([device for row in rows for device in row])
+  check_devices_exist([device for row in rows for device in row])
   firsts = [_device_key(row[0]) for row in rows]
   if len(set(firsts)) != len(firsts):
     raise ValueError(
@@ -276,7 +276,7 @@ def _device_key(device: str) -> tuple:
   return (spec.device_type or "").upper(), spec.device_index
 
 
-def _check_devices_exist(devices) -> None:
+def check_devices_exist(devices) -> None:
   """ValueError naming a device TF does not see: the strategy would wait
   forever on a replica placed on it."""
   seen = {_device_key(d.name): d.name for d in tf.config.list_logical_devices()}

@@ -44,6 +44,9 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   workdir = pathlib.Path(workdir)
   full = configs.with_defaults(config)
   config_check.check(full)  # before the workdir is touched
+  # The replicas against the batch and the devices (with distributed=True,
+  # refused before any device is listed: the cluster must start first).
+  builder.check_replicas(full)
   with workdir_lock.hold(workdir, enabled=workdir_lock.is_chief_from_env()
                          if full.distributed else True) as lock:
     return _train(config, full, workdir, overwrite, lock)
