@@ -23,6 +23,7 @@ import warnings
 __all__ = [
     "ALGORITHMS",
     "ClipResult",
+    "DataParallel",
     "Pipeline",
     "SidewaysModel",
     "SidewaysModule",
@@ -41,6 +42,7 @@ _PUBLIC = {
     "SidewaysModule": "sideways_tf.engine.module",
     "SidewaysModel": "sideways_tf.keras_api.model",
     "Trainer": "sideways_tf.training.trainer",
+    "DataParallel": "sideways_tf.training.data_parallel",
 }
 
 # `sideways_tf.callbacks` is public: another name of the Keras room's module.

@@ -24,22 +24,7 @@ import numpy as np  # noqa: E402
 
 import sideways_tf  # noqa: E402
 from tests import util  # noqa: E402
-
-
-def canonical(device):
-  """(type, index) of a device string, whatever job/replica prefix it has."""
-  spec = tf.DeviceSpec.from_string(device)
-  return spec.device_type, spec.device_index
-
-
-def function_node_devices(concrete):
-  """{node name: (op type, device)} over the graph and the functions it calls."""
-  graph_def = concrete.graph.as_graph_def()
-  nodes = {n.name: (n.op, n.device) for n in graph_def.node}
-  for function in graph_def.library.function:
-    nodes.update({f"{function.signature.name}/{n.name}": (n.op, n.device)
-                  for n in function.node_def})
-  return nodes
+from tests.util import canonical, function_node_devices  # noqa: E402
 
 
 def main():

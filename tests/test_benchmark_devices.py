@@ -110,6 +110,41 @@ def test_summary_checks_that_chunked_and_pipelined_bp_memory_is_flat():
   assert "bp_memory_flat" not in summary["goals"]
 
 
+def test_data_parallel_rows_are_every_split_of_the_devices():
+  assert benchmark_devices.data_parallel_variants(1) == []
+  rows = benchmark_devices.DATA_PARALLEL_ROWS
+  assert benchmark_devices.data_parallel_variants(2) == [
+      f"dp2x1_{row}" for row in rows]
+  four = benchmark_devices.data_parallel_variants(4)
+  assert [v for v in four if v.endswith("_bp") and "chunked" not in v] == [
+      "dp2x2_bp", "dp4x1_bp"]
+  config = benchmark_devices.DevicesConfig(num_devices=2)
+  assert config.rows[-len(rows):] == [f"dp2x1_{row}" for row in rows]
+  assert benchmark_devices.variant_spec("dp2x1_chunked_bp") == (
+      "chunked_bp", 2)
+  assert benchmark_devices.variant_spec("gpipe") == ("gpipe", 1)
+  assert devices_report.title("dp4x1_bp") == (
+      "data-parallel BP, 4 replicas x 1 device(s)")
+  with pytest.raises(ValueError, match="unknown variants"):
+    benchmark_devices.validate(benchmark_devices.DevicesConfig(
+        num_devices=2, variants=("dp4x1_bp",)))
+
+
+def test_data_parallel_bp_goal_is_against_bp_on_one_core():
+  rows = {"bp": {"parallel": {"frames_per_s": 100.0},
+                 "serialised": {"frames_per_s": 80.0}},
+          "dp2x1_bp": {"parallel": {"frames_per_s": 140.0}}}
+  results = {"config": {"num_modules": 2, "num_devices": 2, "num_frames": 8,
+                        "micro_batch_frames": 1, "memory_frames": []},
+             "rows": rows}
+  goal = devices_report.summarise(results)["goals"][
+      "data_parallel_bp_vs_one_core"]
+  assert goal == {"measured": 1.75, "met": True}  # 140 / 80 >= 0.85 x 2
+  rows["dp2x1_bp"]["parallel"]["frames_per_s"] = 120.0
+  assert not devices_report.summarise(results)["goals"][
+      "data_parallel_bp_vs_one_core"]["met"]
+
+
 def test_rejects_bad_settings():
   with pytest.raises(ValueError, match="unknown variants"):
     benchmark_devices.validate(benchmark_devices.DevicesConfig(
@@ -124,7 +159,8 @@ def test_simulated_devices_report(tmp_path):
   doc.write_text("# Benchmarks\n\nkept text\n")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   args = ["bin/benchmark", "--simulate_devices=2",
-          "--variants=sideways,gpipe_remat,bp,chunked_bp,pipelined_bp",
+          "--variants=sideways,gpipe_remat,bp,chunked_bp,pipelined_bp,"
+          "dp2x1_bp",
           "--bp_chunk_frames=3", "--image_size=8",
           "--batch_size=2", "--num_frames=4", "--memory_frames=4",
           "--repeats=1", "--warmup=0", "--noserialised",
@@ -135,16 +171,19 @@ def test_simulated_devices_report(tmp_path):
   report = json.loads((tmp_path / "simulated_devices.json").read_text())
   assert report["command"].startswith("bin/benchmark --simulate_devices=2")
   assert list(report["rows"]) == ["sideways", "gpipe_remat", "bp",
-                                   "chunked_bp", "pipelined_bp"]
+                                   "chunked_bp", "pipelined_bp", "dp2x1_bp"]
   assert report["config"]["bp_chunk_frames"] == 3
   for name, row in report["rows"].items():
     parallel = row["parallel"]
     assert parallel["inter_op"] == 2 and parallel["frames_per_s"] > 0
     assert row["memory"]["4"]["step_mib"] >= 0
     assert "serialised" not in row
-    bubble = parallel["bubble"]
-    assert bubble["available"] and len(bubble["idle_fraction"]) == 2
-    assert all(0 <= x <= 1 for x in bubble["idle_fraction"])
+    if row["replicas"] > 1:  # no profiler figures for the replicas
+      assert "bubble" not in parallel
+    else:
+      bubble = parallel["bubble"]
+      assert bubble["available"] and len(bubble["idle_fraction"]) == 2
+      assert all(0 <= x <= 1 for x in bubble["idle_fraction"])
     if row["exact"] is True:  # not pipelined_bp's "per frame"
       assert parallel["cosine_to_bp"] == pytest.approx(1.0, abs=1e-6)
       assert parallel["max_relative_difference"] <= 1e-5
@@ -162,6 +201,11 @@ def test_simulated_devices_report(tmp_path):
   placed = report["rows"]["gpipe_remat"]["parallel"]["devices"]
   assert len(set(placed)) == 2  # one stage per simulated device
   assert report["rows"]["bp"]["parallel"]["devices"] == ["None", "None"]
+  # Two replicas, each with both stages on its own simulated device; the
+  # mean of their gradients is BP's (checked above with the exact rows).
+  replicas = report["rows"]["dp2x1_bp"]["parallel"]["devices"]
+  assert [len(set(r)) for r in replicas] == [1, 1]
+  assert replicas[0][0] != replicas[1][0]
   assert "gpipe_remat_exact" in report["summary"]["goals"]
   assert "gpipe_remat_bubble" in report["summary"]["goals"]
   assert "bubble per device" in (tmp_path / "simulated_devices.md").read_text()
@@ -174,6 +218,7 @@ def test_simulated_devices_report(tmp_path):
   assert text.startswith("# Benchmarks\n\nkept text\n")
   assert text.count(devices_report.MARK_BEGIN) == 1
   assert "| single-device BP | yes |" in text
+  assert "| data-parallel BP, 2 replicas x 1 device(s) | yes |" in text
   assert "| single-device chunked BP | yes |" in text
   assert "| pipelined BP | per frame |" in text
   # Placed like Sideways; its gradient is BP's of fewer frames per module.

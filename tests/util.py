@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def dense_stages(num_modules, in_dim=5, hidden=4, num_classes=3):
@@ -87,3 +88,19 @@ def free_ports(count):
   for s in sockets:
     s.close()
   return ports
+
+
+def canonical(device):
+  """(type, index) of a device string, whatever job/replica prefix it has."""
+  spec = tf.DeviceSpec.from_string(device)
+  return spec.device_type, spec.device_index
+
+
+def function_node_devices(concrete):
+  """{node name: (op type, device)} over the graph and the functions it calls."""
+  graph_def = concrete.graph.as_graph_def()
+  nodes = {n.name: (n.op, n.device) for n in graph_def.node}
+  for function in graph_def.library.function:
+    nodes.update({f"{function.signature.name}/{n.name}": (n.op, n.device)
+                  for n in function.node_def})
+  return nodes

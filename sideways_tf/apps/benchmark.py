@@ -72,7 +72,9 @@ _MICRO = flags.DEFINE_integer(
     "micro-batch (M = T / this).")
 _VARIANTS = flags.DEFINE_list(
     "variants", [], "--simulate_devices: rows to run (default all of "
-    "sideways, gpipe, gpipe_remat, mp_bp, bp, chunked_bp, pipelined_bp).")
+    "sideways, gpipe, gpipe_remat, mp_bp, bp, chunked_bp, pipelined_bp, and "
+    "dp: every data-parallel split dp<R>x<N/R>_<row> of the N devices, "
+    "R > 1).")
 _CHUNK = flags.DEFINE_integer(
     "bp_chunk_frames", 8, "--simulate_devices: frames per chunk of the "
     "chunked_bp row.")

@@ -18,7 +18,13 @@ Rows (all through ``Trainer.train_step`` / ``Pipeline.compute_gradients``):
 * ``chunked_bp``: the same with ``bp_chunk_frames`` (BP's gradient over
   chunks of frames, memory flat in T);
 * ``pipelined_bp``: ``algorithm="pipelined_bp"`` (the tick engine with every
-  module below the top replayed; exact per frame), stages on the N devices.
+  module below the top replayed; exact per frame), stages on the N devices;
+* ``dp<R>x<G>_<row>`` (``--variants=dp`` or the default: every split of the
+  N devices into R > 1 replicas of G = N/R devices, for the rows sideways,
+  bp, gpipe, chunked_bp and pipelined_bp): data parallel
+  (training/data_parallel.py), replica r on devices rG..rG+G-1 with the
+  model's stages spread over them, each on B/R clips of the batch; the
+  row's gradient is the replicas' mean.
 
 Per row: frames/s (parallel and serialised) and speed-up; peak working memory
 (VmHWM minus the RSS before the first step, own process per T); gradient
@@ -73,6 +79,22 @@ CHUNKED = ("chunked_bp",)  # run with bp_chunk_frames = config.bp_chunk_frames
 # its cosine to BP's whole-clip gradient is below 1 (docs/algorithm.md).
 EXACT = {"sideways": False, "gpipe": True, "gpipe_remat": True, "mp_bp": True,
          "bp": True, "chunked_bp": True, "pipelined_bp": "per frame"}
+# Data parallel rows: "dp<R>x<G>_<row>", R replicas of G devices each.
+DATA_PARALLEL_ROWS = ("sideways", "bp", "gpipe", "chunked_bp", "pipelined_bp")
+DATA_PARALLEL = devices_report.DATA_PARALLEL
+
+
+def data_parallel_variants(num_devices: int) -> List[str]:
+  """Every split of N devices into R > 1 replicas, for each row."""
+  return [f"dp{r}x{num_devices // r}_{row}"
+          for r in range(2, num_devices + 1) if num_devices % r == 0
+          for row in DATA_PARALLEL_ROWS]
+
+
+def variant_spec(variant: str) -> tuple:
+  """(the row it runs, replicas): ("bp", 2) for "dp2x1_bp"."""
+  match = DATA_PARALLEL.fullmatch(variant)
+  return (match.group(3), int(match.group(1))) if match else (variant, 1)
 
 
 @dataclasses.dataclass
@@ -92,7 +114,8 @@ class DevicesConfig:
   warmup: int = 1
   memory_frames: Sequence[int] = (16, 128)
   memory_steps: int = 1
-  variants: Sequence[str] = tuple(VARIANTS)
+  # "dp" = every data-parallel split (data_parallel_variants).
+  variants: Sequence[str] = tuple(VARIANTS) + ("dp",)
   # "time": cut the model's layers into stages of equal measured time
   # (balance_by_time, once, in its own process; every row uses that split)
   # so that idle time is the schedule's, not the model's imbalance.
@@ -104,6 +127,12 @@ class DevicesConfig:
   @property
   def modules(self) -> int:
     return self.num_modules or self.num_devices
+
+  @property
+  def rows(self) -> List[str]:
+    """The variants to run, "dp" expanded."""
+    return [name for v in self.variants for name in (
+        data_parallel_variants(self.num_devices) if v == "dp" else [v])]
 
 
 def log(message: str) -> None:
@@ -136,21 +165,33 @@ def _model_layers(config: DevicesConfig):
   return stages, [layer for stage in stages for layer in stage.layers]
 
 
-def _pipeline(config: DevicesConfig, variant: str, tf):
+def _trainer(config: DevicesConfig, variant: str, tf):
+  """The variant's Trainer: its pipeline, and with replicas its
+  DataParallel (replica r on the r-th group of devices), stages built."""
+  import keras  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
   from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
-  _, placed, remat = VARIANTS[variant]
+  row, replicas = variant_spec(variant)
+  algorithm, placed, remat = VARIANTS[row]
   stages, layers = _model_layers(config)
   if config.stage_sizes:
     stages = balance.to_stages(layers, list(config.stage_sizes))
   devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-  placement = ([devices[k * len(devices) // config.modules]
-                for k in range(config.modules)] if placed else None)
-  return sideways_tf.Pipeline(
-      stages, devices=placement,
+  share = len(devices) // replicas  # each replica's devices
+  rows = [[devices[r * share + k * share // config.modules]
+           for k in range(config.modules)] for r in range(replicas)]
+  pipeline = sideways_tf.Pipeline(
+      stages, devices=rows[0] if placed or replicas > 1 else None,
       gpipe_micro_batch_frames=config.micro_batch_frames,
       gpipe_rematerialize=remat,
-      bp_chunk_frames=config.bp_chunk_frames if variant in CHUNKED else 0)
+      bp_chunk_frames=config.bp_chunk_frames if row in CHUNKED else 0)
+  parallel = sideways_tf.DataParallel(pipeline,
+                                      rows if replicas > 1 else None)
+  parallel.build((config.image_size, config.image_size, config.channels))
+  with parallel.scope():
+    optimizer = keras.optimizers.SGD(1e-4)
+  return sideways_tf.Trainer(pipeline, optimizer, algorithm,
+                             data_parallel=parallel)
 
 
 def _clip(config: DevicesConfig, num_frames: int, tf):
@@ -161,25 +202,22 @@ def _clip(config: DevicesConfig, num_frames: int, tf):
   return frames, labels
 
 
-def _trainer(pipeline, variant):
-  import keras  # pylint: disable=g-import-not-at-top
-  from sideways_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
-  return Trainer(pipeline, keras.optimizers.SGD(1e-4), VARIANTS[variant][0])
-
-
 def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
                      fidelity: bool, profile: bool) -> dict:
   """Frames/s of train steps; optionally gradient vs BP and the bubble."""
   tf = _setup(config, inter_op)
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sideways_tf.benchmark.children import peak_rss_bytes  # pylint: disable=g-import-not-at-top
-  pipeline = _pipeline(config, variant, tf)
+  trainer = _trainer(config, variant, tf)
+  pipeline = trainer.pipeline
   frames, labels = _clip(config, config.num_frames, tf)
   out = {"variant": variant, "inter_op": inter_op,
-         "devices": [str(d) for d in pipeline.devices]}
+         "devices": [[str(d) for d in replica.devices]
+                     for replica in trainer.data_parallel.replicas]
+         if trainer.data_parallel.num_replicas > 1 else
+         [str(d) for d in pipeline.devices]}
   if fidelity:  # before any update: the same weights as the BP reference
-    out.update(_against_bp(pipeline, variant, frames, labels))
-  trainer = _trainer(pipeline, variant)
+    out.update(_against_bp(trainer, frames, labels))
   for _ in range(config.warmup):
     trainer.train_step(frames, labels)
   seconds = []
@@ -194,18 +232,21 @@ def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
   if profile:
     out["bubble"] = _profiled_bubble(trainer, frames, labels,
                                      pipeline.num_modules, tf)
-    if VARIANTS[variant][0] == "gpipe":
+    if trainer.algorithm == "gpipe":
       out["timeline"] = _timeline_bubble(pipeline, frames, labels)
   return out
 
 
-def _against_bp(pipeline, variant, frames, labels) -> dict:
-  """The variant's clip gradient against single-device BP's (float32) and
-  against BP in float64 on the same weights and clip (exactness.py)."""
+def _against_bp(trainer, frames, labels) -> dict:
+  """The variant's clip gradient (with replicas: the mean they apply)
+  against single-device BP's (float32) and against BP in float64 on the
+  same weights and clip (exactness.py)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
   from sideways_tf.benchmark import exactness  # pylint: disable=g-import-not-at-top
-  mine = pipeline.compute_gradients(frames, labels, VARIANTS[variant][0])
+  pipeline = trainer.pipeline
+  mine = trainer.data_parallel.compute_gradients(frames, labels,
+                                                 trainer.algorithm)
   reference = sideways_tf.Pipeline(pipeline.stages).compute_gradients(
       frames, labels, "bp")
   reference64 = exactness.float64_bp_gradients(pipeline.stages, frames,
@@ -373,11 +414,10 @@ def memory_child(config: DevicesConfig, variant: str, num_frames: int) -> dict:
   tf = _setup(config, config.num_devices)
   import psutil  # pylint: disable=g-import-not-at-top
   from sideways_tf.benchmark.children import peak_rss_bytes  # pylint: disable=g-import-not-at-top
-  pipeline = _pipeline(config, variant, tf)
+  trainer = _trainer(config, variant, tf)
   frames, labels = _clip(config, num_frames, tf)
   float(frames[0, 0, 0, 0, 0])
-  trainer = _trainer(pipeline, variant)
-  pipeline.prepare_inputs(frames, labels, VARIANTS[variant][0])
+  trainer.data_parallel.prepare_inputs(frames, labels, trainer.algorithm)
   baseline = psutil.Process().memory_info().rss
   for _ in range(max(1, config.memory_steps)):
     trainer.train_step(frames, labels)
@@ -424,10 +464,11 @@ def validate(config: DevicesConfig) -> None:
   if config.bp_chunk_frames < 1:
     raise ValueError(f"--bp_chunk_frames must be >= 1, got "
                      f"{config.bp_chunk_frames}")
-  unknown = set(config.variants) - set(VARIANTS)
+  known = list(VARIANTS) + data_parallel_variants(config.num_devices)
+  unknown = set(config.rows) - set(known)
   if unknown:
     raise ValueError(f"unknown variants {sorted(unknown)}; expected some of "
-                     f"{list(VARIANTS)}")
+                     f"{known} or 'dp' (every data-parallel split)")
   for t in [config.num_frames] + list(config.memory_frames):
     if t % config.micro_batch_frames:
       raise ValueError(f"micro_batch_frames = {config.micro_batch_frames} "
@@ -463,14 +504,16 @@ def run(config: DevicesConfig, report_dir, command: str = "",
     results["config"] = dataclasses.asdict(config)
     log(f"  layers per stage {split['stage_sizes']}, forward + backward ms "
         f"{[round(t * 1e3, 2) for t in split['stage_s']]}")
-  for variant in config.variants:
-    row = {"exact": EXACT[variant]}
+  for variant in config.rows:
+    replicas = variant_spec(variant)[1]
+    row = {"exact": EXACT[variant_spec(variant)[0]], "replicas": replicas}
     log(f"{variant}: {config.modules} stages, {n} simulated devices "
         f"(intra-op 1, inter-op {n}), B={config.batch_size} "
         f"T={config.num_frames} {config.image_size}x{config.image_size}")
+    # The profiler's per-stage idle time would mix the replicas: not taken.
     row["parallel"] = run_child("throughput", config, variant=variant,
                                 inter_op=n, fidelity=True,
-                                profile=config.profile)
+                                profile=config.profile and replicas == 1)
     log(f"  {row['parallel']['frames_per_s']:.1f} frames/s, cosine to BP "
         f"{row['parallel']['cosine_to_bp']:.6f}")
     if config.serialised:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 from sideways_tf.run import files
 
@@ -17,6 +18,8 @@ TITLES = {"sideways": "Sideways", "gpipe": "GPipe",
           "mp_bp": "model-parallel BP", "bp": "single-device BP",
           "chunked_bp": "single-device chunked BP",
           "pipelined_bp": "pipelined BP"}
+# Data parallel rows (devices.data_parallel_variants): R replicas x G devices.
+DATA_PARALLEL = re.compile(r"dp(\d+)x(\d+)_(\w+)")
 GOALS = {
     "sideways_speedup": 1.8,          # vs its serialised run >=
     "sideways_vs_bp": 1.3,            # vs single-device BP, equal cores >=
@@ -25,10 +28,24 @@ GOALS = {
     "sideways_vs_gpipe_memory": 0.1,  # at the largest T <=
     "gpipe_max_relative_difference": 1e-5,
     "memory_flat": 1.2,               # largest T / smallest T <=
+    # data-parallel BP on N devices (N x 1) vs BP on one core (the bp row
+    # serialised) >= this x N
+    "data_parallel_bp_per_device": 0.85,
 }
 FLAT_MEMORY = ("chunked_bp", "pipelined_bp")  # rows whose memory_flat is a goal
 MARK_BEGIN = "<!-- simulated-devices: begin (bin/benchmark --simulate_devices) -->"
 MARK_END = "<!-- simulated-devices: end -->"
+
+
+def title(variant: str) -> str:
+  """A row's name in the tables."""
+  match = DATA_PARALLEL.fullmatch(variant)
+  if not match:
+    return TITLES[variant]
+  replicas, devices, row = match.groups()
+  name = {"bp": "BP", "chunked_bp": "chunked BP"}.get(row, TITLES.get(row,
+                                                                    row))
+  return f"data-parallel {name}, {replicas} replicas x {devices} device(s)"
 
 
 def summarise(results: dict) -> dict:
@@ -68,6 +85,11 @@ def summarise(results: dict) -> dict:
       ratio = measured / expected_bubble if expected_bubble else float("nan")
       goals[f"{v}_bubble"] = (measured, abs(ratio - 1) <=
                               GOALS["gpipe_bubble_tolerance"])
+  pure_data_parallel = f"dp{c['num_devices']}x1_bp"
+  if pure_data_parallel in rows and "serialised" in rows.get("bp", {}):
+    r = fps(pure_data_parallel) / rows["bp"]["serialised"]["frames_per_s"]
+    goals["data_parallel_bp_vs_one_core"] = (
+        r, r >= GOALS["data_parallel_bp_per_device"] * c["num_devices"])
   t_max = str(max(c["memory_frames"])) if c["memory_frames"] else None
   if t_max and "sideways" in rows and "gpipe" in rows:
     r = (rows["sideways"]["memory"][t_max]["step_mib"] /
@@ -159,7 +181,7 @@ def _results_table(results: dict) -> list:
     idle = (", ".join(f"{x:.2f}" for x in bubble["idle_fraction"])
             if bubble.get("available") else "n/a")
     cells = [
-        TITLES[variant], row["exact"] if isinstance(row["exact"], str)
+        title(variant), row["exact"] if isinstance(row["exact"], str)
         else "yes" if row["exact"] else "no",
         f"{p['frames_per_s']:.0f}",
         f"{row['serialised']['frames_per_s']:.0f}" if "serialised" in row
@@ -191,7 +213,14 @@ def _notes(results: dict) -> list:
          if bp32 else "") + ". "
       "Idle per device (profiler ops): from a profiler trace of one step, "
       "1 - (union of the device's op intervals) / (span of all stage ops); "
-      "executor gaps between ops count as idle."]
+      "executor gaps between ops count as idle."
+      + (" Data-parallel rows (`config.replicas`): R replicas of N/R "
+         "simulated devices each (the same K stages spread over a replica's "
+         "devices), each on B/R clips of the batch, one step with the mean "
+         "of their gradients (the gradient columns compare that mean); no "
+         "profiler figures (its per-stage idle time would mix the replicas)."
+         if any(DATA_PARALLEL.fullmatch(v) for v in results["rows"])
+         else "")]
 
 
 def _bubble_table(results: dict) -> list:
@@ -234,14 +263,15 @@ def _bubble_row(variant, timeline, phase, b, expected) -> str:
       for f, m in zip(b.get("first_work_s", []), b.get("median_work_s", [])))
   period = ", ".join("-" if t is None else f"{t * 1e3:.1f}"
                      for t in b.get("median_period_s", []))
-  return (f"| {TITLES[variant]} | {mark}{phase}{mark} | {b['clocks']} | "
+  return (f"| {title(variant)} | {mark}{phase}{mark} | {b['clocks']} | "
           f"{_fractions(b['bubble'])} | {_fractions(b['idle'])} | "
           f"{expected:.3f} | {work or '-'} | {period or '-'} |")
 
 
 def _goals_table(results: dict) -> list:
   """Each goal of :func:`summarise`: measured, target, met or missed."""
-  summary, frames = results["summary"], results["config"]["memory_frames"]
+  summary, c = results["summary"], results["config"]
+  frames = c["memory_frames"]
   within = (f"within {GOALS['gpipe_bubble_tolerance']:.0%} of "
             f"{summary['gpipe_expected_bubble']:.3f}")
   exact = f"<= {GOALS['gpipe_max_relative_difference']} (vs float64 BP)"
@@ -253,6 +283,9 @@ def _goals_table(results: dict) -> list:
       **{f"{v}_memory_flat": f"<= {GOALS['memory_flat']}x from T = "
                              f"{min(frames)} to {max(frames)}"
          for v in FLAT_MEMORY if frames},
+      "data_parallel_bp_vs_one_core": (
+          f">= {GOALS['data_parallel_bp_per_device'] * c['num_devices']:.3g}"
+          f"x (BP on one core)"),
   }
   for variant in ("gpipe", "gpipe_remat"):
     targets.update({
@@ -280,14 +313,14 @@ def plot(results: dict, path: pathlib.Path) -> None:
   left.bar([i + 0.2 for i in x],
            [rows[v].get("serialised", {}).get("frames_per_s", 0)
             for v in names], 0.4, label="serialised")
-  left.set_xticks(list(x), [TITLES[v] for v in names], rotation=20,
+  left.set_xticks(list(x), [title(v) for v in names], rotation=20,
                   fontsize=8)
   left.set_ylabel("frames/s")
   left.legend(fontsize=8)
   for v in names:
     ts = sorted(int(t) for t in rows[v]["memory"])
     right.plot(ts, [rows[v]["memory"][str(t)]["step_mib"] for t in ts], "o-",
-               label=TITLES[v])
+               label=title(v))
   right.set_xlabel("clip length T (frames)")
   right.set_ylabel("peak working memory (MiB)")
   right.legend(fontsize=8)

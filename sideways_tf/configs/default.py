@@ -67,6 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.balance = ""
   config.devices = ()  # () = default placement; else one device per module
   # ("auto",) = every visible GPU, module k on GPU k*G//L (docs/scaling.md).
+  # Data parallel on this machine (docs/scaling.md): R replicas under
+  # tf.distribute.MirroredStrategy, each on batch_size / R clips of every
+  # batch and on its own group of config.devices (R x devices per replica,
+  # replica r the r-th group); one optimizer step with their mean gradient.
+  config.replicas = 1
   # Scale-out (docs/scaling.md): True = this process is one worker of the
   # TF_CONFIG cluster (tf.distribute.MultiWorkerMirroredStrategy); clip
   # gradients are averaged across workers, train.batch_size is per worker.

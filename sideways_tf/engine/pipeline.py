@@ -94,6 +94,7 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
                **algorithm_options):
     super().__init__(name=name)
     stages = list(stages)
+    self._algorithm_kwargs = dict(algorithm_options)  # for with_devices
     devices, evaluation_order = state_lib.check_pipeline_args(
         stages, devices, evaluation_order)
     if not callable(loss_fn):
@@ -140,6 +141,26 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     """The pipeline state: every module's buffers and the tick counter."""
     return [v for m in self.modules for v in m.state_variables] + [
         self.ticks_seen]
+
+  def with_devices(self, devices: Optional[Sequence[Optional[str]]]
+                   ) -> "Pipeline":
+    """The same stages (the same weights) and options on other devices, with
+    buffers of its own: one replica of data parallelism
+    (training/data_parallel.py), which streams its own clips."""
+    return Pipeline(
+        self.stages, self.loss_fn, devices=devices,
+        evaluation_order=self.evaluation_order,
+        skips={k: list(s) for k, s in enumerate(self.skip_sources) if s},
+        skip_combine=self.skip_combine, skip_align=self.skip_align,
+        replay_modules=self.replay_modules, name=self.name,
+        **self._algorithm_kwargs)
+
+  def build(self, frame_shape: Sequence[int], dtype=tf.float32) -> None:
+    """Builds the unbuilt stages (each under its device) for frames of
+    `frame_shape`, without allocating buffers. Data parallelism calls it
+    under its strategy's scope, so the weights are mirrored while the
+    buffers, allocated later outside it, stay each replica's own."""
+    self._ensure_built(tuple(frame_shape), tf.as_dtype(dtype))
 
   def compute_gradients(self, frames, labels, algorithm: str = "sideways",
                         reset: bool = True) -> List[tf.Tensor]:

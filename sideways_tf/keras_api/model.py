@@ -38,6 +38,7 @@ from sideways_tf.keras_api import inputs
 from sideways_tf.keras_api import resume
 from sideways_tf.serving import export as export_lib
 from sideways_tf.training import auto_replay
+from sideways_tf.training import data_parallel as data_parallel_lib
 from sideways_tf.training.trainer import Trainer
 
 
@@ -68,7 +69,12 @@ class SidewaysModel(keras.Model):
     stages: Keras layers, one per Sideways module; the last emits logits.
     algorithm: one of ``sideways_tf.ALGORITHMS`` ("sideways", "bp", "gpipe",
       "pipelined_bp").
-    devices: ``None`` or one TF device per stage.
+    devices: ``None``, one TF device per stage, or for data parallelism one
+      such row per replica (``[["/GPU:0", "/GPU:1"], ["/GPU:2",
+      "/GPU:3"]]``: 2 replicas x 2 stage devices, each replica on B/R clips
+      of every batch; training/data_parallel.py). Replicas need an
+      optimizer compile creates (a name or config), or one made under
+      ``model.data_parallel.scope()``.
     skips: Skip-Sideways skips ``{k: [j, ...]}`` (docs/skip_sideways.md).
     class_names: optional names of the classes; exported with the model.
     update_every_ticks: 0 = one optimizer step per clip; N = every N ticks
@@ -100,8 +106,16 @@ class SidewaysModel(keras.Model):
     replay_modules = auto_replay.check(replay_modules)
     self._replay_auto = replay_modules == auto_replay.AUTO and (
         algorithms.get(algorithm).streams)
-    self._pipeline_args = dict(stages=stages, devices=devices, skips=skips,
-                               skip_combine=skip_combine)
+    # Data parallel: one row of stage devices per replica, one strategy for
+    # every pipeline the model makes (the weights are built under it).
+    self._replica_rows = (
+        None if not devices or isinstance(devices[0], (str, type(None)))
+        else [list(row) for row in devices])
+    self._strategy = (data_parallel_lib.mirrored_strategy(self._replica_rows)
+                      if self._replica_rows else None)
+    self._pipeline_args = dict(
+        stages=stages, skips=skips, skip_combine=skip_combine,
+        devices=self._replica_rows[0] if self._replica_rows else devices)
     self.pipeline = self._new_pipeline(
         0 if replay_modules == auto_replay.AUTO else replay_modules)
     # Keras tracks the modules (and through them the stages and buffers) for
@@ -139,11 +153,23 @@ class SidewaysModel(keras.Model):
         **self._pipeline_args)
     if self.update_every_ticks and algorithms.get(self.algorithm).streams:
       pipeline.stash_replay_weights()  # before the modules are tracked
+    # Not tracked by Keras (a plain object): the weights are the pipeline's,
+    # the replicas' own buffers are not saved (as bin/train).
+    self.data_parallel = data_parallel_lib.DataParallel(
+        pipeline, self._replica_rows, self._strategy)
     return pipeline
+
+  def _new_trainer(self) -> Trainer:
+    return Trainer(self.pipeline, self.optimizer, self.algorithm,
+                   update_every_ticks=self.update_every_ticks,
+                   data_parallel=self.data_parallel)
 
   def _choose_replay(self, clips):
     """replay_modules="auto": measured on `clips`, before anything is built;
     a new pipeline (and trainer) with the chosen replay."""
+    clips = list(clips)
+    if clips:  # replicas: the weights are built (mirrored) before they run
+      self.data_parallel.build(tuple(clips[0].shape[2:]))
     count, _ = auto_replay.choose(self.pipeline, clips)
     self._replay_auto = False
     if count:
@@ -151,8 +177,7 @@ class SidewaysModel(keras.Model):
       self.pipeline = self._new_pipeline(count)
       self.pipeline.loss_fn = loss_fn
       if self.trainer is not None:
-        self.trainer = Trainer(self.pipeline, self.optimizer, self.algorithm,
-                               update_every_ticks=self.update_every_ticks)
+        self.trainer = self._new_trainer()
     self.sideways_modules = list(self.pipeline.modules)
 
   def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
@@ -161,12 +186,12 @@ class SidewaysModel(keras.Model):
     Keras metrics of (labels, clip logits), reported by evaluate."""
     inputs.check_compile_options(kwargs)
     loss_fn = inputs.per_example_loss(loss)
-    super().compile(optimizer=optimizer, loss=None, metrics=None)
+    with self.data_parallel.scope():  # replicas: a mirrored optimizer
+      super().compile(optimizer=optimizer, loss=None, metrics=None)
     self.pipeline.loss_fn = loss_fn
     self.pipeline._compiled.clear()  # traces captured the old loss
     self._clip_metrics = inputs.clip_metrics(metrics)
-    self.trainer = Trainer(self.pipeline, self.optimizer, self.algorithm,
-                           update_every_ticks=self.update_every_ticks)
+    self.trainer = self._new_trainer()
     if self.built:
       self.trainer._build_optimizer()
 
@@ -187,6 +212,12 @@ class SidewaysModel(keras.Model):
     if self.built:
       self._check_batch(batch_size, frame_shape)
       return
+    if batch_size % self.data_parallel.num_replicas:
+      raise ValueError(
+          f"a batch of {batch_size} clips cannot be split evenly over "
+          f"{self.data_parallel.num_replicas} replicas; batch the training "
+          f"data to a multiple of {self.data_parallel.num_replicas}")
+    self.data_parallel.build(frame_shape)  # replicas: mirrored weights
     self.pipeline.allocate_state(batch_size, frame_shape)
     if list(self.pipeline.modules) != list(self.sideways_modules):
       raise RuntimeError("the pipeline replaced its modules")

@@ -27,6 +27,7 @@ _BOUNDS = (
     ("train.update_every_ticks", 0, "ticks between optimizer steps (0 = "
      "one per clip)"),
     ("eval.num_batches", 0, "evaluation batches (0 = the whole split)"),
+    ("replicas", 1, "data-parallel replicas on this machine"),
 )
 
 

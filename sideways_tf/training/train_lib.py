@@ -44,6 +44,9 @@ def train(config, workdir, overwrite: bool = False) -> Dict[str, float]:
   workdir = pathlib.Path(workdir)
   full = configs.with_defaults(config)
   config_check.check(full)  # before the workdir is touched
+  # The replicas against the batch and the devices (with distributed=True,
+  # refused before any device is listed: the cluster must start first).
+  builder.check_replicas(full)
   with workdir_lock.hold(workdir, enabled=workdir_lock.is_chief_from_env()
                          if full.distributed else True) as lock:
     return _train(config, full, workdir, overwrite, lock)
@@ -113,9 +116,9 @@ def _check_clip_length(setup):
   spec = setup.datasets.train.element_spec["video"]
   shape = [config.train.batch_size] + [
       d if d is not None else 1 for d in spec.shape[1:]]
-  setup.pipeline.prepare_inputs(tf.zeros(shape, spec.dtype),
-                                tf.zeros(shape[:1], tf.int32),
-                                config.algorithm)
+  setup.trainer.data_parallel.prepare_inputs(
+      tf.zeros(shape, spec.dtype), tf.zeros(shape[:1], tf.int32),
+      config.algorithm)
 
 
 def _check_classes(setup):
@@ -329,7 +332,8 @@ def evaluate(workdir, config=None, num_batches: Optional[int] = None,
   setup = builder.build(config,
                         stage_sizes=workdir_lib.saved_stage_sizes(workdir),
                         replay_modules=workdir_lib.saved_replay_modules(
-                            workdir))
+                            workdir),
+                        data_parallel=False)
   workdir_lib.restore_latest(setup.checkpoint, workdir)
   if why_not:
     checkpoints.warn(
@@ -365,7 +369,8 @@ def restore_for_inference(workdir) -> builder.Setup:
   workdir_lib.require_checkpoints(workdir)
   setup = builder.build_model(config, info["num_classes"], info["frame_shape"],
                               stage_sizes=info.get("stage_sizes"),
-                              replay_modules=info.get("replay_modules"))
+                              replay_modules=info.get("replay_modules"),
+                              data_parallel=False)
   workdir_lib.restore_latest(setup.checkpoint, workdir)
   return setup
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from sideways_tf.engine import algorithms
 from sideways_tf.engine.pipeline import Pipeline
+from sideways_tf.training.data_parallel import DataParallel
 
 
 class DynamicLossScale(tf.Module):
@@ -45,8 +46,12 @@ class DynamicLossScale(tf.Module):
 
   def update(self, gradients) -> tf.Tensor:
     """Adjusts the scale after a step; True iff `gradients` are all finite."""
-    finite = tf.reduce_all(tf.stack(
-        [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]))
+    return self.record(tf.reduce_all(tf.stack(
+        [tf.reduce_all(tf.math.is_finite(g)) for g in gradients])))
+
+  def record(self, finite) -> tf.Tensor:
+    """Adjusts the scale after a step whose gradients were all finite or
+    not (with data parallelism: on every replica); returns `finite`."""
     grow = tf.logical_and(finite, self.good_steps + 1 >= self.growth_steps)
     new_scale = tf.where(finite, tf.where(grow, self.scale * 2.0, self.scale),
                          tf.maximum(self.scale / 2.0, 1.0))
@@ -63,24 +68,42 @@ class Trainer:
 
   def __init__(self, pipeline: Pipeline, optimizer: keras.optimizers.Optimizer,
                algorithm: str = "sideways", update_every_ticks: int = 0,
-               gradient_transform=None, loss_scale=None):
+               gradient_transform=None, loss_scale=None,
+               data_parallel: DataParallel = None):
     """`gradient_transform`, if given, maps the clip gradients (a list aligned
     with pipeline.trainable_variables) to the gradients applied, inside the
     compiled step: e.g. an all-reduce across workers. `loss_scale`, a
-    :class:`DynamicLossScale`, is for float16 stages (mixed_float16)."""
+    :class:`DynamicLossScale`, is for float16 stages (mixed_float16).
+    `data_parallel`, a :class:`DataParallel` of `pipeline`: R replicas, each
+    computing the gradient of B/R clips of every batch, one step with their
+    mean (create `optimizer` under its scope()); evaluation stays on
+    `pipeline`."""
     algorithms.get(algorithm)  # ValueError naming the known ones
     if update_every_ticks < 0:
       raise ValueError(
           f"update_every_ticks must be >= 0 (0 = once per clip), got "
           f"{update_every_ticks}")
+    data_parallel = data_parallel or DataParallel(pipeline)
+    if data_parallel.pipeline is not pipeline:
+      raise ValueError("data_parallel must be a DataParallel of this "
+                       "trainer's pipeline")
+    if data_parallel.num_replicas > 1 and gradient_transform is not None:
+      raise ValueError(
+          "gradient_transform (e.g. the all-reduce across workers) does not "
+          "combine with data parallel replicas in one process")
+    data_parallel.check_optimizer(optimizer)
+    self.data_parallel = data_parallel
     self.pipeline = pipeline
     self.optimizer = optimizer
     self.algorithm = algorithm
     self.update_every_ticks = int(update_every_ticks)
     if self.update_every_ticks and algorithms.get(algorithm).streams:
       # Weights change within a replayed module's lag: replay held inputs
-      # with the weights that computed them (docs/engine.md, "Replay").
-      pipeline.stash_replay_weights()
+      # with the weights that computed them (docs/engine.md, "Replay"); in
+      # every replica, and in the pipeline its checkpoints hold.
+      for streaming in {id(p): p for p in [pipeline] +
+                        data_parallel.replicas}.values():
+        streaming.stash_replay_weights()
     self.gradient_transform = gradient_transform
     self.loss_scale = loss_scale
     self._step_fns = {}
@@ -92,29 +115,37 @@ class Trainer:
     Sideways loss/accuracy are over the valid ticks (the top module's frames
     t-L+1 for t >= L); BP's over all frames.
     """
-    frames, labels = self.pipeline.prepare_inputs(
+    frames, labels = self.data_parallel.prepare_inputs(
         frames, labels, self.algorithm, reset=True)
     self._build_optimizer()
     if not self.update_every_ticks:
-      loss, accuracy, _ = self._step_fn(reset=True)(frames, labels)
+      loss, accuracy, _ = self._step(True, frames, labels)
       return {"loss": float(loss), "accuracy": float(accuracy)}
 
     # Online learning: N-tick chunks of one stream, an update after each.
-    self.pipeline.reset_state()
+    self.data_parallel.reset_state()
     totals = np.zeros(3)
     num_frames = frames.shape[1]
     for start in range(0, num_frames, self.update_every_ticks):
       chunk = frames[:, start:start + self.update_every_ticks]
-      loss, accuracy, terms = self._step_fn(reset=False)(chunk, labels)
+      loss, accuracy, terms = self._step(False, chunk, labels)
       totals += np.array([float(loss), float(accuracy), 1.0]) * float(terms)
     num_terms = max(float(totals[2]), 1.0)
     return {"loss": float(totals[0]) / num_terms,
             "accuracy": float(totals[1]) / num_terms}
 
+  def _step(self, reset: bool, frames, labels):
+    # Traced and run in the strategy's scope (data parallelism's
+    # cross-replica context; nothing for one replica).
+    with self.data_parallel.scope():
+      return self._step_fn(reset)(frames, labels)
+
   def _step_fn(self, reset: bool):
     if reset not in self._step_fns:
+      parallel = self.data_parallel
+
       def step(frames, labels):
-        result = self.pipeline.clip_gradients(
+        result = parallel.clip_gradients(
             frames, labels, self.algorithm, reset=reset,
             loss_scale=None if self.loss_scale is None else
             self.loss_scale.scale)
@@ -124,11 +155,10 @@ class Trainer:
         should_apply = result.num_loss_terms > 0
         if self.loss_scale is not None:
           # After the all-reduce, so every worker takes the same decision.
-          should_apply = tf.logical_and(should_apply,
-                                        self.loss_scale.update(gradients))
+          should_apply = tf.logical_and(should_apply, self.loss_scale.record(
+              parallel.all_finite(gradients)))
         def apply():
-          self.optimizer.apply_gradients(
-              zip(gradients, self.pipeline.trainable_variables))
+          parallel.apply_gradients(self.optimizer, gradients)
           return tf.constant(True)
         # A chunk with no valid loss term (a stream's warm-up) has a zero
         # gradient: skip the step, which would still move momentum-based
@@ -141,7 +171,8 @@ class Trainer:
   def _build_optimizer(self):
     if not self._optimizer_built:
       # Build the slots eagerly so no variable is created inside tf.function.
-      self.optimizer.build(self.pipeline.trainable_variables)
+      with self.data_parallel.scope():
+        self.optimizer.build(self.pipeline.trainable_variables)
       self._optimizer_built = True
 
   def evaluate(self, batches: Iterable) -> Dict[str, float]:

@@ -38,7 +38,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.learning_rate", "train.log_every",
                   "train.fidelity_every", "train.stage_time_every",
                   "train.keep_checkpoints", "eval.batch_size",
                   "eval.num_batches", "data.data_dir", "data.path", "devices",
-                  "distributed", "collective_timeout_seconds",
+                  "replicas", "distributed", "collective_timeout_seconds",
                   "start_timeout_seconds", "gpipe.micro_batch_frames",
                   "gpipe.rematerialize")
 
