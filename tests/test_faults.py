@@ -208,8 +208,9 @@ def test_second_train_refused_then_sigterm_saves_and_exits_143(
   first = subprocess.Popen(
       _train_cmd(workdir, data_dir, "--config.train.num_steps=100000",
                  "--config.train.checkpoint_every=1000",
-                 "--config.train.eval_every=0"),
+                 "--config.train.eval_every=1"),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  evaluated_before = (workdir / "eval.json").stat().st_mtime
   try:
     # Training has started once the run is past its resume line.
     _wait_for(lambda: workdir_lock.read_holder(workdir / ".lock").get(
@@ -220,7 +221,9 @@ def test_second_train_refused_then_sigterm_saves_and_exits_143(
     assert second.returncode == user_errors.EXIT_LOCKED
     assert f"in use by PID {first.pid}" in second.stderr
     assert "Traceback" not in second.stderr + second.stdout
-    time.sleep(1.0)
+    # In the loop (its SIGTERM saves) once a step of this run evaluated.
+    _wait_for(lambda: (workdir / "eval.json").stat().st_mtime
+              > evaluated_before, first)
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=300)
   finally:

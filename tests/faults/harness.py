@@ -63,9 +63,10 @@ def train_cmd(workdir, data_dir, *extra):
           *extra]
 
 
-def wait_for(predicate, process, seconds=120):
+def wait_for(predicate, process, seconds=600):
   """Polls `predicate` until true; fails if `process` ends first or after
-  `seconds`."""
+  `seconds` (a bound on a hang: a bin/train start-up takes minutes on a
+  loaded 2-core machine)."""
   deadline = time.time() + seconds
   while time.time() < deadline:
     if predicate():
