@@ -116,8 +116,11 @@ def test_data_parallel_rows_are_every_split_of_the_devices():
   assert benchmark_devices.data_parallel_variants(2) == [
       f"dp2x1_{row}" for row in rows]
   four = benchmark_devices.data_parallel_variants(4)
-  assert [v for v in four if v.endswith("_bp") and "chunked" not in v] == [
+  # The plain BP row at each split (chunked_bp and pipelined_bp rows also
+  # end in "_bp").
+  assert [v for v in four if v.split("_", 1)[1] == "bp"] == [
       "dp2x2_bp", "dp4x1_bp"]
+  assert {v.split("_", 1)[0] for v in four} == {"dp2x2", "dp4x1"}
   config = benchmark_devices.DevicesConfig(num_devices=2)
   assert config.rows[-len(rows):] == [f"dp2x1_{row}" for row in rows]
   assert benchmark_devices.variant_spec("dp2x1_chunked_bp") == (
