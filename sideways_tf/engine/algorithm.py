@@ -14,6 +14,7 @@ so nothing imports in a circle.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Dict, List, NamedTuple
 
 import tensorflow as tf
@@ -35,7 +36,7 @@ def sparse_softmax_cross_entropy(labels, logits):
       labels=tf.cast(labels, tf.int32), logits=logits)
 
 
-class Algorithm:
+class Algorithm(abc.ABC):
   """One way to compute the clip gradient of a Pipeline.
 
   Subclasses set the class attributes and implement :meth:`clip_gradients`
@@ -79,6 +80,7 @@ class Algorithm:
     del num_modules
     return requested
 
+  @abc.abstractmethod
   def clip_gradients(self, pipeline, frames, labels, reset: bool,
                      loss_scale) -> ClipResult:
     """Graph of the clip gradient (called inside ``tf.function``).
@@ -88,4 +90,3 @@ class Algorithm:
     multiplies the loss where it is differentiated (float16 stages), and the
     returned gradients and loss are divided by it again.
     """
-    raise NotImplementedError
