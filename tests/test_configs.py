@@ -56,6 +56,8 @@ def test_config_builds_with_exactly_the_default_keys(path):
   if config.data.name == "moving_digits":
     # Its own generator controls replace the moving-shapes ones.
     expected = (expected - MOVING_SHAPES_ONLY) | MOVING_DIGITS_ONLY
+    if config.data.label_key == "digit_direction":
+      expected.add("data.num_directions")
   assert keys == expected, (keys ^ expected)
   assert config.model.name and config.model.num_modules >= 0
   assert config.algorithm in ("sideways", "bp")

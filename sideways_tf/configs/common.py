@@ -17,6 +17,7 @@ def vgg8_on_gpus(config, *, num_modules, granularity):
   # map measures what VGG-8 with batch norm needs (docs/fidelity.md).
   config.model.norm = "batch"
   config.model.balance = ""  # "time": re-cut by measured time at start-up
+  config.model.temporal = ""  # or "conv:3", "shift" (docs/models.md)
   config.devices = tuple(f"/GPU:{k}" for k in range(num_modules))
   config.train.batch_size = 32
   config.train.learning_rate = 3e-4

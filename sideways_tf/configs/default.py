@@ -65,6 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
   # tick time at start-up (sideways_tf/training/auto_balance.py); "params":
   # by parameter count; "": the model's own split.
   config.model.balance = ""
+  # Temporal variant (docs/models.md): "" = a frame model; "conv:3" = a
+  # causal temporal conv over 3 frames after every conv; "shift" = an online
+  # temporal shift of 1/8 of the channels ("shift:0.25": a quarter).
+  config.model.temporal = ""
   config.devices = ()  # () = default placement; else one device per module
   # ("auto",) = every visible GPU, module k on GPU k*G//L (docs/scaling.md).
   # Data parallel on this machine (docs/scaling.md): R replicas under

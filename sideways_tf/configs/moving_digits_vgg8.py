@@ -28,4 +28,5 @@ def get_config():
   # at L = 8 the map measured replay 4 and 7 (= L-1), closest to BP with 7
   # (docs/fidelity.md, section 3): --config.replay_modules=7, or "auto".
   config.replay_modules = 0
+  config.model.temporal = ""  # or "conv:3", "shift" (docs/models.md)
   return config

@@ -36,6 +36,8 @@ class Datasets:
   num_classes: int
   frame_shape: Tuple[int, int, int]
   class_names: List[str]
+  # {part: (divisor, count)} of labels made of parts (clips.Source).
+  label_parts: dict = dataclasses.field(default_factory=dict)
 
 
 def resolve_data_dir(data_dir: str) -> pathlib.Path:
@@ -101,7 +103,8 @@ def get_datasets(data_config, batch_size: int, eval_batch_size: int,
       eval=clips.eval_dataset(source.eval, options, eval_batch_size),
       num_classes=num_classes,
       frame_shape=(options.image_size, options.image_size, 3),
-      class_names=list(source.class_names))
+      class_names=list(source.class_names),
+      label_parts=dict(source.label_parts))
 
 
 def _get(config, key, default):

@@ -233,3 +233,7 @@ class Source:
   shuffle_buffer: int = 256
   random_flip: bool = False
   crop_fraction: float = 1.0
+  # Labels made of parts (moving digits' digit x direction): {part:
+  # (divisor, count)}, part = label // divisor % count; evaluation reports
+  # each part's clip accuracy too.
+  label_parts: dict = dataclasses.field(default_factory=dict)

@@ -28,7 +28,7 @@ FRAME_RATE = 25
 
 def video_path(output_dir: pathlib.Path, settings: moving_digits.Settings,
                split: str, index: int) -> pathlib.Path:
-  label = settings.class_names[index % settings.num_classes]
+  label = settings.class_names[index % settings.num_labels]
   return output_dir / split / label / f"{split}_{index:05d}.mp4"
 
 

@@ -30,6 +30,16 @@ with fresh Gaussian pixel noise in every frame. The label is the digit.
 * `backgrounds="skimage"`: the clutter behind the object comes from
   scikit-image's bundled textures (brick, grass, gravel) instead of
   scikit-learn's two sample photos: another family of clutter.
+* Digit x direction (``label="digit_direction"``, configs/
+  moving_digits_direction.py): the label is digit * num_directions +
+  direction, the digit moving at a constant velocity in one of
+  `num_directions` evenly spaced directions (`directions`) on a torus: it
+  leaves one edge and comes back at the opposite one, so it never turns.
+  The start is uniform on the torus and drawn, like everything else, before
+  and apart from the direction, so every single frame has the same
+  distribution for every direction: a per-frame model is at chance on the
+  direction part (``render_video(..., direction=d)`` draws the same video
+  moving another way).
 
 Every example is drawn from its own generator seeded by (seed, split, index)
 and cached by TFDS under `data_dir/moving_digits/<config hash>/<version>`,
@@ -68,6 +78,7 @@ PHOTO_OBJECTS = ("astronaut", "camera", "coffee", "chelsea", "rocket",
                  "immunohistochemistry")
 PHOTO_SIDE = 16  # a photo object's own resolution, like the digits' 8 px
 PHOTO_TEST_FRACTION = 0.25  # right part of each photo: test crops only
+LABELS = ("digit", "digit_direction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +100,15 @@ class Settings:
   seed: int = 0
   objects: str = "digits"  # or "photos" (PHOTO_OBJECTS)
   backgrounds: str = "sklearn"  # or "skimage" (SKIMAGE_BACKGROUNDS)
+  label: str = "digit"  # or "digit_direction" (see the module docstring)
+  num_directions: int = 4  # digit_direction: directions, evenly spaced
 
   def __post_init__(self):
+    if self.label not in LABELS:
+      raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
+    if self.num_directions < 2:
+      raise ValueError(f"num_directions must be >= 2, got "
+                       f"{self.num_directions}")
     if self.backgrounds not in BACKGROUNDS:
       raise ValueError(f"backgrounds must be one of {BACKGROUNDS}, got "
                        f"{self.backgrounds!r}")
@@ -137,9 +155,31 @@ class Settings:
     return DIGIT_SIDE if self.objects == "digits" else PHOTO_SIDE
 
   @property
+  def moves_by_direction(self) -> bool:
+    return self.label == "digit_direction"
+
+  @property
+  def num_labels(self) -> int:
+    return self.num_classes * (self.num_directions
+                               if self.moves_by_direction else 1)
+
+  @property
   def class_names(self) -> Tuple[str, ...]:
+    """Names in label order: "3", or "3_left" for digit x direction."""
     names = CLASS_NAMES if self.objects == "digits" else PHOTO_OBJECTS
-    return tuple(names[:self.num_classes])
+    names = tuple(names[:self.num_classes])
+    if not self.moves_by_direction:
+      return names
+    return tuple(f"{name}_{direction}" for name in names
+                 for direction, _ in directions(self.num_directions))
+
+  @property
+  def label_parts(self) -> Dict[str, Tuple[int, int]]:
+    """{part: (divisor, count)}: part = label // divisor % count."""
+    if not self.moves_by_direction:
+      return {}
+    return {"digit": (self.num_directions, self.num_classes),
+            "direction": (1, self.num_directions)}
 
   @property
   def scale(self) -> float:
@@ -161,12 +201,30 @@ class Settings:
   def config_name(self) -> str:
     """Short readable prefix + hash: distinct settings never share a cache."""
     fields = dataclasses.asdict(self)
-    for key, default in (("objects", "digits"), ("backgrounds", "sklearn")):
+    for key, default in (("objects", "digits"), ("backgrounds", "sklearn"),
+                         ("label", "digit")):
       if fields[key] == default:  # the first sets keep their cache names
         del fields[key]
+    if self.label == "digit":
+      del fields["num_directions"]
     payload = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
     return f"s{self.image_size}_f{self.num_frames}_{digest}"
+
+
+_FOUR_DIRECTIONS = (("down", 90.0), ("left", 180.0), ("right", 0.0),
+                    ("up", 270.0))
+
+
+def directions(num_directions: int) -> Tuple[Tuple[str, float], ...]:
+  """(name, degrees clockwise from the right; image y points down) of each
+  direction id. Names sort in id order, so the class folders of the mp4
+  route (bin/make_digit_videos, sorted by name) get the same ids: "down",
+  "left", "right", "up" for 4, else "000deg", "045deg", ..."""
+  if num_directions == 4:
+    return _FOUR_DIRECTIONS
+  return tuple((f"{round(360 * d / num_directions):03d}deg",
+                360.0 * d / num_directions) for d in range(num_directions))
 
 
 # ------------------------------------------------------------------ sources
@@ -268,9 +326,16 @@ def bounce(position: np.ndarray, travel: float) -> np.ndarray:
 
 def _sampling_weights(corner: np.ndarray, settings: Settings) -> np.ndarray:
   """[T, size, side] bilinear weights of each object column at each frame
-  column for an object whose top-left corner is at `corner` [T] (px)."""
+  column for an object whose top-left corner is at `corner` [T] (px). On
+  the torus of digit x direction the offsets wrap around the frame (the
+  bilinear edge, one object pixel wide, stays on the object's side of the
+  wrap)."""
   grid = np.arange(settings.image_size, dtype=np.float64) + 0.5
-  source = (grid[None, :] - corner[:, None]) / settings.scale - 0.5
+  offset = grid[None, :] - corner[:, None]
+  if settings.moves_by_direction:
+    offset = np.mod(offset + settings.scale, settings.image_size) - (
+        settings.scale)
+  source = offset / settings.scale - 0.5
   taps = np.arange(settings.source_side, dtype=np.float64)
   return np.maximum(0.0, 1.0 - np.abs(source[:, :, None] - taps))
 
@@ -304,13 +369,23 @@ def _photo_patch(rng, size: int, backgrounds: str = "sklearn") -> np.ndarray:
   return patch[:, ::-1] if rng.integers(2) else patch
 
 
-def trajectory(settings: Settings, rng) -> Tuple[np.ndarray, np.ndarray,
-                                                  float]:
-  """(corner_x [T], corner_y [T], speed): a straight bouncing path."""
+def trajectory(settings: Settings, rng, direction=None
+               ) -> Tuple[np.ndarray, np.ndarray, float]:
+  """(corner_x [T], corner_y [T], speed): a straight bouncing path, or with
+  a `direction` a straight path on the torus, from a uniform start. The
+  draws are the same whatever the direction."""
   speed = rng.uniform(settings.speed_min, settings.speed_max)
   angle = rng.uniform(0.0, 2.0 * math.pi)
-  start = rng.uniform(0.0, max(settings.travel, 0.0), size=2)
+  span = (settings.image_size if direction is not None
+          else max(settings.travel, 0.0))
+  start = rng.uniform(0.0, span, size=2)
   t = np.arange(settings.num_frames, dtype=np.float64)
+  if direction is not None:
+    angle = math.radians(directions(settings.num_directions)[direction][1])
+    return (np.mod(start[0] + speed * math.cos(angle) * t,
+                   settings.image_size),
+            np.mod(start[1] + speed * math.sin(angle) * t,
+                   settings.image_size), float(speed))
   margin = settings.scale / 2.0  # the bilinear edge stays inside the frame
   x = margin + bounce(start[0] + speed * math.cos(angle) * t,
                       settings.travel)
@@ -319,16 +394,27 @@ def trajectory(settings: Settings, rng) -> Tuple[np.ndarray, np.ndarray,
   return x, y, float(speed)
 
 
-def render_video(settings: Settings, split: str, index: int
-                 ) -> Dict[str, object]:
-  """One example: uint8 video [T, size, size, 3], label, instance, speed."""
+def render_video(settings: Settings, split: str, index: int,
+                 direction=None) -> Dict[str, object]:
+  """One example: uint8 video [T, size, size, 3], label, instance, speed
+  (and direction, for digit x direction).
+
+  `direction` (digit x direction only): the same draws moving that way
+  instead of the label's (the label stays the index's).
+  """
   rng = np.random.default_rng([settings.seed, _SPLIT_IDS[split], index])
   images, _ = load_digit_images()
   pools = instance_split(settings)[split]
-  label = index % settings.num_classes
-  pool = pools[label]
+  label = index % settings.num_labels
+  digit, label_direction = (divmod(label, settings.num_directions)
+                            if settings.moves_by_direction else (label, None))
+  if direction is None:
+    direction = label_direction
+  elif not settings.moves_by_direction:
+    raise ValueError("direction applies to label='digit_direction' only")
+  pool = pools[digit]
   # Every instance of the pool in turn: all are used, equally often.
-  instance = int(pool[(index // settings.num_classes) % len(pool)])
+  instance = int(pool[(index // settings.num_labels) % len(pool)])
   size, frames = settings.image_size, settings.num_frames
 
   background = np.zeros((size, size, 3), np.float32)
@@ -342,9 +428,9 @@ def render_video(settings: Settings, split: str, index: int
     alpha = digit_alpha(image, corner[:1], corner[1:], settings)[0, ..., None]
     background = background * (1.0 - alpha) + _bright_colour(rng) * alpha
 
-  x, y, speed = trajectory(settings, rng)
+  x, y, speed = trajectory(settings, rng, direction)
   if settings.objects == "photos":
-    photo = photo_crop(rng, load_object_photos()[label], split)
+    photo = photo_crop(rng, load_object_photos()[digit], split)
     side = settings.source_side
     alpha = digit_alpha(np.ones((side, side)), x, y, settings)[..., None]
     video = background * (1.0 - alpha) + digit_alpha(photo, x, y, settings)
@@ -355,8 +441,11 @@ def render_video(settings: Settings, split: str, index: int
   if settings.noise > 0:
     video = video + rng.normal(0.0, settings.noise, (frames, size, size, 3))
   video = np.round(np.clip(video, 0.0, 1.0) * 255.0).astype(np.uint8)
-  return {"video": video, "label": label, "instance": instance,
-          "speed": np.float32(speed)}
+  example = {"video": video, "label": label, "instance": instance,
+             "speed": np.float32(speed)}
+  if settings.moves_by_direction:
+    example["direction"] = direction
+  return example
 
 
 # ------------------------------------------------------------------ TFDS
@@ -375,17 +464,20 @@ class MovingDigits(generated.GeneratedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.settings
+    features = {
+        "video": tfds.features.Tensor(
+            shape=(s.num_frames, s.image_size, s.image_size, 3),
+            dtype=np.uint8),
+        "label": tfds.features.ClassLabel(names=s.class_names),
+        # Index into sklearn's load_digits(): which handwriting.
+        "instance": tfds.features.Scalar(dtype=np.int32),
+        "speed": tfds.features.Scalar(dtype=np.float32),  # px/frame
+    }
+    if s.moves_by_direction:
+      features["direction"] = tfds.features.Scalar(dtype=np.int32)
     return self.dataset_info_from_configs(
         description=__doc__.split("\n\n")[0],
-        features=tfds.features.FeaturesDict({
-            "video": tfds.features.Tensor(
-                shape=(s.num_frames, s.image_size, s.image_size, 3),
-                dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=s.class_names),
-            # Index into sklearn's load_digits(): which handwriting.
-            "instance": tfds.features.Scalar(dtype=np.int32),
-            "speed": tfds.features.Scalar(dtype=np.float32),  # px/frame
-        }),
+        features=tfds.features.FeaturesDict(features),
         supervised_keys=("video", "label"))
 
 
@@ -419,11 +511,28 @@ def settings_from_config(data_config) -> Settings:
     low, high = _pair(data_config.get(
         "speed_range", (Settings.speed_min, Settings.speed_max)),
                       "speed_range")
+  label = data_config.get("label_key", "label")
+  if label not in ("label", "digit", "digit_direction"):
+    raise ValueError(f"config.data.label_key for moving digits must be "
+                     f"'label' (the digit) or 'digit_direction', got "
+                     f"{label!r}")
+  label = "digit" if label in ("label", "digit") else label
+  num_directions = int(data_config.get("num_directions", 4))
+  num_classes = int(data_config.num_classes or 0)
+  if label == "digit_direction":
+    num_classes = num_classes or 10 * num_directions
+    if num_classes % num_directions:
+      raise ValueError(
+          f"config.data.num_classes ({num_classes}) must be digits x "
+          f"num_directions ({num_directions}) for label_key="
+          f"'digit_direction'")
+    num_classes //= num_directions
   return Settings(
+      label=label, num_directions=num_directions,
       image_size=int(data_config.image_size),
       num_frames=(int(data_config.num_frames) - 1)
       * int(data_config.get("temporal_stride", 1)) + 1,
-      num_classes=int(data_config.num_classes or 10),
+      num_classes=num_classes or 10,
       object_size=object_size, speed_min=low, speed_max=high,
       clutter=float(data_config.get("clutter", Settings.clutter)),
       num_distractors=int(data_config.get("num_distractors",
@@ -462,4 +571,4 @@ def load_source(data_config, data_dir):
       train=split("train"), eval=split("test"),
       class_names=list(builder.info.features["label"].names),
       shuffle_buffer=settings.num_train, random_flip=False,
-      crop_fraction=1.0)
+      crop_fraction=1.0, label_parts=settings.label_parts)

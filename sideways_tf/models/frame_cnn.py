@@ -3,6 +3,8 @@
 conv blocks (3x3 conv, ReLU, 2x2 max-pool; the last block global-pools) and a
 dense head. With `num_modules` = number of blocks + 1 each block is one module
 and the head is the top module; fewer modules group consecutive blocks.
+`temporal` ("conv:K", "shift"; see zoo.parse_temporal) puts a causal
+temporal layer after every conv's ReLU.
 """
 
 from typing import Sequence
@@ -13,12 +15,16 @@ from sideways_tf.models import zoo
 
 
 def frame_cnn_stages(num_classes: int, num_modules: int = 4,
-                     widths: Sequence[int] = (16, 32, 64)):
+                     widths: Sequence[int] = (16, 32, 64), temporal: str = ""):
   """Returns `num_modules` Keras stages; the last emits `num_classes` logits."""
   widths = [int(w) for w in widths]
+  zoo.parse_temporal(temporal)
   layers = []
   for i, width in enumerate(widths):
     block = [keras.layers.Conv2D(width, 3, padding="same", activation="relu")]
+    mixer = zoo.make_temporal(temporal, f"temporal_{i + 1}")
+    if mixer is not None:
+      block.append(mixer)
     if i + 1 < len(widths):
       block.append(keras.layers.MaxPooling2D(2))
     else:

@@ -10,7 +10,9 @@
 
 A basic block (:class:`BasicBlock`) is conv3x3-norm-ReLU-conv3x3-norm, plus
 the identity (or a 1x1 conv + norm projection when the shape changes), then
-ReLU. It is ONE Keras layer, so a module boundary between two blocks passes a
+ReLU. In a temporal variant (``temporal="conv:K"`` or ``"shift"``) the
+residual branch starts with the causal temporal layer, as TSM places its
+shift, so the shortcut keeps the frame itself. It is ONE Keras layer, so a module boundary between two blocks passes a
 single tensor, which is all the Sideways pipeline carries between modules.
 1 + 16 + 1 = 18 weight layers (plus 3 projection convs). Global pooling makes
 the same weights work at any input size (32x32 to 224x224 and beyond).
@@ -44,12 +46,17 @@ class BasicBlock(keras.layers.Layer):
       required when `strides` > 1 or the channel count changes.
     norm: "batch", "group" or "none".
     bn_momentum, bn_epsilon, norm_groups: normalisation settings.
+    temporal: "" or a causal temporal layer at the start of the residual
+      branch ("conv:K", "shift[:fraction]"; zoo.parse_temporal).
   """
 
   def __init__(self, filters: int, strides: int = 1, project: bool = False,
                norm: str = "batch", bn_momentum: float = 0.99,
-               bn_epsilon: float = 1e-5, norm_groups: int = 32, **kwargs):
+               bn_epsilon: float = 1e-5, norm_groups: int = 32,
+               temporal: str = "", **kwargs):
     super().__init__(**kwargs)
+    self.temporal = str(temporal or "")
+    self.temporal_layer = zoo.make_temporal(self.temporal, "temporal")
     self.filters = int(filters)
     self.strides = int(strides)
     self.project = bool(project)
@@ -82,6 +89,8 @@ class BasicBlock(keras.layers.Layer):
       raise ValueError(
           f"{self.name}: an identity shortcut needs {self.filters} input "
           f"channels, got input shape {input_shape}; use project=True")
+    if self.temporal_layer is not None:
+      self.temporal_layer.build(input_shape)
     self.conv1.build(input_shape)
     shape = self.conv1.compute_output_shape(input_shape)
     if self.norm1 is not None:
@@ -95,7 +104,8 @@ class BasicBlock(keras.layers.Layer):
         self.shortcut_norm.build(shape)
 
   def call(self, inputs, training=None):
-    x = self.conv1(inputs)
+    x = inputs if self.temporal_layer is None else self.temporal_layer(inputs)
+    x = self.conv1(x)
     if self.norm1 is not None:
       x = self.norm1(x, training=training)
     x = keras.ops.relu(x)
@@ -117,15 +127,16 @@ class BasicBlock(keras.layers.Layer):
     config.update(filters=self.filters, strides=self.strides,
                   project=self.project, norm=self.norm,
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  norm_groups=self.norm_groups)
+                  norm_groups=self.norm_groups, temporal=self.temporal)
     return config
 
   @staticmethod
   def num_params(in_channels: int, filters: int, project: bool,
-                 norm: str) -> int:
+                 norm: str, temporal: str = "") -> int:
     """Trainable parameters of a block (analytic)."""
     total = (zoo.conv_params(3, in_channels, filters, norm) +
-             zoo.conv_params(3, filters, filters, norm))
+             zoo.conv_params(3, filters, filters, norm) +
+             zoo.temporal_params(temporal, in_channels))
     if project:
       total += zoo.conv_params(1, in_channels, filters, norm)
     return total
@@ -133,9 +144,10 @@ class BasicBlock(keras.layers.Layer):
 
 def resnet18_units(num_classes: int, width: int = 64, norm: str = "batch",
                    bn_momentum: float = 0.99, norm_groups: int = 32,
-                   in_channels: int = 3) -> List[zoo.Unit]:
+                   in_channels: int = 3, temporal: str = "") -> List[zoo.Unit]:
   """The 10 units of ResNet-18 (fresh, unbuilt layers)."""
   zoo.check_norm(norm)
+  zoo.parse_temporal(temporal)
   width = int(width)
   stem = [keras.layers.Conv2D(width, 7, strides=2, padding="same",
                               use_bias=norm == "none",
@@ -157,12 +169,13 @@ def resnet18_units(num_classes: int, width: int = 64, norm: str = "batch",
       project = strides != 1 or channels != filters
       name = f"{stage}_{i + 1}"
       layers = [BasicBlock(filters, strides, project, norm, bn_momentum,
-                           norm_groups=norm_groups, name=name)]
+                           norm_groups=norm_groups, temporal=temporal,
+                           name=name)]
       if stage == _STAGES[-1][0] and i == 1:
         layers.append(keras.layers.GlobalAveragePooling2D(name="global_pool"))
       units.append(zoo.Unit(
-          name, layers, BasicBlock.num_params(channels, filters, project, norm),
-          stage))
+          name, layers, BasicBlock.num_params(channels, filters, project,
+                                              norm, temporal), stage))
       channels = filters
   units.append(zoo.Unit("fc", [keras.layers.Dense(num_classes, name="fc")],
                         zoo.dense_params(channels, num_classes), "head"))
@@ -172,7 +185,7 @@ def resnet18_units(num_classes: int, width: int = 64, norm: str = "batch",
 def resnet18_stages(num_classes: int, granularity: Union[str, int] = "block",
                     width: int = 64, norm: str = "batch", num_modules: int = 0,
                     bn_momentum: float = 0.99, norm_groups: int = 32,
-                    in_channels: int = 3):
+                    in_channels: int = 3, temporal: str = ""):
   """ResNet-18 as Sideways stages; the last emits `num_classes` logits.
 
   Args:
@@ -187,7 +200,9 @@ def resnet18_stages(num_classes: int, granularity: Union[str, int] = "block",
       updates the moving statistics once per tick, i.e. T times per clip.
     norm_groups: at most this many groups for norm="group".
     in_channels: frame channels; used only to balance an int granularity.
+    temporal: "" (a frame model), "conv:K" or "shift[:fraction]": a causal
+      temporal layer at the start of every block's residual branch.
   """
   units = resnet18_units(num_classes, width, norm, bn_momentum, norm_groups,
-                         in_channels)
+                         in_channels, temporal)
   return zoo.to_stages(zoo.group_units(units, granularity, num_modules))

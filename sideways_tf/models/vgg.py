@@ -7,7 +7,8 @@
     dense(fc_width)   dense(num_classes)  head
 
 Every conv is 3x3, "same" padding, followed by the normalisation (``norm``)
-and a ReLU; pools are 2x2 max-pools. The last max-pool of VGG is replaced by
+and a ReLU (and, in a temporal variant, the causal temporal layer of
+``temporal``); pools are 2x2 max-pools. The last max-pool of VGG is replaced by
 global average pooling so one set of weights works at any input size from
 8x8 (e.g. 32x32) to 224x224 and beyond: the head always sees ``8w`` features.
 6 convs + 2 dense layers = 8 weight layers.
@@ -34,9 +35,10 @@ _CONVS = (("block1", 1), ("block2", 2), ("block3", 4), ("block3", 4),
 def vgg8_units(num_classes: int, width: int = 64, norm: str = "batch",
                fc_width: Optional[int] = None, dropout: float = 0.0,
                bn_momentum: float = 0.99, norm_groups: int = 32,
-               in_channels: int = 3) -> List[zoo.Unit]:
+               in_channels: int = 3, temporal: str = "") -> List[zoo.Unit]:
   """The 8 units of VGG-8 (fresh, unbuilt layers)."""
   zoo.check_norm(norm)
+  zoo.parse_temporal(temporal)
   width = int(width)
   fc_width = int(fc_width) if fc_width else 8 * width
   units = []
@@ -52,13 +54,17 @@ def vgg8_units(num_classes: int, width: int = 64, norm: str = "batch",
     if norm_layer is not None:
       layers.append(norm_layer)
     layers.append(keras.layers.ReLU(name=f"{name}_relu"))
+    mixer = zoo.make_temporal(temporal, f"{name}_temporal")
+    if mixer is not None:
+      layers.append(mixer)
     last_of_block = i + 1 == len(_CONVS) or _CONVS[i + 1][0] != block
     if i + 1 == len(_CONVS):
       layers.append(keras.layers.GlobalAveragePooling2D(name="global_pool"))
     elif last_of_block:
       layers.append(keras.layers.MaxPooling2D(2, name=f"{block}_pool"))
     units.append(zoo.Unit(name, layers,
-                          zoo.conv_params(3, channels, out, norm), block))
+                          zoo.conv_params(3, channels, out, norm)
+                          + zoo.temporal_params(temporal, out), block))
     channels = out
   fc1 = [keras.layers.Dense(fc_width, activation="relu",
                             kernel_initializer="he_normal", name="fc1")]
@@ -76,7 +82,7 @@ def vgg8_stages(num_classes: int, granularity: Union[str, int] = "block",
                 width: int = 64, norm: str = "batch", num_modules: int = 0,
                 fc_width: Optional[int] = None, dropout: float = 0.0,
                 bn_momentum: float = 0.99, norm_groups: int = 32,
-                in_channels: int = 3):
+                in_channels: int = 3, temporal: str = ""):
   """VGG-8 as Sideways stages; the last emits `num_classes` logits.
 
   Args:
@@ -95,9 +101,11 @@ def vgg8_stages(num_classes: int, granularity: Union[str, int] = "block",
     norm_groups: at most this many groups for norm="group".
     in_channels: frame channels; used only to balance an int granularity
       (the weights are built from the frames the pipeline sees).
+    temporal: "" (a frame model), "conv:K" or "shift[:fraction]": a causal
+      temporal layer after every conv's ReLU (zoo.parse_temporal).
 
   Any input size from 8x8 up works with the same weights (global pooling).
   """
   units = vgg8_units(num_classes, width, norm, fc_width, dropout, bn_momentum,
-                     norm_groups, in_channels)
+                     norm_groups, in_channels, temporal)
   return zoo.to_stages(zoo.group_units(units, granularity, num_modules))

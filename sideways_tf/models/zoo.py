@@ -17,18 +17,25 @@ Sideways stages at the requested granularity:
 Cutting a model differently only moves module boundaries: the layers, their
 order and their names are the same, so the same weights give the same BP
 gradient at every granularity (tested in tests/models).
+
+Temporal variants (``temporal="conv:K"`` or ``"shift"``, config key
+``model.temporal``): a causal temporal layer (sideways_tf/layers/
+temporal.py) after the activation of every conv (inside each ResNet block,
+on its residual branch). It sits inside a unit, so the variants cut like
+their frame models.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import keras
 
 NORMS = ("batch", "group", "none")
 GRANULARITIES = ("layer", "block")
+TEMPORAL_KINDS = ("conv", "shift")
 
 
 @dataclasses.dataclass
@@ -38,6 +45,45 @@ class Unit:
   layers: List[keras.layers.Layer]
   num_params: int  # trainable parameters (analytic; checked by the tests)
   block: str       # the block ("stage" of the architecture) it belongs to
+
+
+def parse_temporal(spec: str) -> Tuple[str, float]:
+  """model.temporal -> ("", 0), ("conv", K) or ("shift", fraction).
+
+  "" (a frame model), "conv:K" (a depthwise causal temporal conv over K
+  frames), "shift" or "shift:F" (online temporal shift of a fraction F of
+  the channels, default 1/8).
+  """
+  spec = str(spec or "").strip()
+  if not spec:
+    return "", 0
+  kind, _, argument = spec.partition(":")
+  try:
+    if kind == "conv" and argument:
+      return kind, int(argument)
+    if kind == "shift":
+      return kind, float(argument) if argument else 0.125
+  except ValueError:
+    pass
+  raise ValueError(f"model.temporal must be '', 'conv:K' (K frames) or "
+                   f"'shift[:fraction]', got {spec!r}")
+
+
+def make_temporal(spec: str, name: str):
+  """The temporal layer of `spec` (see parse_temporal), or None."""
+  from sideways_tf.layers import temporal  # noqa: PLC0415 (keras models)
+  kind, argument = parse_temporal(spec)
+  if kind == "conv":
+    return temporal.CausalTemporalConv(argument, name=name)
+  if kind == "shift":
+    return temporal.TemporalShift(argument, name=name)
+  return None
+
+
+def temporal_params(spec: str, channels: int) -> int:
+  """Trainable parameters of the temporal layer of `spec` on `channels`."""
+  kind, argument = parse_temporal(spec)
+  return (argument + 1) * channels if kind == "conv" else 0
 
 
 def check_norm(norm: str) -> str:

@@ -272,11 +272,14 @@ def evaluate(setup, writer, step, workdir, settings: EvalSettings):
   if settings.num_batches:
     batches = batches.take(settings.num_batches)
   with shard_check.named_data_errors(settings.data):
-    metrics = setup.trainer.evaluate(batches)
-  summaries.write_scalars(writer, step, {
+    metrics = setup.trainer.evaluate(batches, setup.datasets.label_parts)
+  summaries.write_scalars(writer, step, dict({
       "eval/loss": metrics["loss"],
       "eval/accuracy": metrics["clip_accuracy"],
-      "eval/frame_accuracy": metrics["frame_accuracy"]})
+      "eval/frame_accuracy": metrics["frame_accuracy"]}, **{
+          f"eval/accuracy/{key.split('/', 1)[1]}": value
+          for key, value in metrics.items()
+          if key.startswith("clip_accuracy/")}))
   if workdir is not None:
     atomic_write_text(pathlib.Path(workdir) / "eval.json",
                       json.dumps(dict(metrics, step=step), indent=2))

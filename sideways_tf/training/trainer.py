@@ -13,7 +13,7 @@ stashing, `Pipeline.stash_replay_weights`), which the Trainer turns on.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import keras
 import numpy as np
@@ -175,14 +175,20 @@ class Trainer:
         self.optimizer.build(self.pipeline.trainable_variables)
       self._optimizer_built = True
 
-  def evaluate(self, batches: Iterable) -> Dict[str, float]:
+  def evaluate(self, batches: Iterable,
+               label_parts: Optional[Dict[str, tuple]] = None
+               ) -> Dict[str, float]:
     """Clip and per-frame accuracy, every frame through all modules.
 
     `batches` yields {"video": [B,T,...], "label": [B]}. Clip logits are the
-    mean of the per-frame logits.
+    mean of the per-frame logits. `label_parts` ({part: (divisor, count)},
+    part = label // divisor % count, as moving digits' digit x direction):
+    also "clip_accuracy/<part>", the predicted class's part right.
     """
     clip_correct = frame_correct = loss_sum = 0.0
     num_clips = num_frames = 0
+    label_parts = dict(label_parts or {})
+    part_correct = dict.fromkeys(label_parts, 0.0)
     for batch in batches:
       frames, labels = batch["video"], tf.cast(batch["label"], tf.int32)
       logits = self.pipeline.predict_frames(frames)  # [B, T, C]
@@ -193,6 +199,10 @@ class Trainer:
       frame_labels = tf.repeat(labels[:, None], t, axis=1)
       clip_correct += float(tf.reduce_sum(tf.cast(clip_pred == labels,
                                                   tf.float32)))
+      for part, (divisor, count) in label_parts.items():
+        part_correct[part] += float(tf.reduce_sum(tf.cast(
+            clip_pred // divisor % count == labels // divisor % count,
+            tf.float32)))
       frame_correct += float(tf.reduce_sum(tf.cast(frame_pred == frame_labels,
                                                    tf.float32)))
       per_frame_loss = self.pipeline.loss_fn(
@@ -203,6 +213,9 @@ class Trainer:
       num_frames += int(labels.shape[0]) * t
     if not num_clips:
       raise ValueError("evaluate got an empty dataset (no clips)")
-    return {"clip_accuracy": clip_correct / num_clips,
-            "frame_accuracy": frame_correct / num_frames,
-            "loss": loss_sum / num_frames}
+    metrics = {"clip_accuracy": clip_correct / num_clips,
+               "frame_accuracy": frame_correct / num_frames,
+               "loss": loss_sum / num_frames}
+    metrics.update({f"clip_accuracy/{part}": correct / num_clips
+                    for part, correct in part_correct.items()})
+    return metrics

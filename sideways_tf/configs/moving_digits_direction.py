@@ -1,0 +1,32 @@
+"""Digit x direction: moving digits where time matters (temporal models).
+
+The label is the digit and the direction it moves in (10 digits x 4
+directions = 40 classes). The digit moves at a constant velocity on a torus
+(it leaves one edge and comes back at the other) from a uniform start, so
+every single frame looks the same for every direction: a per-frame model is
+at chance (1/4) on the direction part, `eval/accuracy/direction` in
+TensorBoard and "clip_accuracy/direction" in eval.json
+(sideways_tf/data/moving_digits.py, docs/data.md). The model is the frame
+CNN with a causal temporal conv over 3 frames after every conv
+(`model.temporal`, docs/models.md); docs/algorithm.md gives its rule under
+Sideways, BP and GPipe. Hardware: a 2-core CPU, minutes.
+
+Run:  bin/train --config=configs/moving_digits_direction.py
+      bin/train --config=configs/moving_digits_direction.py --config.algorithm=bp
+      the per-frame model: --config.model.temporal=""
+      a temporal shift instead: --config.model.temporal=shift
+"""
+
+from sideways_tf.configs import moving_digits
+
+
+def get_config():
+  config = moving_digits.get_config()
+  config.experiment = "moving_digits_direction"
+  data = config.data
+  data.label_key = "digit_direction"
+  data.num_directions = 4
+  data.num_classes = 40  # 10 digits x num_directions
+  data.speed_range = (0.5, 1.0)  # px per frame
+  config.model.temporal = "conv:3"
+  return config
