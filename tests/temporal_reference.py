@@ -150,8 +150,7 @@ def keras_stage(spec):
                                        activation="tanh" if layer[2] else None))
     elif layer[0] == "tconv":
       layers.append(CausalTemporalConv(layer[1], filters=layer[2],
-                                       kernel_initializer="glorot_uniform",
-                                       bias_initializer="zeros"))
+                                       kernel_initializer="glorot_uniform"))
     else:
       layers.append(TemporalShift(layer[1]))
   return keras.Sequential(layers)

@@ -22,6 +22,11 @@ frames only, so the gradient stays exact, at the price of D extra frames'
 forward and backward per chunk. Stages with moving statistics (batch norm)
 are refused: their batch statistics over one chunk would differ from BP's
 over all B*T frames.
+
+With causal temporal layers it is the exact
+gradient through time over the clip; fed a stream in chunks
+(``reset=False``) it carries the temporal layers' states across the chunk
+edges and stops the gradient there (truncated BP through time).
 """
 
 from __future__ import annotations
@@ -49,19 +54,25 @@ def make_options(chunk_frames=0) -> BPOptions:
   return BPOptions(int(chunk_frames))
 
 
-def bp_clip(pipe, frames, labels, loss_scale) -> ClipResult:
+def bp_clip(pipe, frames, labels, loss_scale, reset=True) -> ClipResult:
   """Exact gradient of the mean per-frame loss over batch and all T frames.
 
   (With Skip-Sideways: over the T-D frames whose inputs all lie in the clip;
   the last D frames would see past the end.) Time is folded into the batch
   (all B*T frames in one forward and one backward pass): the strongest
-  single-device baseline.
+  single-device baseline. `reset=False` (temporal layers): the clip
+  continues the temporal states the previous call left, as constants, and
+  leaves its own.
   """
   num_frames = tf.shape(frames)[1] - pipe.receptive_depth
   frame_labels = tf.repeat(labels, num_frames)  # frames are batch-major
+  carried = None if reset else {
+      layer: tf.convert_to_tensor(buffer) for m in pipe.modules
+      for layer, buffer in zip(m.temporal_layers, m.temporal_buffers)}
   with tf.GradientTape() as tape:
-    logits = inference.sequence_outputs(pipe, frames, 0,
-                                        training=True)[:, :num_frames]
+    logits, states = inference.sequence_outputs_and_states(
+        pipe, frames, 0, training=True, temporal_states=carried)
+    logits = logits[:, :num_frames]
     logits = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
     per_example = tf.cast(pipe.loss_fn(frame_labels, logits), tf.float32)
     loss = tf.reduce_mean(per_example)
@@ -72,8 +83,13 @@ def bp_clip(pipe, frames, labels, loss_scale) -> ClipResult:
   correct = tf.cast(tf.equal(
       tf.argmax(logits, axis=-1, output_type=tf.int32), frame_labels),
                     tf.float32)
-  return ClipResult(gradients, loss, tf.reduce_mean(correct),
-                    tf.cast(tf.size(frame_labels), tf.float32))
+  updates = [] if reset else [
+      buffer.assign(state) for m, module_states in zip(pipe.modules, states)
+      for buffer, state in zip(m.temporal_buffers, module_states)]
+  with tf.control_dependencies(updates):
+    return ClipResult([tf.identity(g) for g in gradients], loss,
+                      tf.reduce_mean(correct),
+                      tf.cast(tf.size(frame_labels), tf.float32))
 
 
 def chunked_bp_clip(pipe, frames, labels, loss_scale,
@@ -166,12 +182,12 @@ class Backprop(Algorithm):
       validate_chunks(pipeline, num_frames)
 
   def clip_gradients(self, pipeline, frames, labels, reset, loss_scale):
-    del reset  # BP has no state between calls
     chunk_frames = pipeline.algorithm_options["bp"].chunk_frames
     if chunk_frames:
       return chunked_bp_clip(pipeline, frames, labels, loss_scale,
                              chunk_frames)
-    return bp_clip(pipeline, frames, labels, loss_scale)
+    # Only temporal layers keep state between BP calls (reset=False).
+    return bp_clip(pipeline, frames, labels, loss_scale, reset)
 
 
 BP = Backprop()

@@ -27,6 +27,14 @@ keep what the backward pass needs:
 Fill and drain: a stage with no micro-batch at a clock (its bubble) skips its
 work (``tf.cond``), so it idles rather than computing padding.
 
+Causal temporal layers (docs/algorithm.md, "Temporal layers") run each
+micro-batch in clip mode from the state the stage's previous micro-batch
+left (loop variables of the forward clocks), so the gradient is still BP's
+through time: TensorFlow differentiates through the carried states, and the
+re-materialised drain stores each micro-batch's starting state beside its
+input and carries the gradient with respect to it back from micro-batch
+m+1 to m.
+
 Not supported (ValueError): Skip-Sideways skips, and stages with moving
 statistics (batch norm), whose batch statistics over one micro-batch of B*m
 frames would differ from BP's over B*T frames.
@@ -39,6 +47,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from sideways_tf.layers import temporal
 from sideways_tf.engine.algorithm import Algorithm
 from sideways_tf.engine.algorithm import ClipResult
 
@@ -115,7 +124,6 @@ def gpipe_graph(pipeline, frames, labels, loss_scale, timeline=None):
   micro_labels = tf.repeat(labels, per_micro)
   num_terms = tf.constant(float(batch_size * num_frames), tf.float32)
   loss_scale = tf.cast(loss_scale, tf.float32)
-  rows = batch_size * per_micro
 
   def top_loss(logits):
     """Summed loss and correct count of one micro-batch at the top."""
@@ -125,8 +133,8 @@ def gpipe_graph(pipeline, frames, labels, loss_scale, timeline=None):
                                     tf.float32))
     return tf.reduce_sum(per_example), correct
 
-  schedule = _Schedule(pipeline, micro, shapes, rows, num_micro,
-                       timed=timeline is not None)
+  schedule = _Schedule(pipeline, micro, shapes, batch_size, per_micro,
+                       num_micro, timed=timeline is not None)
   if options.rematerialize:
     grads, loss_sum, correct_sum = schedule.rematerialized(top_loss,
                                                            loss_scale)
@@ -178,7 +186,8 @@ def stage_timeline(pipeline):
 class _Schedule:
   """The fill-and-drain clocks of one clip."""
 
-  def __init__(self, pipeline, micro, shapes, rows, num_micro, timed=False):
+  def __init__(self, pipeline, micro, shapes, batch_size, per_micro,
+               num_micro, timed=False):
     self.pipeline = pipeline
     self.timed = timed  # record each stage's start and end per clock
     self.times = {}  # phase -> [clocks, K, 2] float64 (when timed)
@@ -187,9 +196,25 @@ class _Schedule:
     self.num_stages = pipeline.num_modules
     self.micro = micro
     self.shapes = shapes
-    self.rows = rows
+    self.batch_size = batch_size
+    self.per_micro = per_micro  # frames per micro-batch
+    self.rows = batch_size * per_micro
     self.num_micro = num_micro
     self.num_clocks = num_micro + self.num_stages - 1
+
+  def _zero_states(self, k):
+    """Stage k's temporal states at the start of the clip."""
+    return [tf.zeros([self.batch_size] + list(shape), dtype)
+            for shape, dtype in self.shapes[k].temporal_specs]
+
+  def _run_stage(self, k, x, states):
+    """Stage k on one micro-batch (m frames of every clip, clip mode) from
+    its temporal `states`: (outputs, the states it leaves)."""
+    module = self.modules[k]
+    with tf.name_scope(f"stage_{k}"), temporal.clip_scope(
+        self.per_micro, dict(zip(module.temporal_layers, states))) as scope:
+      outputs = module.call(x, training=True)
+    return outputs, scope.new_states(module.temporal_layers)
 
   def device_of_op(self, op):
     match = re.search(r"stage_(\d+)/", op.name)
@@ -236,50 +261,68 @@ class _Schedule:
             if self.timed else [])
 
   def forward(self, top_loss, keep_inputs: bool = False, run_top=True):
-    """The forward clocks; returns (loss sum, correct sum[, stored inputs]).
+    """The forward clocks; returns (loss sum, correct sum[, stored]).
 
-    `keep_inputs`: also store what every stage k >= 1 held at each clock
-    (its input for micro-batch c - k), for the rematerialised backward.
+    `keep_inputs`: also store, at each clock, what every stage k >= 1 held
+    (its input for micro-batch c - k) and every stage's temporal states
+    before that micro-batch, for the rematerialised backward: stored =
+    (inputs, states), TensorArrays indexed by clock.
     """
     big_k = self.num_stages
     held0 = [self._zeros_output(k) for k in range(big_k - 1)]
-    stored0 = [tf.TensorArray(self.shapes[k].input_dtype, self.num_clocks,
-                              element_shape=[self.rows] +
-                              list(self.shapes[k].input_shape))
-               for k in range(1, big_k)] if keep_inputs else []
+    states0 = [self._zero_states(k) for k in range(big_k)]
+
+    def arrays(shape, dtype, batch):
+      return tf.TensorArray(dtype, self.num_clocks,
+                            element_shape=[batch] + list(shape))
+    stored0 = ([arrays(self.shapes[k].input_shape, self.shapes[k].input_dtype,
+                       self.rows) for k in range(1, big_k)],
+               [[arrays(shape, dtype, self.batch_size)
+                 for shape, dtype in self.shapes[k].temporal_specs]
+                for k in range(big_k)]) if keep_inputs else ([], [])
     zero = tf.constant(0.0, tf.float32)
 
-    def clock(c, held, stored, loss_sum, correct_sum, times):
-      outputs, stamps = [], []
+    def clock(c, held, states, stored, loss_sum, correct_sum, times):
+      outputs, new_states, stamps = [], [], []
+      stored_inputs, stored_states = list(stored[0]), list(stored[1])
       for k, module in enumerate(self.modules):
         m = c - k
         stamp = self._no_work() if self.timed else None
         with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
           x = self._frames_of(m) if k == 0 else held[k - 1]
-          if keep_inputs and k > 0:
-            stored[k - 1] = stored[k - 1].write(c, x)
-          if module.is_top:
-            if run_top:
-              (loss, correct), stamp = self._cond(
-                  m, lambda x=x, k=k, module=module: _in_scope(
-                      k, lambda: top_loss(module.call(x, training=True))),
-                  lambda: (tf.constant(0.0), tf.constant(0.0)), x)
-              loss_sum += loss
-              correct_sum += correct
-          else:
-            output, stamp = self._cond(
-                m, lambda x=x, k=k, module=module: _in_scope(
-                    k, lambda: module.call(x, training=True)),
-                lambda k=k: self._zeros_output(k), x)
-            outputs.append(output)
+          if keep_inputs:
+            if k > 0:
+              stored_inputs[k - 1] = stored_inputs[k - 1].write(c, x)
+            stored_states[k] = [a.write(c, v) for a, v in zip(
+                stored_states[k], states[k])]
+          idle_states = lambda k=k: states[k]
+          if module.is_top and run_top:
+            ((loss, correct), after), stamp = self._cond(
+                m, lambda x=x, k=k: _top(self._run_stage(k, x, states[k]),
+                                         top_loss),
+                lambda k=k: ((tf.constant(0.0), tf.constant(0.0)),
+                             idle_states(k)), x)
+            loss_sum += loss
+            correct_sum += correct
+          elif module.is_top and not module.temporal_layers:
+            after = states[k]
+          else:  # a stage below the top, or a rematerialised top's states
+            (output, after), stamp = self._cond(
+                m, lambda x=x, k=k: self._run_stage(k, x, states[k]),
+                lambda k=k: (self._zeros_output(k), idle_states(k)), x)
+            if not module.is_top:
+              outputs.append(output)
+          new_states.append(after)
         stamps.append(stamp)
       if self.timed:
         times = times.write(c, tf.stack(stamps))
-      return c + 1, outputs, stored, loss_sum, correct_sum, times
+      return (c + 1, outputs, new_states, (stored_inputs, stored_states),
+              loss_sum, correct_sum, times)
 
-    _, _, stored, loss_sum, correct_sum, times = tf.while_loop(
+    _, _, _, stored, loss_sum, correct_sum, times = tf.while_loop(
         lambda c, *_: c < self.num_clocks, clock,
-        (tf.constant(0), held0, stored0, zero, zero, self._times_array()))
+        (tf.constant(0), held0, states0, stored0, zero, zero,
+         self._times_array()))
     if self.timed:
       self.times["forward"] = times.stack()
     if keep_inputs:
@@ -295,79 +338,95 @@ class _Schedule:
     One piece: the clock body is one while_loop iteration over all stages.
     """
     big_k, num_micro = self.num_stages, self.num_micro
-    _, _, stored = self.forward(top_loss, keep_inputs=True, run_top=False)
+    _, _, (inputs, states) = self.forward(top_loss, keep_inputs=True,
+                                          run_top=False)
     grads0 = [self._zeros_output(k) for k in range(big_k - 1)]
+    state_grads0 = [self._zero_states(k) for k in range(big_k)]
     accumulators0 = [[tf.zeros_like(v) for v in m.stage.trainable_variables]
                      for m in self.modules]
     zero = tf.constant(0.0, tf.float32)
 
-    def clock(c, grads, accumulators, loss_sum, correct_sum, times):
+    def clock(c, grads, state_grads, accumulators, loss_sum, correct_sum,
+              times):
       new_grads = [None] * (big_k - 1)
-      new_accumulators, stamps = [], []
+      new_state_grads, new_accumulators, stamps = [], [], []
       for k, module in enumerate(self.modules):
         m = num_micro - 1 - c + (big_k - 1 - k)
         with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
-          variables = module.stage.trainable_variables
 
-          def work(k=k, m=m, module=module, variables=variables):
-            with tf.name_scope(f"stage_{k}"):
-              x = (self._frames_of(m) if k == 0 else
-                   stored[k - 1].read(m + k))  # stage k held m at clock m+k
-              extra = {}
+          def work(k=k, m=m):
+            # Stage k held micro-batch m (and its starting states) at
+            # forward clock m+k.
+            x = self._frames_of(m) if k == 0 else inputs[k - 1].read(m + k)
+            return self._backward_step(
+                k, x, [a.read(m + k) for a in states[k]],
+                None if k == big_k - 1 else grads[k], state_grads[k],
+                top_loss, loss_scale)
 
-              def loss_of_outputs(logits):
-                loss, correct = top_loss(logits)
-                extra.update(loss=loss, correct=correct)
-                return loss * loss_scale
-              result = module.tick(
-                  x, output_gradient=None if module.is_top else grads[k],
-                  loss_of_outputs=loss_of_outputs if module.is_top else None,
-                  training=True)
-              out = list(result.parameter_gradients)
-              if not module.is_first:
-                out.append(result.emitted_gradient)
-              if module.is_top:
-                out += [extra["loss"], extra["correct"]]
-              return out
+          def idle(k=k, module=module):
+            emitted = ([] if module.is_first else [tf.zeros(
+                [self.rows] + list(self.shapes[k].input_shape),
+                self.shapes[k].input_dtype)])
+            return ([tf.zeros_like(v)
+                     for v in module.stage.trainable_variables], emitted,
+                    state_grads[k], [tf.constant(0.0)] * 2)
 
-          def idle(k=k, module=module, variables=variables):
-            out = [tf.zeros_like(v) for v in variables]
-            if not module.is_first:
-              out.append(tf.zeros([self.rows] +
-                                  list(self.shapes[k].input_shape),
-                                  self.shapes[k].input_dtype))
-            if module.is_top:
-              out += [tf.constant(0.0), tf.constant(0.0)]
-            return out
-
-          out, stamp = self._cond(
+          (parameter_grads, emitted, before, counts), stamp = self._cond(
               m, work, idle, [] if module.is_top else grads[k])
           stamps.append(stamp)
           if module.is_top:
-            correct_sum += out.pop()
-            loss_sum += out.pop()
+            loss_sum += counts[0]
+            correct_sum += counts[1]
           if not module.is_first:
-            new_grads[k - 1] = out.pop()
+            new_grads[k - 1] = emitted[0]
+          new_state_grads.append(before)
           new_accumulators.append([a + g for a, g in zip(accumulators[k],
-                                                         out)])
+                                                         parameter_grads)])
       if self.timed:
         times = times.write(c, tf.stack(stamps))
-      return (c + 1, new_grads, new_accumulators, loss_sum, correct_sum,
-              times)
+      return (c + 1, new_grads, new_state_grads, new_accumulators, loss_sum,
+              correct_sum, times)
 
-    _, _, accumulators, loss_sum, correct_sum, times = tf.while_loop(
+    _, _, _, accumulators, loss_sum, correct_sum, times = tf.while_loop(
         lambda c, *_: c < self.num_clocks, clock,
-        (tf.constant(0), grads0, accumulators0, zero, zero,
+        (tf.constant(0), grads0, state_grads0, accumulators0, zero, zero,
          self._times_array()))
     if self.timed:
       self.times["backward"] = times.stack()
     return ([a for accs in accumulators for a in accs], loss_sum, correct_sum)
 
 
-def _in_scope(k, fn):
-  """Runs `fn` under ``stage_k``: a cond branch starts a fresh name scope."""
-  with tf.name_scope(f"stage_{k}"):
-    return fn()
+  def _backward_step(self, k, x, states, output_gradient, state_gradients,
+                     top_loss, loss_scale):
+    """Stage k's forward on one stored micro-batch, then its vector-Jacobian
+    product: the gradient of the stage's outputs (the top: its scaled loss)
+    and of the temporal states it leaves (what micro-batch m+1 sent back),
+    with respect to its parameters, its input and its starting states.
+    Returns (parameter gradients, [emitted gradient] (none for stage 0),
+    gradients w.r.t. the starting states, [loss, correct] (the top))."""
+    module = self.modules[k]
+    variables = list(module.stage.trainable_variables)
+    with tf.GradientTape() as tape:
+      tape.watch([x] + list(states))
+      outputs, after = self._run_stage(k, x, states)
+      counts = [tf.constant(0.0)] * 2
+      if module.is_top:
+        counts = list(top_loss(outputs))
+        outputs = counts[0] * loss_scale
+        output_gradient = tf.ones_like(outputs)
+    sources = ([] if module.is_first else [x]) + list(states) + variables
+    grads = tape.gradient([outputs] + list(after), sources,
+                          output_gradients=[output_gradient]
+                          + list(state_gradients),
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    emitted = [] if module.is_first else [grads.pop(0)]
+    return (grads[len(states):], emitted, grads[:len(states)], counts)
+
+
+def _top(run, top_loss):
+  """(top_loss of the top stage's outputs, its states) from _run_stage."""
+  outputs, states = run
+  return top_loss(outputs), states
 
 
 class GPipe(Algorithm):

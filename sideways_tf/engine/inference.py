@@ -16,6 +16,7 @@ from sideways_tf.engine.module import push_skip
 from sideways_tf.engine.module import read_skip
 from sideways_tf.engine.module import skip_buffer_shape
 from sideways_tf.engine.module import skip_offset
+from sideways_tf.layers import temporal
 
 
 def receptive_depth(skip_sources: List[tuple], align: bool = False) -> int:
@@ -45,12 +46,23 @@ def frame_logits(pipe, frames, training=False) -> tf.Tensor:
                           training)[:, :num_frames]
 
 
-def sequence_outputs(pipe, frames, pad: int, training) -> tf.Tensor:
+def sequence_outputs(pipe, frames, pad: int, training,
+                     temporal_states=None) -> tf.Tensor:
   """Top outputs for every frame of `frames` + `pad` zero frames.
 
   The output of frame s is exact where s + D <= T + pad; later ones saw
-  frames past the end (zeros).
+  frames past the end (zeros). Temporal layers run in clip mode from a zero
+  past, or from `temporal_states` ({layer: state}).
   """
+  outputs, _ = sequence_outputs_and_states(pipe, frames, pad, training,
+                                           temporal_states)
+  return outputs
+
+
+def sequence_outputs_and_states(pipe, frames, pad: int, training,
+                                temporal_states=None):
+  """:func:`sequence_outputs` and the temporal layers' states it leaves,
+  one list per module (the clip's last inputs of each layer)."""
   if pad:
     frames = tf.concat([frames, tf.zeros_like(frames[:, :pad])], axis=1)
   shape = tf.shape(frames)
@@ -70,13 +82,15 @@ def sequence_outputs(pipe, frames, pad: int, training) -> tf.Tensor:
     return fold(tf.concat([x[:, steps:], tf.zeros_like(x[:, :steps])], 1))
 
   outputs = []
-  for k, (module, device) in enumerate(zip(pipe.modules, pipe.devices)):
-    with tf.device(device), tf.name_scope(f"stage_{k}"):
-      inputs = fold(frames) if k == 0 else outputs[k - 1]
-      skip_inputs = [newer(outputs[j], skip_offset(k, j, pipe.skip_align))
-                     for j in module.skip_sources]
-      outputs.append(module.call(inputs, skip_inputs, training=training))
-  return unfold(outputs[-1])
+  with temporal.clip_scope(num_frames, temporal_states) as scope:
+    for k, (module, device) in enumerate(zip(pipe.modules, pipe.devices)):
+      with tf.device(device), tf.name_scope(f"stage_{k}"):
+        inputs = fold(frames) if k == 0 else outputs[k - 1]
+        skip_inputs = [newer(outputs[j], skip_offset(k, j, pipe.skip_align))
+                       for j in module.skip_sources]
+        outputs.append(module.call(inputs, skip_inputs, training=training))
+  return unfold(outputs[-1]), [scope.new_states(m.temporal_layers)
+                               for m in pipe.modules]
 
 
 def stream_state_specs(pipe, shapes):
@@ -85,7 +99,9 @@ def stream_state_specs(pipe, shapes):
   activation_k: the input held by module k = 2..L; skip_k_from_j: the
   Skip-Sideways input module k holds from module j (1-based, as in
   docs/algorithm.md; with `skip_align` a queue [delay, ...] of them, oldest
-  first). `shapes` come from the pipeline's probe pass.
+  first); temporal_k_i: the state of the i-th causal temporal layer of
+  module k (its last inputs, oldest first). `shapes` come from the
+  pipeline's probe pass.
   """
   specs = [(f"activation_{k + 1}", shape.input_shape, shape.input_dtype)
            for k, shape in enumerate(shapes) if k > 0]
@@ -95,37 +111,65 @@ def stream_state_specs(pipe, shapes):
          skip_buffer_shape((None,) + s, delay)[1:], d)
         for j, delay, (s, d) in zip(module.skip_sources, module.skip_delays,
                                     shape.skip_specs))
+  for k, shape in enumerate(shapes):
+    specs.extend((f"temporal_{k + 1}_{i + 1}", s, d)
+                 for i, (s, d) in enumerate(shape.temporal_specs))
   return specs
 
 
-def stream_tick(pipe, frame, state):
+def _split(values, sizes):
+  parts = []
+  for size in sizes:
+    parts.append(list(values[:size]))
+    values = values[size:]
+  return parts
+
+
+def stream_tick(pipe, frame, state, ticks=None):
   """Streaming inference: one tick of the pipelined forward pass alone.
 
   `state` is a list ordered as :func:`stream_state_specs` (zeros at the
   start of a stream). Every module steps at once on what it holds; returns
   the top module's output, which belongs to frame t-L+1, and the next
-  state. Stages run in inference mode.
+  state. Stages run in inference mode. `ticks` (a scalar or [B]: frames
+  fed before this one) is needed with temporal layers: module k records
+  its input in their states only once it holds a real frame (ticks >= k-1,
+  1-based), as in training.
   """
   num_inputs = pipe.num_modules - 1
-  inputs, skips = list(state[:num_inputs]), list(state[num_inputs:])
-  skip_inputs = []
-  for module in pipe.modules:
-    skip_inputs.append(skips[:len(module.skip_sources)])
-    skips = skips[len(module.skip_sources):]
-  outputs = []
+  inputs = list(state[:num_inputs])
+  skip_inputs = _split(state[num_inputs:],
+                       [len(m.skip_sources) for m in pipe.modules])
+  num_skips = sum(len(m.skip_sources) for m in pipe.modules)
+  temporal_states = _split(state[num_inputs + num_skips:],
+                           [len(m.temporal_layers) for m in pipe.modules])
+  if any(m.temporal_layers for m in pipe.modules) and ticks is None:
+    raise ValueError("stream_tick of a model with temporal layers needs "
+                     "`ticks` (frames fed before this one)")
+  outputs, new_temporal = [], []
   for k, (module, device) in enumerate(zip(pipe.modules, pipe.devices)):
-    with tf.device(device), tf.name_scope(f"stage_{k}"):
+    if len(temporal_states[k]) != len(module.temporal_layers):
+      raise ValueError(
+          f"stream_tick: module {k + 1} has {len(module.temporal_layers)} "
+          f"temporal layer(s) but the state holds "
+          f"{len(temporal_states[k])} temporal state(s) for it; order the "
+          f"state as stream_state_specs")
+    given = dict(zip(module.temporal_layers, temporal_states[k]))
+    record = True if ticks is None else tf.convert_to_tensor(ticks) >= k
+    with tf.device(device), tf.name_scope(f"stage_{k}"), \
+        temporal.stream_scope(given, record) as scope:
       outputs.append(module.call(
           frame if k == 0 else inputs[k - 1],
           [read_skip(b, delay) for b, delay in zip(skip_inputs[k],
                                                    module.skip_delays)],
           training=False))
+    new_temporal += scope.new_states(module.temporal_layers)
   new_state = outputs[:-1]
   for module, buffers in zip(pipe.modules, skip_inputs):
     buffers = buffers + [None] * (len(module.skip_sources) - len(buffers))
     new_state += [push_skip(b, outputs[j], delay) for b, j, delay in zip(
         buffers, module.skip_sources, module.skip_delays)]
-  return outputs[-1], new_state
+  return outputs[-1], new_state + new_temporal
 
 
 class InferenceMethods:
@@ -157,6 +201,6 @@ class InferenceMethods:
     return stream_state_specs(
         self, self._ensure_built(tuple(frame_shape), dtype))
 
-  def stream_tick(self, frame, state):
+  def stream_tick(self, frame, state, ticks=None):
     """Streaming inference, one tick; see :func:`stream_tick`."""
-    return stream_tick(self, frame, state)
+    return stream_tick(self, frame, state, ticks)

@@ -25,6 +25,12 @@ at a held input for its backward step. That recomputation is stateless
 (``keras.Layer.stateless_call``): batch norm normalises with the held batch's
 own statistics, as the original forward did, but the moving averages are
 updated once per frame, by the original forward only.
+
+A stage with causal temporal layers (sideways_tf/layers/temporal.py) also
+has their states, one ``temporal_state_<i>`` buffer per layer (its last
+inputs); a tick runs the stage on one frame with them (stream mode) and
+returns the new ones, and its backward step folds the gradient with respect
+to them into the current input's (docs/algorithm.md, "Temporal layers").
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import keras
 import tensorflow as tf
+
+from sideways_tf.layers import temporal
 
 
 SKIP_COMBINE_MODES = ("concat", "add")
@@ -98,6 +106,7 @@ class TickResult(NamedTuple):
   loss: Optional[tf.Tensor]     # top module only: the (masked) summed loss.
   skip_gradients: list = []     # Skip-Sideways: one per skip input; added to
                                 # the source module's d_j next tick.
+  temporal_states: list = []    # the temporal layers' states for next tick.
 
 
 class ReplayResult(NamedTuple):
@@ -106,6 +115,7 @@ class ReplayResult(NamedTuple):
   emitted_gradients: list       # per lag in replay_lags (None for module 1)
   parameter_gradients: list     # summed over the lags
   skip_gradients: list          # per lag: one per skip input
+  temporal_states: list = []    # the temporal layers' states for next tick
 
 
 def combine_skips(inputs, skip_inputs, mode: str = "concat"):
@@ -204,6 +214,11 @@ class SidewaysModule(keras.layers.Layer):
     # forward used.
     self.stash_weights = bool(stash_weights)
     self.weight_history = []
+    # Causal temporal layers inside the stage: one state buffer each (and,
+    # replayed, a history of them beside the input history).
+    self.temporal_layers = temporal.temporal_layers(stage)
+    self.temporal_buffers = []
+    self.temporal_histories = []
     self._has_state = False
 
   @property
@@ -221,21 +236,26 @@ class SidewaysModule(keras.layers.Layer):
 
   @property
   def state_variables(self) -> list:
-    """The buffers this module owns (input, gradient, skips, replay)."""
+    """The buffers this module owns (input, gradient, skips, replay,
+    temporal states)."""
     return [v for v in (self.input_buffer, self.gradient_buffer)
             if v is not None] + list(self.skip_buffers) + (
                 [self.input_history] if self.input_history is not None
                 else []) + list(self.skip_histories) + list(
-                    self.lag_gradient_buffers) + list(self.weight_history)
+                    self.lag_gradient_buffers) + list(self.weight_history) + (
+                        list(self.temporal_buffers)
+                        + list(self.temporal_histories))
 
   def allocate_state(self, input_shape: Sequence[int], input_dtype,
                      output_shape: Sequence[int], output_dtype,
-                     skip_specs: Sequence = ()) -> None:
+                     skip_specs: Sequence = (),
+                     temporal_specs: Sequence = ()) -> None:
     """Creates the zero-initialised buffers for a fixed batch and frame shape.
 
     `skip_specs`: (shape, dtype) of each skip input, in skip_sources order
     (with batch); a skip held for more than one tick keeps a queue
-    [B, delay, ...] of them.
+    [B, delay, ...] of them. `temporal_specs`: (shape, dtype) of each
+    temporal layer's state (with batch), in `temporal_layers` order.
     """
     if self._has_state:
       raise RuntimeError(
@@ -275,6 +295,16 @@ class SidewaysModule(keras.layers.Layer):
                             dtype=v.dtype, initializer="zeros",
                             trainable=False, name=f"weight_history_{i}")
             for i, v in enumerate(self.stage.trainable_variables)]
+    self.temporal_buffers = [
+        self.add_weight(shape=tuple(shape), dtype=dtype, initializer="zeros",
+                        trainable=False, name=f"temporal_state_{i}")
+        for i, (shape, dtype) in enumerate(temporal_specs)]
+    if self.replay_length:
+      self.temporal_histories = [
+          self.add_weight(shape=(self.replay_length,) + tuple(shape),
+                          dtype=dtype, initializer="zeros", trainable=False,
+                          name=f"temporal_history_{i}")
+          for i, (shape, dtype) in enumerate(temporal_specs)]
     self._has_state = True
     self.built = True
     self._fill_weight_history()
@@ -301,8 +331,9 @@ class SidewaysModule(keras.layers.Layer):
            inputs: tf.Tensor,
            output_gradient: Optional[tf.Tensor] = None,
            loss_of_outputs: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
-           training=True, skip_inputs: Sequence[tf.Tensor] = ()
-           ) -> TickResult:
+           training=True, skip_inputs: Sequence[tf.Tensor] = (),
+           temporal_states: Optional[Sequence[tf.Tensor]] = None,
+           record=True) -> TickResult:
     """One Sideways tick of this module: forward, then backward at `inputs`.
 
     Exactly one of `output_gradient` (modules below the top: `d_k`, the
@@ -319,6 +350,13 @@ class SidewaysModule(keras.layers.Layer):
     `skip_inputs` (Skip-Sideways) are the outputs of `skip_sources` held
     since the previous tick; the Jacobian is taken at them too, and their
     gradients come back in `skip_gradients`.
+
+    `temporal_states` (one per temporal layer; None: zeros) are the
+    temporal layers' pasts; the Jacobian is taken at them too, with the
+    gradient w.r.t. the past folded into the current input's, and the new
+    states come back in `temporal_states` (this frame recorded only where
+    `record`, a bool or a bool tensor: False while the module holds
+    warm-up zeros).
     """
     if (output_gradient is None) == (loss_of_outputs is None):
       raise ValueError(
@@ -327,8 +365,9 @@ class SidewaysModule(keras.layers.Layer):
     skip_inputs = list(skip_inputs)
     with tf.GradientTape() as tape:
       tape.watch([inputs] + skip_inputs)
-      outputs = self._forward(
-          combine_skips(inputs, skip_inputs, self.skip_combine), training)
+      outputs, new_states = self._forward(
+          combine_skips(inputs, skip_inputs, self.skip_combine), training,
+          temporal_states, record)
       loss = loss_of_outputs(outputs) if loss_of_outputs is not None else None
     # The first module's input is a frame: nobody needs its gradient, so we
     # don't pay for the backward-data pass.
@@ -346,7 +385,7 @@ class SidewaysModule(keras.layers.Layer):
     skip_grads = grads[:len(skip_inputs)]
     parameter_grads = grads[len(skip_inputs):]
     return TickResult(outputs, emitted, list(parameter_grads), loss,
-                      list(skip_grads))
+                      list(skip_grads), new_states)
 
   def held_at_lags(self, held) -> list:
     """Per replay lag, the [input, *skip inputs] its gradient belongs to,
@@ -355,12 +394,14 @@ class SidewaysModule(keras.layers.Layer):
             for lag in self.replay_lags]
 
   def replay_tick(self, inputs, skip_inputs, backward, output_gradients,
-                  training=True, chunk_tick=None) -> ReplayResult:
-    """A replayed module's tick: forward at `inputs` (and `skip_inputs`);
-    then, for each lag, a backward step with that lag's output gradient at
-    the inputs it belongs to, `backward[i]` = [input, *skip inputs] held
-    replay_lags[i] ticks ago (a recomputed forward per lag, see
-    :meth:`replayed_forward`).
+                  training=True, chunk_tick=None, temporal_states=None,
+                  backward_temporal=None, record=True) -> ReplayResult:
+    """A replayed module's tick: forward at `inputs` (and `skip_inputs`,
+    `temporal_states`, as :meth:`tick`); then, for each lag, a backward
+    step with that lag's output gradient at the inputs it belongs to,
+    `backward[i]` = [input, *skip inputs] held replay_lags[i] ticks ago and
+    `backward_temporal[i]` the temporal states of that tick (None: zeros)
+    (a recomputed forward per lag, see :meth:`replayed_forward`).
 
     `chunk_tick` (0-based tick within the current call) lets a module with
     a weight history replay an input held before this call with the
@@ -374,17 +415,20 @@ class SidewaysModule(keras.layers.Layer):
           f"(inputs, gradient) pair per lag {self.replay_lags}, got "
           f"{len(backward)} and {len(output_gradients)}")
     skip_inputs = list(skip_inputs)
-    outputs = self._forward(
-        combine_skips(inputs, skip_inputs, self.skip_combine), training)
+    outputs, new_states = self._forward(
+        combine_skips(inputs, skip_inputs, self.skip_combine), training,
+        temporal_states, record)
     current = [tf.convert_to_tensor(v) for v in self.stage.trainable_variables]
     emitted, skip_grads, parameter_grads = [], [], None
-    for lag, (old_input, *old_skips), gradient in zip(
-        self.replay_lags, backward, output_gradients):
+    backward_temporal = backward_temporal or [None] * len(backward)
+    for lag, (old_input, *old_skips), old_states, gradient in zip(
+        self.replay_lags, backward, backward_temporal, output_gradients):
       weights = self.weights_at_lag(lag, current, chunk_tick)
       with tf.GradientTape() as tape:
         tape.watch([old_input] + old_skips + weights)
         replayed = self.replayed_forward(
-            combine_skips(old_input, old_skips, self.skip_combine), weights)
+            combine_skips(old_input, old_skips, self.skip_combine), weights,
+            old_states)
       sources = old_skips + weights
       if not self.is_first:
         sources = [old_input] + sources
@@ -395,9 +439,10 @@ class SidewaysModule(keras.layers.Layer):
       grads = grads[len(old_skips):]
       parameter_grads = grads if parameter_grads is None else [
           a + b for a, b in zip(parameter_grads, grads)]
-    return ReplayResult(outputs, emitted, parameter_grads, skip_grads)
+    return ReplayResult(outputs, emitted, parameter_grads, skip_grads,
+                        new_states)
 
-  def replayed_forward(self, inputs, weights):
+  def replayed_forward(self, inputs, weights, temporal_states=None):
     """The stage's forward at a held input, as the original forward ran it:
     in training mode, so batch norm normalises the held batch with its own
     statistics (the original forward's, given the same weights) and the
@@ -408,10 +453,16 @@ class SidewaysModule(keras.layers.Layer):
 
     A warm-up input (zeros) is replayed in training mode too; the gradient
     paired with it is exactly zero, so the mode does not matter there.
+    Temporal layers run from `temporal_states`, the pasts held with the
+    input, with the Sideways fold of the past's gradient.
     """
     state = [tf.convert_to_tensor(v)
              for v in self.stage.non_trainable_variables]
-    with _mixed_precision_as_in_call(self.stage) as cast:
+    with temporal.stream_scope(
+        None if temporal_states is None
+        else dict(zip(self.temporal_layers, temporal_states)), record=False,
+        fold_past_gradient=True), \
+        _mixed_precision_as_in_call(self.stage) as cast:
       outputs, _ = self.stage.stateless_call(weights, state, cast(inputs),
                                              training=True)
     return outputs
@@ -444,15 +495,28 @@ class SidewaysModule(keras.layers.Layer):
           tf.concat([kept, newest], 0), history.shape)))
     return updates
 
-  def _forward(self, inputs, training):
+  def _forward(self, inputs, training, temporal_states=None, record=True):
+    """One frame through the stage: (outputs, new temporal states).
+
+    The temporal layers run in stream mode with the Sideways backward (the
+    past's gradient folded into the present). A batch-norm stage under a
+    tensor `training` runs in a tf.cond whose branches each open their own
+    scope and return the states, so no tensor leaves a branch unreturned.
+    """
+    given = (None if temporal_states is None
+             else dict(zip(self.temporal_layers, temporal_states)))
+
+    def run(mode):
+      with temporal.stream_scope(given, record,
+                                 fold_past_gradient=True) as scope:
+        outputs = self.stage(inputs, training=mode)
+      return outputs, scope.new_states(self.temporal_layers)
+
     if isinstance(training, bool) or not _has_moving_statistics(self.stage):
       # Only layers with non-trainable state (batch norm) care about the
       # warm-up mask; everything else takes the cheap path.
-      return self.stage(inputs, training=bool(training) if isinstance(
-          training, bool) else True)
-    return tf.cond(training,
-                   lambda: self.stage(inputs, training=True),
-                   lambda: self.stage(inputs, training=False))
+      return run(bool(training) if isinstance(training, bool) else True)
+    return tf.cond(training, lambda: run(True), lambda: run(False))
 
 
 def _has_moving_statistics(layer: keras.layers.Layer) -> bool:

@@ -137,6 +137,11 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     return [v for stage in self.stages for v in stage.trainable_variables]
 
   @property
+  def has_temporal_layers(self) -> bool:
+    """Whether any stage holds a causal temporal layer."""
+    return any(m.temporal_layers for m in self.modules)
+
+  @property
   def state_variables(self) -> list:
     """The pipeline state: every module's buffers and the tick counter."""
     return [v for m in self.modules for v in m.state_variables] + [
@@ -173,11 +178,14 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
         ``"sideways"``, ``"bp"``, ``"gpipe"`` (BP's exact gradient,
         pipelined over the stages), ``"pipelined_bp"`` (the tick engine with
         every module below the top replayed), ...
-      reset: the tick engine only (``sideways``, ``pipelined_bp``). ``True``
-        (default) starts a clip from zero buffers. ``False`` continues the stream from the buffers left by the
-        previous call (chunked streaming): the returned gradient is then the
-        sum of this chunk's per-tick gradients over its own valid loss terms,
-        zero if it has none.
+      reset: ``True`` (default) starts a clip from zero buffers. ``False``
+        continues the stream from the buffers left by the previous call
+        (chunked streaming). The tick engine (``sideways``,
+        ``pipelined_bp``): the returned gradient is then the sum of this
+        chunk's per-tick gradients over its own valid loss terms, zero if it
+        has none. BP with temporal layers: the chunk starts from the
+        temporal states the previous chunk left, the gradient stopped there
+        (truncated BP through time); BP ignores it otherwise.
 
     Applies nothing.
     """
@@ -241,6 +249,9 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
         raise ValueError("frames must hold at least one frame, got T = 0")
       # Built first: a check of the stages' variables needs them to exist.
       self._ensure_built(frame_shape, frames.dtype)
+      if not reset and self.has_temporal_layers:
+        # A stream in chunks carries the temporal layers' states.
+        self._ensure_state(batch_size, frame_shape, frames.dtype, reset)
       algorithm.validate(self, num_frames, reset)
     return frames, tf.cast(labels, tf.int32)
 

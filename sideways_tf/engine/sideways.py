@@ -18,6 +18,10 @@ Read top to bottom:
   replay (``Pipeline.replayed_modules``) are n for Sideways, L-1 for
   ``pipelined_bp`` (engine/pipelined_bp.py: this engine, every module below
   the top replayed).
+* Causal temporal layers inside a stage keep their states (their last
+  inputs) as loop variables too, `temporal`; a module records its frame in
+  them only from the tick it holds a real one (docs/algorithm.md,
+  "Temporal layers").
 * :class:`Sideways` is the entry in the algorithm table (`algorithms.py`).
 
 One module's forward/backward step and its buffers are in `module.py`.
@@ -52,9 +56,11 @@ class TickState(NamedTuple):
   loss_sum: tf.Tensor
   correct_sum: tf.Tensor
   valid_ticks: tf.Tensor
-  # Replay: [inputs, *skip inputs] of modules 1..replayed_modules, each the
-  # last 2(L-k) of them, oldest first.
+  # Replay: [inputs, *skip inputs, *temporal states] of modules
+  # 1..replayed_modules, each the last 2(L-k) of them, oldest first.
   histories: list
+  # The states of each module's temporal layers (one per layer).
+  temporal: list
 
 
 def sideways_clip(pipe, frames, labels, reset: bool,
@@ -78,8 +84,10 @@ def sideways_clip(pipe, frames, labels, reset: bool,
       accumulators=[[tf.zeros_like(v) for v in m.stage.trainable_variables]
                     for m in modules],
       loss_sum=zero, correct_sum=zero, valid_ticks=zero,
-      histories=[[read(h) for h in [m.input_history] + m.skip_histories]
-                 for m in modules[:pipe.replayed_modules]])
+      histories=[[read(h) for h in [m.input_history] + m.skip_histories
+                  + m.temporal_histories]
+                 for m in modules[:pipe.replayed_modules]],
+      temporal=[[read(b) for b in m.temporal_buffers] for m in modules])
   ticks_before = (tf.constant(0, tf.int64) if reset
                   else pipe.ticks_seen.read_value())
   end, = tf.while_loop(
@@ -109,6 +117,7 @@ def tick(pipe, s: TickState, frames, labels, ticks_before,
   after = []  # control inputs; only non-empty to force a test order
   for k in pipe.evaluation_order or range(pipe.num_modules):
     module = modules[k]
+    holds_frame = global_tick >= k + 1  # else warm-up zeros
     with tf.device(devices[k]), tf.name_scope(f"stage_{k}"), \
         tf.control_dependencies(after):
       module_input = (tf.gather(frames, s.t, axis=1) if k == 0
@@ -116,19 +125,26 @@ def tick(pipe, s: TickState, frames, labels, ticks_before,
       skip_inputs = [read_skip(b, delay) for b, delay in zip(
           s.skips[k], module.skip_delays)]
       if k < pipe.replayed_modules:
-        # The gradient of lag n belongs to the inputs held n ticks ago.
+        # The gradient of lag n belongs to the inputs (and temporal states)
+        # held n ticks ago.
         held = s.histories[k]
+        held_inputs = held[:1 + len(skip_inputs)]
         results[k] = module.replay_tick(
-            module_input, skip_inputs, module.held_at_lags(held), s.grads[k],
-            training=global_tick >= k + 1, chunk_tick=s.t)
+            module_input, skip_inputs, module.held_at_lags(held_inputs),
+            s.grads[k], training=holds_frame, chunk_tick=s.t,
+            temporal_states=s.temporal[k],
+            backward_temporal=module.held_at_lags(
+                held[1 + len(skip_inputs):]),
+            record=holds_frame)
         histories[k] = [tf.concat([h[1:], x[None]], 0) for h, x in zip(
-            held, [module_input] + skip_inputs)]
+            held, [module_input] + skip_inputs + list(s.temporal[k]))]
       else:
         results[k] = module.tick(
             module_input,
             output_gradient=None if module.is_top else s.grads[k][0],
             loss_of_outputs=masked_loss if module.is_top else None,
-            training=global_tick >= k + 1, skip_inputs=skip_inputs)
+            training=holds_frame, skip_inputs=skip_inputs,
+            temporal_states=s.temporal[k], record=holds_frame)
       accumulators = [acc + g for acc, g in zip(
           s.accumulators[k], results[k].parameter_gradients)]
       results[k] = (results[k], accumulators)
@@ -144,7 +160,8 @@ def tick(pipe, s: TickState, frames, labels, ticks_before,
       [acc for _, acc in results],
       s.loss_sum + top.loss,
       s.correct_sum + tf.reduce_sum(correct) * loss_mask,
-      s.valid_ticks + loss_mask, histories)
+      s.valid_ticks + loss_mask, histories,
+      [list(r.temporal_states) for r, _ in results])
 
 
 def _route(pipe, results, skip_buffers) -> tuple:
@@ -206,8 +223,13 @@ def write_back(pipe, s: TickState, num_ticks, reset) -> list:
   for k, held in enumerate(s.histories):
     with tf.device(devices[k]):
       updates.extend(h.assign(v) for h, v in zip(
-          [modules[k].input_history] + modules[k].skip_histories, held))
+          [modules[k].input_history] + modules[k].skip_histories
+          + modules[k].temporal_histories, held))
       updates.extend(modules[k].weight_history_updates(num_ticks))
+  for k, states in enumerate(s.temporal):
+    with tf.device(devices[k]):
+      updates.extend(b.assign(v) for b, v in zip(
+          modules[k].temporal_buffers, states))
   return updates
 
 

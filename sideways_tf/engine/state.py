@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from sideways_tf.engine.module import SidewaysModule
 from sideways_tf.engine.module import skip_delay
+from sideways_tf.layers import temporal
 
 
 class StageShapes(NamedTuple):
@@ -24,6 +25,9 @@ class StageShapes(NamedTuple):
   output_shape: tuple
   output_dtype: tf.DType
   skip_specs: list  # [(shape, dtype)] of the skip inputs, in source order
+  # [(shape, dtype)] of the temporal layers' states, in the module's
+  # temporal_layers order.
+  temporal_specs: list = []
 
 
 class FunctionCache(dict):
@@ -185,7 +189,8 @@ def build_stages(modules, devices, frame_shape, dtype) -> List[StageShapes]:
   """Builds unbuilt stages under their devices; returns per-stage shapes.
 
   A forward pass of one zero frame finds the shapes (and creates the weights
-  of unbuilt stages on their own devices).
+  of unbuilt stages on their own devices); temporal layers run it as a clip
+  of one frame.
   """
   shapes, outputs = [], []
   frame = tf.zeros((1,) + tuple(frame_shape), dtype)
@@ -193,7 +198,7 @@ def build_stages(modules, devices, frame_shape, dtype) -> List[StageShapes]:
     inputs = frame if k == 0 else outputs[k - 1]
     skip_inputs = [outputs[j] for j in module.skip_sources]
     try:
-      with tf.device(device):
+      with tf.device(device), temporal.clip_scope(1) as scope:
         outputs.append(module.call(inputs, skip_inputs, training=False))
     except Exception as error:  # Keras raises many kinds; name the shape.
       raise ValueError(
@@ -206,7 +211,9 @@ def build_stages(modules, devices, frame_shape, dtype) -> List[StageShapes]:
     shapes.append(StageShapes(
         tuple(inputs.shape[1:]), inputs.dtype, tuple(outputs[-1].shape[1:]),
         outputs[-1].dtype,
-        [(tuple(x.shape[1:]), x.dtype) for x in skip_inputs]))
+        [(tuple(x.shape[1:]), x.dtype) for x in skip_inputs],
+        [(tuple(x.shape[1:]), x.dtype)
+         for x in scope.new_states(module.temporal_layers)]))
   return shapes
 
 
@@ -217,7 +224,8 @@ def allocate(modules, devices, shapes, batch_size) -> None:
       module.allocate_state(
           (batch_size,) + shape.input_shape, shape.input_dtype,
           (batch_size,) + shape.output_shape, shape.output_dtype,
-          [((batch_size,) + s, d) for s, d in shape.skip_specs])
+          [((batch_size,) + s, d) for s, d in shape.skip_specs],
+          [((batch_size,) + s, d) for s, d in shape.temporal_specs])
 
 
 class StateMethods:
