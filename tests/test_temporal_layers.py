@@ -172,10 +172,16 @@ def test_fold_gives_the_shifted_channels_a_gradient():
   np.testing.assert_array_equal(tape.gradient(loss, frame), np.ones((1, 4)))
 
 
-def test_outside_a_scope_it_says_where_to_call_it():
-  layer = CausalTemporalConv(2)
-  with pytest.raises(ValueError, match="clip_scope"):
-    layer(tf.zeros((2, 3)))
+def test_outside_a_scope_each_input_is_a_first_frame(caplog):
+  """What Keras' SavedModel tracing of a stage sees; eagerly, a warning
+  says where to call the layer instead."""
+  layer = CausalTemporalConv(2, kernel_initializer="glorot_uniform")
+  frames = _frames((3, 4))
+  with caplog.at_level("WARNING"):
+    outputs = layer(frames)
+  assert "clip_scope" in caplog.text
+  expected, _ = _clip(layer, frames[:, None])
+  np.testing.assert_array_equal(outputs, expected[:, 0])
 
 
 def test_a_layer_called_twice_in_one_scope_is_refused():

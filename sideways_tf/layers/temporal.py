@@ -27,7 +27,10 @@ each temporal layer its state and collects the new one (like flax's mutable
 collections). Inside the engine's ``tf.while_loop`` the states are loop
 variables; between calls they live in non-trainable variables of the
 module that holds the stage, like the module's other buffers. Called outside
-any scope, a temporal layer raises: it cannot know where time is.
+any scope (Keras tracing a stage for a SavedModel, a user calling a stage
+on a batch of frames), a temporal layer cannot know where time is: it
+treats each input as a first frame (zero past), and says so with a warning
+when that happens eagerly.
 
 The Sideways rule for the gradient with respect to the buffered past
 (docs/algorithm.md, "Temporal layers") is the scope's
@@ -41,6 +44,7 @@ from __future__ import annotations
 import threading
 from typing import Dict, List, Optional, Sequence
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -181,12 +185,16 @@ class TemporalLayer(keras.layers.Layer):
   def call(self, inputs):
     scope = current_scope()
     if scope is None:
-      raise ValueError(
-          f"{type(self).__name__} {self.name} mixes frames over time, so it "
-          "must know where time is: run it through sideways_tf.Pipeline or "
-          "SidewaysModel, or call it inside sideways_tf.layers.temporal."
-          "clip_scope(num_frames) ([B*T, ...] inputs) or stream_scope(states)"
-          " (one frame per clip)")
+      if tf.executing_eagerly() and not getattr(self, "_warned", False):
+        self._warned = True
+        logging.warning(
+            "%s %s mixes frames over time but was called outside a temporal "
+            "scope: each input counts as a first frame (zero past). Run it "
+            "through sideways_tf.Pipeline or SidewaysModel, or inside "
+            "sideways_tf.layers.clip_scope(num_frames) ([B*T, ...] inputs) "
+            "or stream_scope(states) (one frame per clip).",
+            type(self).__name__, self.name)
+      scope = TemporalScope(1)
     return scope.run(self, inputs)
 
   def state_shape(self, frame_shape) -> tuple:

@@ -9,7 +9,8 @@ Signatures (inspect with `saved_model_cli show --all --dir DIR`):
   top class's name).
 * ``init_state(batch_size)`` -> the streaming state: ``activation_k`` (the
   input held by module k = 2..L), ``skip_k_from_j`` (Skip-Sideways models
-  only) and ``ticks`` ``[B]`` (frames seen).
+  only), ``temporal_k_i`` (models with causal temporal layers: the i-th
+  layer of module k's last inputs) and ``ticks`` ``[B]`` (frames seen).
 * ``step(frame, activation_2, ..., ticks)``: uint8 ``[B, H, W, C]`` plus the
   state -> ``logits`` of the frame leaving the pipeline this tick (frame
   t-L+1), ``valid`` (True once a real frame has left it, t >= L) and the new
@@ -113,7 +114,7 @@ def _archive(pipeline, frame_shape, class_names) -> keras.export.ExportArchive:
   def step(frame, state):
     activations = [state[name] for name in state_names]
     logits, new_activations = pipeline.stream_tick(
-        preprocess(frame, image_size), activations)
+        preprocess(frame, image_size), activations, ticks=state["ticks"])
     ticks = state["ticks"] + 1
     outputs = dict(zip(state_names, new_activations))
     outputs.update(ticks=ticks, logits=logits,
