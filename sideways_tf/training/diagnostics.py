@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from sideways_tf.engine.module import skip_offset
+from sideways_tf.layers import temporal
 
 
 def module_lags(num_modules: int) -> List[int]:
@@ -50,15 +51,16 @@ def module_inputs(pipeline, frames) -> List[np.ndarray]:
   x = tf.reshape(frames, [batch_size * num_frames] + frames.shape[2:].as_list())
   inputs = []
   outputs = []
-  for k, module in enumerate(pipeline.modules):
-    inputs.append(tf.reshape(x, [batch_size, num_frames, -1]).numpy())
-    skip_inputs = [_newer(outputs[j],
-                          skip_offset(k, j, pipeline.skip_align),
-                          batch_size, num_frames)
-                   for j in module.skip_sources]
-    with tf.device(pipeline.devices[k]):
-      x = module.call(x, skip_inputs, training=False)
-    outputs.append(x)
+  with temporal.clip_scope(num_frames):  # temporal layers: the clip's time
+    for k, module in enumerate(pipeline.modules):
+      inputs.append(tf.reshape(x, [batch_size, num_frames, -1]).numpy())
+      skip_inputs = [_newer(outputs[j],
+                            skip_offset(k, j, pipeline.skip_align),
+                            batch_size, num_frames)
+                     for j in module.skip_sources]
+      with tf.device(pipeline.devices[k]):
+        x = module.call(x, skip_inputs, training=False)
+      outputs.append(x)
   return inputs
 
 
