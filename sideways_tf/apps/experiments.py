@@ -5,6 +5,7 @@
   bin/experiments --base_config=configs/ucf101_vgg8.py --steps=30000  # GPUs
   bin/experiments --only=gap --steps=4000 --jobs=2   # where Sideways is safe
   bin/experiments --only=skip_variants --skip_seeds=5 --jobs=2  # motion label
+  bin/experiments --only=temporal --steps=4000 --temporal_seeds=5 --jobs=2
 
 Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
 the tables and PNG plots of results.md in OUTDIR/report (--report_dir=docs
@@ -52,6 +53,12 @@ _SKIP_GROUPS = flags.DEFINE_list(
     "skip_groups", [], "skip_variants: only these groups of cells (default, "
     "replay, depth, align, plain, combine, speed, longer); [] = all but "
     "longer, in priority order.")
+_TEMPORAL_SEEDS = flags.DEFINE_integer(
+    "temporal_seeds", 5, "temporal: seeds per cell (>= 3 for intervals).",
+    lower_bound=1)
+_TEMPORAL_GROUPS = flags.DEFINE_list(
+    "temporal_groups", [], "temporal: only these models (conv, frame, skip, "
+    "shift); [] = all, in priority order.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Run nothing: write the report from the runs "
     "already under --outdir (a map stopped early reports what it has).")
@@ -62,7 +69,7 @@ _REPORT_DIR = flags.DEFINE_string(
 
 
 # Experiments that update only their own section of an existing results.md.
-SECTIONS = ("gap", "skip_variants", "time_to_accuracy")
+SECTIONS = ("gap", "skip_variants", "time_to_accuracy", "temporal")
 
 
 def main(argv):
@@ -73,6 +80,7 @@ def main(argv):
   from sideways_tf.paper_experiments import gap_report  # noqa: PLC0415
   from sideways_tf.paper_experiments import skip_variants  # noqa: PLC0415
   from sideways_tf.paper_experiments import time_to_accuracy  # noqa: PLC0415
+  from sideways_tf.paper_experiments import temporal_map  # noqa: PLC0415
   outdir = pathlib.Path(_OUTDIR.value)
   for name in _ONLY.value:
     if name not in runs.EXPERIMENTS + SECTIONS:
@@ -87,6 +95,9 @@ def main(argv):
                         _SKIP_GROUPS.value)
     elif name == "time_to_accuracy":
       time_to_accuracy.run(outdir, _STEPS.value, jobs=_JOBS.value)
+    elif name == "temporal":
+      temporal_map.run(outdir, _STEPS.value, _TEMPORAL_SEEDS.value,
+                       _JOBS.value, _TEMPORAL_GROUPS.value)
     else:
       runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
   report_dir = (str(outdir / "report") if _REPORT_DIR.value is None
@@ -102,6 +113,9 @@ def main(argv):
         if name == "gap":
           path = gap_report.update(outdir, pathlib.Path(report_dir), command,
                                    seeds=_GAP_SEEDS.value, steps=_STEPS.value)
+        elif name == "temporal":
+          path = temporal_map.update(outdir, pathlib.Path(report_dir),
+                                     command)
         else:
           path = skip_variants.update(outdir, pathlib.Path(report_dir),
                                       command)

@@ -129,11 +129,20 @@ class TemporalScope:
       # the past reaches the current frame's kept part.
       used_past = tf.stop_gradient(past) + (kept - tf.stop_gradient(kept))
     outputs = layer.mix(used_past, frames)
-    new_state = tf.concat([past, kept], axis=1)[:, -layer.memory:]
+    _, new_state = _split_last(tf.concat([past, kept], axis=1), layer.memory)
     if self.record is not True:
       new_state = _where_recorded(self.record, new_state, past)
     self._new[id(layer)] = (layer, new_state)
     return _fold(outputs)
+
+
+def _split_last(window, count):
+  """(all but the last `count` frames, the last `count`) of [B, n, ...].
+
+  tf.split, not a strided slice: on CPU the gradient of a strided slice
+  along time is an order of magnitude slower than the convolution itself.
+  """
+  return tf.split(window, [-1, count], axis=1)
 
 
 def _unfold(inputs, num_frames):
@@ -279,19 +288,25 @@ class CausalTemporalConv(TemporalLayer):
                  if self.use_bias else None)
 
   def mix(self, past, frames):
-    window = tf.concat([past, frames], axis=1)
-    num_frames = tf.shape(frames)[1]
+    """A 2D convolution with time as height and the spatial positions as
+    width ([B, M+T, S, C] -> [B, T, S, F], "VALID"): one fast op, where K
+    shifted slices of the frames would be slow to differentiate."""
+    shape = tf.shape(frames)
+    channels = frames.shape[-1]
+
+    def flat(x, length):
+      return tf.reshape(x, tf.stack([shape[0], length, -1, channels]))
+    window = tf.concat([flat(past, self.memory), flat(frames, shape[1])], 1)
     kernel = tf.cast(self.kernel, frames.dtype)
-    outputs = None
-    for i in range(self.kernel_size):
-      taps = window[:, i:i + num_frames]
-      term = (taps * kernel[i] if self.filters is None
-              else tf.tensordot(taps, kernel[i], [[taps.shape.rank - 1],
-                                                  [0]]))
-      outputs = term if outputs is None else outputs + term
+    if self.filters is None:
+      outputs = tf.nn.depthwise_conv2d(window, kernel[:, None, :, None],
+                                       [1, 1, 1, 1], "VALID")
+    else:
+      outputs = tf.nn.conv2d(window, kernel[:, None], 1, "VALID")
     if self.bias is not None:
       outputs += tf.cast(self.bias, frames.dtype)
-    return outputs
+    return tf.reshape(outputs, tf.concat(
+        [shape[:-1], tf.shape(outputs)[-1:]], 0))
 
   def compute_output_shape(self, input_shape):
     input_shape = tuple(input_shape)
@@ -334,13 +349,21 @@ class TemporalShift(TemporalLayer):
   def build(self, input_shape):
     self.shifted = max(1, int(round(self.fraction * int(input_shape[-1]))))
 
+  def _parts(self, frames):
+    """(the shifted channels, the rest), split rather than sliced (fast to
+    differentiate on CPU)."""
+    channels = frames.shape[-1]
+    if self.shifted >= channels:
+      return frames, None
+    return tf.split(frames, [self.shifted, channels - self.shifted], -1)
+
   def kept(self, frames):
-    return frames[..., :self.shifted]
+    return self._parts(frames)[0]
 
   def mix(self, past, frames):
-    previous = tf.concat([past, self.kept(frames)], axis=1)[
-        :, :tf.shape(frames)[1]]
-    return tf.concat([previous, frames[..., self.shifted:]], axis=-1)
+    kept, rest = self._parts(frames)
+    previous, _ = _split_last(tf.concat([past, kept], axis=1), 1)
+    return previous if rest is None else tf.concat([previous, rest], -1)
 
   def state_shape(self, frame_shape) -> tuple:
     frame_shape = tuple(frame_shape)

@@ -359,7 +359,11 @@ def read_run(workdir: pathlib.Path) -> Dict:
   if risk:
     early["risk"] = sum(risk) / len(risk)
     early["risk_statistic"] = diagnostics.risk_statistic(logged)
-  return dict(test_accuracy=evaluation["clip_accuracy"],
+  # Labels made of parts (digit x direction): each part's accuracy too.
+  parts = {f"test_accuracy/{key.split('/', 1)[1]}": value
+           for key, value in evaluation.items()
+           if key.startswith("clip_accuracy/")}
+  return dict(test_accuracy=evaluation["clip_accuracy"], **parts,
               test_frame_accuracy=evaluation["frame_accuracy"],
               curve=scalars(workdir / "eval", "eval/accuracy"),
               train_accuracy_last=[v for _, v in scalars(

@@ -1,0 +1,239 @@
+"""Video models that see time, on digit x direction: the map over seeds.
+
+configs/moving_digits_direction.py labels each video with its digit and the
+direction it moves in, so a per-frame model is at chance (1/4) on the
+direction part. Each model (per-frame, Skip-Sideways, causal temporal conv,
+temporal shift) runs with BP, plain Sideways and the replay its config
+ships; every run is `bin/train` in its own process (`gap_map.run_one`: one
+core, cached in OUTDIR/temporal/<steps>steps/<cell>/<algorithm>-seed<s>/).
+
+  bin/experiments --only=temporal --steps=4000 --temporal_seeds=5 --jobs=2
+
+The report gives per cell the test clip accuracy of the whole label, of its
+direction part and of its digit part (mean and 95% t-interval over seeds),
+Sideways - BP paired by seed, and the two headline comparisons: BP with
+temporal layers against per-frame BP on the direction part, and Sideways
+against BP with the same temporal model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import pathlib
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from sideways_tf.configs import moving_digits_direction
+from sideways_tf.files import write_marked_section
+from sideways_tf.paper_experiments import gap_map
+from sideways_tf.paper_experiments import gap_report
+
+CONFIG = "configs/moving_digits_direction.py"
+SHIPPED_REPLAY = str(moving_digits_direction.get_config().replay_modules)
+PARTS = ("direction", "digit")
+
+
+def _model(group, name, overrides, replay):
+  """A model's BP + plain Sideways cell and its shipped-replay cell."""
+  plain = gap_map.Cell(group, f"{name}, plain Sideways",
+                       dict(overrides, replay_modules="0"), config=CONFIG)
+  replayed = gap_map.Cell(group, f"{name}, replay_modules={replay}",
+                          dict(overrides, replay_modules=replay),
+                          ("sideways",), bp_from=plain.name, config=CONFIG)
+  return plain, replayed
+
+
+# In priority order: a partial map has the headline cells first.
+CELLS = (
+    *_model("conv", "temporal conv:3", {"model.temporal": "conv:3"},
+            SHIPPED_REPLAY),
+    *_model("frame", "per-frame", {"model.temporal": ""}, SHIPPED_REPLAY),
+    # Skip-Sideways ships replay of every module below the top (3 of 4).
+    *_model("skip", "Skip-Sideways 2:0", {"model.temporal": "",
+                                          "skips": "2:0"}, "3"),
+    *_model("shift", "temporal shift 1/8", {"model.temporal": "shift"},
+            SHIPPED_REPLAY),
+)
+
+
+def run_dir(outdir, cell, algorithm: str, seed: int,
+            steps: int) -> pathlib.Path:
+  slug = "".join(c if c.isalnum() or c in "-.=" else "_" for c in cell.name)
+  return (pathlib.Path(outdir) / "temporal" / f"{steps}steps" / slug
+          / f"{algorithm}-seed{seed}")
+
+
+def plan(outdir, steps: int, seeds: int,
+         only_groups: Sequence[str] = ()) -> List[tuple]:
+  """(cell, algorithm, seed, run_dir) of every run, in priority order
+  (seed-major, so a partial map has every cell at its first seeds)."""
+  return [(cell, algorithm, seed, run_dir(outdir, cell, algorithm, seed,
+                                          steps))
+          for seed in range(seeds) for cell in CELLS
+          if not only_groups or cell.group in only_groups
+          for algorithm in cell.algorithms]
+
+
+def run(outdir, steps: int, seeds: int = 5, jobs: int = 1,
+        only_groups: Sequence[str] = ()) -> List[Dict]:
+  """Runs (or loads) every run; returns their results."""
+  todo = plan(outdir, steps, seeds, only_groups)
+  results, started = [], time.time()
+  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+    futures = {pool.submit(gap_map.run_one, cell, algorithm, seed, workdir,
+                           steps): (cell, algorithm, seed)
+               for cell, algorithm, seed, workdir in todo}
+    for done, future in enumerate(concurrent.futures.as_completed(futures),
+                                  1):
+      cell, algorithm, seed = futures[future]
+      try:
+        result = future.result()
+      except RuntimeError as error:  # keep going; say what failed
+        print(f"[temporal {done}/{len(todo)}] {cell.name} {algorithm} "
+              f"seed {seed}: FAILED: {error}", flush=True)
+        continue
+      results.append(result)
+      print(f"[temporal {done}/{len(todo)}, "
+            f"{(time.time() - started) / 60:.0f} min] {cell.name} "
+            f"{algorithm} seed {seed}: test clip acc. "
+            f"{result['test_accuracy']:.3f}, direction "
+            f"{result.get('test_accuracy/direction', float('nan')):.3f}",
+            flush=True)
+  return results
+
+
+# ------------------------------------------------------------------- report
+
+
+def load(outdir) -> List[Dict]:
+  """Every finished run under OUTDIR/temporal."""
+  return [json.loads(p.read_text()) for p in sorted(
+      (pathlib.Path(outdir) / "temporal").glob("*/*/*/result.json"))]
+
+
+def _measure(result, part: str) -> float:
+  return result["test_accuracy" + (f"/{part}" if part else "")]
+
+
+def rows(results: List[Dict]) -> List[Dict]:
+  """Per (steps, cell, algorithm): accuracies per part, and for Sideways
+  the gap to the BP runs of the same model, paired by seed."""
+  by_key = {(r["cell"], r["algorithm"], r["seed"], r["steps"]): r
+            for r in results}
+  out = []
+  for steps in sorted({r["steps"] for r in results}):
+    for cell in CELLS:
+      bp_cell = cell.bp_from or cell.name
+      for algorithm in cell.algorithms:
+        seeds = sorted(s for (c, a, s, n) in by_key
+                       if (c, a, n) == (cell.name, algorithm, steps))
+        if not seeds:
+          continue
+        runs = [by_key[(cell.name, algorithm, s, steps)] for s in seeds]
+        row = dict(cell=cell.name, group=cell.group, algorithm=algorithm,
+                   steps=steps, seeds=seeds)
+        for part in ("",) + PARTS:
+          row[part or "label"] = gap_report.interval(
+              [_measure(r, part) for r in runs])
+        paired = [s for s in seeds if (bp_cell, "bp", s, steps) in by_key]
+        if algorithm == "sideways" and paired:
+          for part in ("",) + PARTS:
+            row[f"gap_{part or 'label'}"] = gap_report.interval(
+                [_measure(by_key[(cell.name, "sideways", s, steps)], part)
+                 - _measure(by_key[(bp_cell, "bp", s, steps)], part)
+                 for s in paired])
+          row["paired"] = len(paired)
+        out.append(row)
+  return out
+
+
+def headline(results: List[Dict]) -> List[tuple]:
+  """(what, steps, seeds, mean, half-width) of the goal comparisons, paired
+  by seed: BP conv - BP per-frame on the direction part, and Sideways
+  (shipped replay; plain) - BP on the temporal conv model, whole label and
+  direction part."""
+  by_key = {(r["cell"], r["algorithm"], r["seed"], r["steps"]): r
+            for r in results}
+  conv_plain, conv_replay, frame_plain = (CELLS[0].name, CELLS[1].name,
+                                          CELLS[2].name)
+  comparisons = [
+      ("BP conv:3 - BP per-frame, direction", (conv_plain, "bp"),
+       (frame_plain, "bp"), "direction"),
+      (f"Sideways replay_modules={SHIPPED_REPLAY} - BP, conv:3, label",
+       (conv_replay, "sideways"), (conv_plain, "bp"), ""),
+      (f"Sideways replay_modules={SHIPPED_REPLAY} - BP, conv:3, direction",
+       (conv_replay, "sideways"), (conv_plain, "bp"), "direction"),
+      ("plain Sideways - BP, conv:3, label", (conv_plain, "sideways"),
+       (conv_plain, "bp"), ""),
+  ]
+  out = []
+  for steps in sorted({r["steps"] for r in results}):
+    for what, a, b, part in comparisons:
+      seeds = sorted(s for s in range(1000)
+                     if a + (s, steps) in by_key and b + (s, steps) in by_key)
+      if seeds:
+        mean, half = gap_report.interval(
+            [_measure(by_key[a + (s, steps)], part)
+             - _measure(by_key[b + (s, steps)], part) for s in seeds])
+        out.append((what, steps, len(seeds), mean, half))
+  return out
+
+
+def _fmt(pair):
+  if pair is None:
+    return "–"
+  mean, half = pair
+  return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def section(outdir, command: str) -> List[str]:
+  results = load(outdir)
+  found = rows(results)
+  if not found:
+    return []
+  lines = [
+      "## 5c. Video models that see time: digit × direction", "",
+      "`configs/moving_digits_direction.py`: real handwritten digits "
+      "moving at 0.5–1 px/frame in one of 4 directions on a torus over real "
+      "photos, label = digit × direction (40 classes; a single frame "
+      "carries no direction, so a per-frame model is at chance, 0.25, on "
+      "that part). Frame CNN, 4 modules; `model.temporal=conv:3` puts a "
+      "causal temporal conv over 3 frames after every conv "
+      "(docs/models.md; its rule under each algorithm: docs/algorithm.md). "
+      "Test clip accuracy (mean ± 95% t-interval over seeds) of the whole "
+      "label and of each part; Sideways − BP paired by seed with the BP "
+      "runs of the same model.", "",
+      "| steps | model, cell | algorithm | seeds | label | direction | "
+      "digit | Sideways − BP (label) | Sideways − BP (direction) |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for row in found:
+    lines.append(
+        f"| {row['steps']} | {row['cell']} | {row['algorithm']} | "
+        f"{len(row['seeds'])} | {_fmt(row['label'])} | "
+        f"{_fmt(row['direction'])} | {_fmt(row['digit'])} | "
+        f"{_fmt(row.get('gap_label'))} | {_fmt(row.get('gap_direction'))} |")
+  heads = headline(results)
+  if heads:
+    lines += ["", "Headline comparisons (paired by seed):", "",
+              "| comparison | steps | seeds | difference |", "|---|---|---|---|"]
+    lines += [f"| {what} | {steps} | {n} | {_fmt((mean, half))} |"
+              for what, steps, n, mean, half in heads]
+  lines += ["", f"*Runs and this table: `{command}`*", ""]
+  return lines
+
+
+BEGIN = "<!-- temporal map: begin -->"
+END = "<!-- temporal map: end -->"
+
+
+def update(outdir, report_dir, command: str) -> pathlib.Path:
+  """Writes the section into report_dir/results.md between its markers,
+  keeping the rest of the file (appends it the first time)."""
+  report_dir = pathlib.Path(report_dir)
+  report_dir.mkdir(parents=True, exist_ok=True)
+  path = report_dir / "results.md"
+  write_marked_section(path, BEGIN, END, section(outdir, command))
+  return path

@@ -1,0 +1,84 @@
+"""The digit x direction map's plumbing: commands, pairing, the report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sideways_tf.configs import moving_digits_direction
+from sideways_tf.paper_experiments import gap_map
+from sideways_tf.paper_experiments import temporal_map
+
+
+def test_every_cell_is_bin_train_on_the_direction_config(tmp_path):
+  config = moving_digits_direction.get_config()
+  for cell in temporal_map.CELLS:
+    command = gap_map.train_command(cell, "sideways", 1, tmp_path, 100)
+    assert command[2].endswith("configs/moving_digits_direction.py")
+    for key in cell.overrides:  # every key exists
+      *parents, name = key.split(".")
+      target = config
+      for part in parents:
+        target = target[part]
+      assert name in target, key
+    # Replay as the cell says (the map forces plain Sideways otherwise).
+    assert f"--config.replay_modules={cell.overrides['replay_modules']}" in (
+        command)
+  names = [c.name for c in temporal_map.CELLS]
+  assert names[:3] == ["temporal conv:3, plain Sideways",
+                       f"temporal conv:3, replay_modules="
+                       f"{config.replay_modules}", "per-frame, plain Sideways"]
+
+
+def test_plan_is_seed_major_and_shares_bp(tmp_path):
+  runs = temporal_map.plan(tmp_path, steps=100, seeds=2,
+                           only_groups=["conv", "frame"])
+  # Per model and seed: BP and plain Sideways, then the replay cell's
+  # Sideways (its BP is the plain cell's).
+  assert len(runs) == 2 * 2 * 3
+  assert [s for _, _, s, _ in runs] == [0] * 6 + [1] * 6
+  assert len({str(d) for *_, d in runs}) == len(runs)
+
+
+def _write(outdir, cell, algorithm, seed, label, direction, steps=100):
+  workdir = temporal_map.run_dir(outdir, cell, algorithm, seed, steps)
+  workdir.mkdir(parents=True)
+  (workdir / "result.json").write_text(json.dumps({
+      "cell": cell.name, "algorithm": algorithm, "seed": seed,
+      "steps": steps, "test_accuracy": label,
+      "test_accuracy/direction": direction, "test_accuracy/digit": 0.5}))
+
+
+def test_rows_and_headline_pair_by_seed(tmp_path):
+  conv, conv_replay, frame = temporal_map.CELLS[:3]
+  for s in range(3):
+    _write(tmp_path, conv, "bp", s, 0.5, 0.9)
+    _write(tmp_path, conv, "sideways", s, 0.4, 0.8 - 0.1 * s)
+    _write(tmp_path, conv_replay, "sideways", s, 0.45, 0.85)
+    _write(tmp_path, frame, "bp", s, 0.1, 0.25)
+  rows = {(r["cell"], r["algorithm"]): r
+          for r in temporal_map.rows(temporal_map.load(tmp_path))}
+  np.testing.assert_allclose(rows[(conv.name, "sideways")]["gap_direction"][0],
+                             -0.2)
+  np.testing.assert_allclose(rows[(conv_replay.name, "sideways")]["gap_label"],
+                             (-0.05, 0.0), atol=1e-12)
+  heads = {what: (n, mean) for what, _, n, mean, _ in temporal_map.headline(
+      temporal_map.load(tmp_path))}
+  assert heads["BP conv:3 - BP per-frame, direction"] == (3, pytest.approx(
+      0.65))
+  lines = temporal_map.section(tmp_path, "bin/experiments --only=temporal")
+  assert any("| 100 | per-frame, plain Sideways | bp | 3 | 0.100 ± 0.000 | "
+             "0.250 ± 0.000 |" in line for line in lines)
+
+
+def test_read_run_keeps_every_part_of_the_label(tmp_path):
+  import tensorflow as tf
+  for name, tag in (("train", "train/accuracy"), ("eval", "eval/accuracy")):
+    with tf.summary.create_file_writer(str(tmp_path / name)).as_default():
+      tf.summary.scalar(tag, 0.5, step=1)
+  (tmp_path / "eval.json").write_text(json.dumps({
+      "clip_accuracy": 0.5, "frame_accuracy": 0.4,
+      "clip_accuracy/direction": 0.75, "clip_accuracy/digit": 0.6}))
+  result = gap_map.read_run(tmp_path)
+  assert result["test_accuracy/direction"] == 0.75
+  assert result["test_accuracy/digit"] == 0.6
