@@ -246,3 +246,20 @@ def test_gpipe_is_bp_through_time(micro_batch_frames, rematerialize):
   assert_close(result.gradients, expected)
   bp = pipe.compute_gradients_and_metrics(frames, labels, "bp")
   np.testing.assert_allclose(result.loss, bp.loss, rtol=1e-6)
+
+
+def test_online_bp_updates_are_truncated_bp_through_time():
+  """Trainer(update_every_ticks=N) with BP streams the clip in chunks: the
+  temporal states cross the chunk edges (here, with no update, the stream
+  ends in the whole clip's states)."""
+  stages, twins = build(MODELS["conv_and_shift"])
+  frames, labels = clip(frames=8)
+  pipe = sideways_tf.Pipeline(stages)
+  trainer = sideways_tf.Trainer(pipe, keras.optimizers.SGD(0.0), "bp",
+                                update_every_ticks=3)
+  trainer.train_step(frames, labels)
+  _, pasts = reference.bp(twins, frames.astype(np.float64), labels)
+  states = [np.asarray(b) for m in pipe.modules for b in m.temporal_buffers]
+  assert len(states) == 2
+  for state, past in zip(states, [p for stage in pasts for p in stage]):
+    np.testing.assert_allclose(state, past, rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@
   bin/benchmark --batch_size=2 --num_frames=8 --image_size=16 --doc=
   bin/benchmark --figures=throughput,stages --profile_dir=/tmp/prof
   bin/benchmark --simulate_devices=2   # every algorithm on 2 simulated devices
+  bin/benchmark --figures=temporal_memory --image_size=32  # memory vs T, temporal model
 
 With --simulate_devices=N the run is sideways_tf/benchmark/devices.py instead:
 Sideways, GPipe (with/without re-materialisation), model-parallel BP and
@@ -60,10 +61,15 @@ _MIXED = flags.DEFINE_bool("mixed_precision", False,
 _PROFILE = flags.DEFINE_string(
     "profile_dir", "", "Write a TensorBoard profiler trace of a few train "
     "steps of each algorithm here.")
+_TEMPORAL_MEMORY_FRAMES = flags.DEFINE_list(
+    "temporal_memory_frames", ["16", "64", "256"],
+    "Clip lengths of the temporal_memory figure (a model with causal "
+    "temporal layers; one process each per variant; run it with "
+    "--figures=temporal_memory).")
 _FIGURES = flags.DEFINE_list(
     "figures", ["throughput", "stages", "tracing", "memory", "placement",
                 "balancing", "input_pipeline", "replay_cost"],
-    "Figures to produce.")
+    "Figures to produce (also: temporal_memory, only when named).")
 _SIMULATE = flags.DEFINE_integer(
     "simulate_devices", 0, "N > 0: measure every algorithm on N simulated "
     "devices (one core each) instead; see sideways_tf/benchmark/devices.py.")
@@ -113,8 +119,11 @@ def main(argv):
       trace_clips=_TRACE_CLIPS.value, zoo=tuple(_ZOO.value),
       zoo_width=_ZOO_WIDTH.value, data_batches=_DATA_BATCHES.value,
       mixed_precision=_MIXED.value, profile_dir=_PROFILE.value,
-      figures=tuple(_FIGURES.value))
-  unknown = set(config.figures) - set(common.BenchmarkConfig().figures)
+      figures=tuple(_FIGURES.value),
+      temporal_memory_frames=tuple(int(t) for t in
+                                   _TEMPORAL_MEMORY_FRAMES.value))
+  unknown = set(config.figures) - set(common.BenchmarkConfig().figures) - (
+      set(common.OPTIONAL_FIGURES))
   if unknown:
     raise ValueError(f"unknown --figures {sorted(unknown)}")
   command = "bin/benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])

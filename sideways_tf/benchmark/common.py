@@ -51,9 +51,17 @@ class BenchmarkConfig:
   figures: Sequence[str] = ("throughput", "stages", "tracing", "memory",
                             "placement", "balancing", "input_pipeline",
                             "replay_cost")
+  # The temporal memory figure (temporal_memory.py, only when asked for).
+  temporal: str = "conv:3"      # model.temporal of its model
+  temporal_memory_frames: Sequence[int] = (16, 64, 256)
+  truncation: int = 16          # truncated BP's chunk; the budget's T
 
   def frame_shape(self):
     return (self.image_size, self.image_size, self.channels)
+
+
+# Figures run only when --figures names them (they take long).
+OPTIONAL_FIGURES = ("temporal_memory",)
 
 
 def log(message: str) -> None:

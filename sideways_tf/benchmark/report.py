@@ -4,6 +4,7 @@ per figure (each a short function of the results)."""
 from __future__ import annotations
 
 from sideways_tf.benchmark import replay_cost
+from sideways_tf.benchmark import temporal_memory
 
 
 def markdown(results: dict) -> str:
@@ -18,6 +19,7 @@ def markdown(results: dict) -> str:
                   _input_pipeline, _tracing, _profile):
     lines += section(results)
   lines += replay_cost.markdown(results.get("replay_cost"))
+  lines += temporal_memory.markdown(results.get("temporal_memory"))
   return "\n".join(lines) + "\n"
 
 

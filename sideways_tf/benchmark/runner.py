@@ -12,6 +12,7 @@ import platform
 from sideways_tf.benchmark import devices_report
 from sideways_tf.benchmark import figures
 from sideways_tf.benchmark import replay_cost
+from sideways_tf.benchmark import temporal_memory
 from sideways_tf.benchmark import report
 from sideways_tf.benchmark.common import GOALS
 from sideways_tf.benchmark.common import BenchmarkConfig
@@ -48,6 +49,8 @@ def run(config: BenchmarkConfig, bench_dir, doc_path=None,
         config, results.get("throughput"), bench_dir=bench_dir)
   if "replay_cost" in config.figures:
     results["replay_cost"] = replay_cost.replay_cost(config)
+  if "temporal_memory" in config.figures:
+    results["temporal_memory"] = temporal_memory.temporal_memory(config)
   results["machine"]["load_average_end"] = list(os.getloadavg())
   atomic_write_text(bench_dir / "benchmark.json",
                     json.dumps(results, indent=2))

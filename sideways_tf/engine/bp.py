@@ -66,6 +66,11 @@ def bp_clip(pipe, frames, labels, loss_scale, reset=True) -> ClipResult:
   """
   num_frames = tf.shape(frames)[1] - pipe.receptive_depth
   frame_labels = tf.repeat(labels, num_frames)  # frames are batch-major
+  if not reset and any(len(m.temporal_buffers) != len(m.temporal_layers)
+                       for m in pipe.modules):
+    raise ValueError("BP with reset=False continues the temporal states of "
+                     "the previous call: prepare_inputs (or allocate_state) "
+                     "first")
   carried = None if reset else {
       layer: tf.convert_to_tensor(buffer) for m in pipe.modules
       for layer, buffer in zip(m.temporal_layers, m.temporal_buffers)}

@@ -249,8 +249,9 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
         raise ValueError("frames must hold at least one frame, got T = 0")
       # Built first: a check of the stages' variables needs them to exist.
       self._ensure_built(frame_shape, frames.dtype)
-      if not reset and self.has_temporal_layers:
-        # A stream in chunks carries the temporal layers' states.
+      if self.has_temporal_layers:
+        # A stream fed in chunks (reset=False, the trainer's online updates)
+        # carries the temporal layers' states in the buffers.
         self._ensure_state(batch_size, frame_shape, frames.dtype, reset)
       algorithm.validate(self, num_frames, reset)
     return frames, tf.cast(labels, tf.int32)
