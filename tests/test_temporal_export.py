@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import sideways_tf
-from sideways_tf import export
+from sideways_tf.serving import export
 from sideways_tf.layers import temporal
 from sideways_tf.models import frame_cnn_stages
 from tests import test_export

@@ -13,7 +13,7 @@ TINY = BenchmarkConfig(image_size=8, batch_size=2, num_modules=2,
 
 @pytest.mark.parametrize("variant", sorted(temporal_memory.VARIANTS))
 def test_every_variant_trains_the_temporal_model(variant):
-  rows = [temporal_memory.memory_child(TINY, variant, t) for t in (2, 6)]
+  rows = [temporal_memory.measure(TINY, variant, t) for t in (2, 6)]
   assert [r["num_frames"] for r in rows] == [2, 6]
   assert all(r["peak_mib"] > 0 and r["clip_mib"] > 0 for r in rows)
   if variant in ("sideways", "bp_truncated"):

@@ -51,6 +51,14 @@ def memory_child(config: BenchmarkConfig, variant: str,
                  num_frames: int) -> Dict[str, float]:
   """In a fresh process: peak RSS of train steps of one (variant, T)."""
   configure(config)
+  return measure(config, variant, num_frames)
+
+
+def measure(config: BenchmarkConfig, variant: str,
+            num_frames: int) -> Dict[str, float]:
+  """Peak RSS of `config.memory_steps` train steps of one (variant, T) in
+  this process, above its RSS just before them (meaningful in a fresh
+  process: see memory_child)."""
   import keras  # pylint: disable=g-import-not-at-top
   import psutil  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top

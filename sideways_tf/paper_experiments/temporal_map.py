@@ -27,7 +27,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from sideways_tf.configs import moving_digits_direction
-from sideways_tf.files import write_marked_section
+from sideways_tf.run.files import write_marked_section
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_report
 

@@ -294,6 +294,8 @@ def json_fields(settings):
   fields = dataclasses.asdict(settings)
   fields.pop("objects")
   fields.pop("backgrounds")
+  fields.pop("label")  # digit x direction's fields, at the digit label
+  fields.pop("num_directions")
   digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
   assert settings.config_name.endswith(digest.hexdigest()[:12])
   return fields
