@@ -30,6 +30,24 @@ def test_every_cell_is_bin_train_on_the_direction_config(tmp_path):
                        f"{config.replay_modules}", "per-frame, plain Sideways"]
 
 
+def test_long_streams_run_only_when_asked_for(tmp_path):
+  assert "long" not in {c.group for c, *_ in temporal_map.plan(
+      tmp_path, steps=100, seeds=1)}
+  runs = temporal_map.plan(tmp_path, steps=100, seeds=1,
+                           only_groups=["long"])
+  assert [(c.name, a) for c, a, *_ in runs][:4] == [
+      ("T=64: BP through time", "bp"),
+      ("T=64: BP truncated at 16", "bp"),
+      ("T=64: GPipe re-materialised", "gpipe"),
+      (f"T=64: Sideways, replay_modules={temporal_map.SHIPPED_REPLAY}",
+       "sideways")]
+  truncated = gap_map.train_command(runs[1][0], "bp", 0, tmp_path, 100)
+  assert "--config.train.update_every_ticks=16" in truncated
+  assert "--config.data.num_frames=64" in truncated
+  gpipe = gap_map.train_command(runs[2][0], "gpipe", 0, tmp_path, 100)
+  assert "--config.gpipe.rematerialize=True" in gpipe
+
+
 def test_plan_is_seed_major_and_shares_bp(tmp_path):
   runs = temporal_map.plan(tmp_path, steps=100, seeds=2,
                            only_groups=["conv", "frame"])

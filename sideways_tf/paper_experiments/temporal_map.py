@@ -9,6 +9,13 @@ core, cached in OUTDIR/temporal/<steps>steps/<cell>/<algorithm>-seed<s>/).
 
   bin/experiments --only=temporal --steps=4000 --temporal_seeds=5 --jobs=2
 
+Long streams (group "long", run only when asked for: --temporal_groups=long):
+the temporal model on clips of T = 64 and 256 frames with BP through time,
+BP truncated at chunks of TRUNCATION frames (the trainer's online updates:
+state carried, gradient stopped, an update per chunk), GPipe
+re-materialised and Sideways on the whole stream; the memory each needs is
+bin/benchmark --figures=temporal_memory (docs/benchmarks_temporal.md).
+
 The report gives per cell the test clip accuracy of the whole label, of its
 direction part and of its digit part (mean and 95% t-interval over seeds),
 Sideways - BP paired by seed, and the two headline comparisons: BP with
@@ -46,6 +53,31 @@ def _model(group, name, overrides, replay):
   return plain, replayed
 
 
+TRUNCATION = 16  # frames per chunk of truncated BP (the memory budget's T)
+LONG_FRAMES = (64, 256)
+
+
+def _long(num_frames: int):
+  """The long-stream cells at T = num_frames: the algorithms a memory budget
+  chooses between, on the temporal conv model."""
+  base = {"model.temporal": "conv:3", "data.num_frames": str(num_frames),
+          "replay_modules": "0"}
+  exact = gap_map.Cell("long", f"T={num_frames}: BP through time", base,
+                       ("bp",), config=CONFIG)
+  return (
+      exact,
+      gap_map.Cell("long", f"T={num_frames}: BP truncated at {TRUNCATION}",
+                   dict(base, **{"train.update_every_ticks": str(TRUNCATION)}),
+                   ("bp",), config=CONFIG),
+      gap_map.Cell("long", f"T={num_frames}: GPipe re-materialised",
+                   dict(base, **{"gpipe.rematerialize": "True"}), ("gpipe",),
+                   config=CONFIG),
+      gap_map.Cell("long", f"T={num_frames}: Sideways, replay_modules="
+                   f"{SHIPPED_REPLAY}", dict(base, replay_modules=SHIPPED_REPLAY),
+                   ("sideways",), bp_from=exact.name, config=CONFIG),
+  )
+
+
 # In priority order: a partial map has the headline cells first.
 CELLS = (
     *_model("conv", "temporal conv:3", {"model.temporal": "conv:3"},
@@ -56,6 +88,7 @@ CELLS = (
                                           "skips": "2:0"}, "3"),
     *_model("shift", "temporal shift 1/8", {"model.temporal": "shift"},
             SHIPPED_REPLAY),
+    *[cell for num_frames in LONG_FRAMES for cell in _long(num_frames)],
 )
 
 
@@ -69,11 +102,13 @@ def run_dir(outdir, cell, algorithm: str, seed: int,
 def plan(outdir, steps: int, seeds: int,
          only_groups: Sequence[str] = ()) -> List[tuple]:
   """(cell, algorithm, seed, run_dir) of every run, in priority order
-  (seed-major, so a partial map has every cell at its first seeds)."""
+  (seed-major, so a partial map has every cell at its first seeds). The
+  long streams run only when asked for (`only_groups` names "long")."""
   return [(cell, algorithm, seed, run_dir(outdir, cell, algorithm, seed,
                                           steps))
           for seed in range(seeds) for cell in CELLS
-          if not only_groups or cell.group in only_groups
+          if (cell.group in only_groups if only_groups
+              else cell.group != "long")
           for algorithm in cell.algorithms]
 
 
@@ -159,6 +194,7 @@ def headline(results: List[Dict]) -> List[tuple]:
             for r in results}
   conv_plain, conv_replay, frame_plain = (CELLS[0].name, CELLS[1].name,
                                           CELLS[2].name)
+  long = {cell.name: cell for cell in CELLS if cell.group == "long"}
   comparisons = [
       ("BP conv:3 - BP per-frame, direction", (conv_plain, "bp"),
        (frame_plain, "bp"), "direction"),
@@ -168,7 +204,12 @@ def headline(results: List[Dict]) -> List[tuple]:
        (conv_replay, "sideways"), (conv_plain, "bp"), "direction"),
       ("plain Sideways - BP, conv:3, label", (conv_plain, "sideways"),
        (conv_plain, "bp"), ""),
-  ]
+  ] + [(f"T={t}: Sideways (whole stream) - BP truncated at {TRUNCATION}, "
+        "label",
+        (f"T={t}: Sideways, replay_modules={SHIPPED_REPLAY}", "sideways"),
+        (f"T={t}: BP truncated at {TRUNCATION}", "bp"), "")
+       for t in LONG_FRAMES
+       if f"T={t}: BP truncated at {TRUNCATION}" in long]
   out = []
   for steps in sorted({r["steps"] for r in results}):
     for what, a, b, part in comparisons:
