@@ -237,9 +237,9 @@ def section(outdir, command: str) -> List[str]:
     return []
   lines = [
       "## 5c. Video models that see time: digit × direction", "",
-      "`configs/moving_digits_direction.py`: real handwritten digits "
-      "moving at 0.5–1 px/frame in one of 4 directions on a torus over real "
-      "photos, label = digit × direction (40 classes; a single frame "
+      "`configs/moving_digits_direction.py`: real handwritten digits 0-3 "
+      "moving at 1–2 px/frame in one of 4 directions on a torus over a plain "
+      "background, label = digit × direction (16 classes; a single frame "
       "carries no direction, so a per-frame model is at chance, 0.25, on "
       "that part). Frame CNN, 4 modules; `model.temporal=conv:3` puts a "
       "causal temporal conv over 3 frames after every conv "

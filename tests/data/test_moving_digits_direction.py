@@ -106,7 +106,7 @@ def test_the_config_file_builds_the_task():
   from configs import moving_digits_direction as config_file
   config = config_file.get_config()
   settings = moving_digits.settings_from_config(config.data)
-  assert settings.moves_by_direction and settings.num_labels == 40
+  assert settings.moves_by_direction and settings.num_labels == 16
   assert config.model.temporal
 
 
