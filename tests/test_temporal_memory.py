@@ -32,8 +32,9 @@ def test_markdown_states_the_budget_and_the_growth():
              growth={"sideways": 1.0, "bp": 16.0},
              goal={"sideways_flat_ratio": 1.1, "met": True})
   text = "\n".join(temporal_memory.markdown(fig))
-  assert "| BP through time (whole clip) | 40.0 (0.50) | 640.0 (0.50) | " \
-         "16.00 |" in text
+  assert "| BP through time (whole clip) | 40.0 | 640.0 | 16.00 |" in text
+  assert "| Sideways (whole stream) | 10.0 (0.50) | 10.0 (0.50) | 1.00 |" in (
+      text)
   assert ("Within it at every T: Sideways (whole stream), BP truncated at "
           "chunk edges, GPipe, re-materialised.") in text
   assert ": met." in text

@@ -39,6 +39,8 @@ VARIANTS = {
     "bp_truncated": ("bp", {"update_every_ticks": "truncation"}),
     "gpipe_remat": ("gpipe", {"gpipe_rematerialize": True}),
 }
+# The variants that carry a stream from one call to the next.
+STREAMING = ("sideways", "bp_truncated")
 LABELS = {
     "sideways": "Sideways (whole stream)",
     "bp": "BP through time (whole clip)",
@@ -127,14 +129,15 @@ def markdown(fig: dict) -> list:
            "(`sideways_tf/benchmark/temporal_memory.py`). MiB of peak "
            "resident memory over the train steps above the memory just "
            "before them (model, optimizer and clip already resident); in "
-           "brackets the pipeline state (buffers, temporal states) it "
-           "keeps between calls.", "",
+           "brackets, for the variants that carry a stream across calls, "
+           "the pipeline state they keep (buffers, temporal states).", "",
            "| variant | " + " | ".join(f"T = {t}" for t in frames)
            + f" | T = {fig['t_max']} / T = {fig['t_min']} |",
            "|---" * (len(frames) + 2) + "|"]
   for variant, label in LABELS.items():
-    cells = [f"{by[(variant, t)]['step_mib']:.1f} "
-             f"({by[(variant, t)]['state_mib']:.2f})"
+    state = variant in STREAMING
+    cells = [f"{by[(variant, t)]['step_mib']:.1f}" + (
+        f" ({by[(variant, t)]['state_mib']:.2f})" if state else "")
              if (variant, t) in by else "–" for t in frames]
     growth = fig["growth"].get(variant)
     lines.append(f"| {label} | " + " | ".join(cells) + " | "
