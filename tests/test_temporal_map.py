@@ -25,9 +25,9 @@ def test_every_cell_is_bin_train_on_the_direction_config(tmp_path):
     assert f"--config.replay_modules={cell.overrides['replay_modules']}" in (
         command)
   names = [c.name for c in temporal_map.CELLS]
-  assert names[:3] == ["temporal conv:3, plain Sideways",
+  assert names[:3] == ["temporal conv:3",
                        f"temporal conv:3, replay_modules="
-                       f"{config.replay_modules}", "per-frame, plain Sideways"]
+                       f"{config.replay_modules}", "per-frame"]
 
 
 def test_long_streams_run_only_when_asked_for(tmp_path):
@@ -85,7 +85,7 @@ def test_rows_and_headline_pair_by_seed(tmp_path):
   assert heads["BP conv:3 - BP per-frame, direction"] == (3, pytest.approx(
       0.65))
   lines = temporal_map.section(tmp_path, "bin/experiments --only=temporal")
-  assert any("| 100 | per-frame, plain Sideways | bp | 3 | 0.100 ± 0.000 | "
+  assert any("| 100 | per-frame | bp | 3 | 0.100 ± 0.000 | "
              "0.250 ± 0.000 |" in line for line in lines)
 
 

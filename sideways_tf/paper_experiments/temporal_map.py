@@ -44,8 +44,9 @@ PARTS = ("direction", "digit")
 
 
 def _model(group, name, overrides, replay):
-  """A model's BP + plain Sideways cell and its shipped-replay cell."""
-  plain = gap_map.Cell(group, f"{name}, plain Sideways",
+  """A model's BP + plain Sideways cell (named after the model) and its
+  shipped-replay cell."""
+  plain = gap_map.Cell(group, name,
                        dict(overrides, replay_modules="0"), config=CONFIG)
   replayed = gap_map.Cell(group, f"{name}, replay_modules={replay}",
                           dict(overrides, replay_modules=replay),
@@ -246,7 +247,8 @@ def section(outdir, command: str) -> List[str]:
       "(docs/models.md; its rule under each algorithm: docs/algorithm.md). "
       "Test clip accuracy (mean ± 95% t-interval over seeds) of the whole "
       "label and of each part; Sideways − BP paired by seed with the BP "
-      "runs of the same model.", "",
+      "runs of the same model. Sideways is plain (`replay_modules=0`) "
+      "unless the cell names its replay.", "",
       "| steps | model, cell | algorithm | seeds | label | direction | "
       "digit | Sideways − BP (label) | Sideways − BP (direction) |",
       "|---|---|---|---|---|---|---|---|---|"]
