@@ -265,7 +265,7 @@ def test_online_bp_updates_are_truncated_bp_through_time():
     np.testing.assert_allclose(state, past, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("algorithm", sideways_tf.ALGORITHMS)
+@pytest.mark.parametrize("algorithm", ["sideways", "bp", "gpipe"])
 def test_bfloat16_temporal_states_and_gradients(algorithm):
   """The states take the stages' compute dtype; the gradient stays within
   bfloat16's precision (8-bit mantissa, ~4e-3 per op over a few layers:
@@ -288,3 +288,16 @@ def test_bfloat16_temporal_states_and_gradients(algorithm):
     keras.mixed_precision.set_dtype_policy("float32")
   a, b = gradients["float32"], gradients["mixed_bfloat16"]
   assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+
+
+def test_exact_algorithms_that_would_not_be_exact_are_refused():
+  """Chunked BP would truncate the gradient through time, pipelined BP's
+  backward folds the past: with temporal layers neither is BP's."""
+  stages, _ = build(MODELS["conv_and_shift"])
+  frames, labels = clip()
+  with pytest.raises(ValueError, match="cut the gradient through time"):
+    sideways_tf.Pipeline(stages, bp_chunk_frames=3).compute_gradients(
+        frames, labels, "bp")
+  with pytest.raises(ValueError, match="exact for frame models only"):
+    sideways_tf.Pipeline(stages).compute_gradients(frames, labels,
+                                                   "pipelined_bp")

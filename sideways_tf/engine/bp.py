@@ -156,6 +156,16 @@ def validate_chunks(pipeline, num_frames: int) -> None:
     raise ValueError(
         f"a clip of T = {num_frames} frames has no frame whose inputs all lie "
         f"in it: the skips look D = {pipeline.receptive_depth} frames ahead")
+  if pipeline.has_temporal_layers:
+    # A frame's loss reaches the frames before it: chunks would cut that
+    # gradient (truncate) instead of reordering BP's sums.
+    raise ValueError(
+        f"bp_chunk_frames={pipeline.algorithm_options['bp'].chunk_frames} "
+        f"with causal temporal layers would cut the gradient through time at "
+        f"every chunk edge, so it would not be BP's gradient; use "
+        f"bp_chunk_frames=0 (exact, memory grows with T), algorithm='gpipe' "
+        f"(exact, gpipe_rematerialize=True keeps less), or BP on a stream in "
+        f"chunks with reset=False (update_every_ticks: truncated BP)")
   for k, stage in enumerate(pipeline.stages):
     if stage.non_trainable_variables:
       raise ValueError(

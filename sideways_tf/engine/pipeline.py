@@ -252,7 +252,8 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
       if self.has_temporal_layers:
         # A stream fed in chunks (reset=False, the trainer's online updates)
         # carries the temporal layers' states in the buffers.
-        self._ensure_state(batch_size, frame_shape, frames.dtype, reset)
+        self._ensure_state(batch_size, frame_shape, frames.dtype, reset,
+                           self.replayed_modules)
       algorithm.validate(self, num_frames, reset)
     return frames, tf.cast(labels, tf.int32)
 

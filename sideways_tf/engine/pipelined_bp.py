@@ -52,5 +52,19 @@ class PipelinedBP(Sideways):
     del requested  # every module below the top, whatever the Pipeline says
     return num_modules - 1
 
+  def validate(self, pipeline, num_frames: int, reset: bool) -> None:
+    super().validate(pipeline, num_frames, reset)
+    if pipeline.has_temporal_layers:
+      # Its backward folds the gradient w.r.t. a temporal layer's past into
+      # the present (docs/algorithm.md, "Temporal layers"): not BP's.
+      raise ValueError(
+          "algorithm='pipelined_bp' is exact for frame models only: with "
+          "causal temporal layers the tick's backward folds the gradient "
+          "with respect to their past into the present frame's "
+          "(docs/algorithm.md, 'Temporal layers'). For the exact gradient "
+          "through time use 'bp' or 'gpipe'; for this engine with every "
+          "module below the top replayed, 'sideways' with "
+          f"replay_modules={pipeline.num_modules - 1}")
+
 
 PIPELINED_BP = PipelinedBP()
