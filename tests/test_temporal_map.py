@@ -100,3 +100,16 @@ def test_read_run_keeps_every_part_of_the_label(tmp_path):
   result = gap_map.read_run(tmp_path)
   assert result["test_accuracy/direction"] == 0.75
   assert result["test_accuracy/digit"] == 0.6
+
+
+def test_headline_plan_is_the_goal_comparisons_runs_from_first_seed(tmp_path):
+  runs = temporal_map.plan(tmp_path, steps=100, seeds=2,
+                           only_groups=["headline"], first_seed=1)
+  conv, conv_replay, frame = (c.name for c in temporal_map.CELLS[:3])
+  assert [(c.name, a, s) for c, a, s, _ in runs] == [
+      (conv, "bp", 1), (conv_replay, "sideways", 1), (frame, "bp", 1),
+      (conv, "bp", 2), (conv_replay, "sideways", 2), (frame, "bp", 2)]
+  # The same run directories as the full map's, so it reuses them.
+  full = {str(d) for *_, d in temporal_map.plan(
+      tmp_path, steps=100, seeds=3, only_groups=["conv", "frame"])}
+  assert {str(d) for *_, d in runs} <= full

@@ -58,7 +58,13 @@ _TEMPORAL_SEEDS = flags.DEFINE_integer(
     lower_bound=1)
 _TEMPORAL_GROUPS = flags.DEFINE_list(
     "temporal_groups", [], "temporal: only these models (conv, frame, skip, "
-    "shift); [] = all, in priority order.")
+    "shift), 'long' (long streams, only when named) or 'headline' (the "
+    "three runs per seed of the goal comparisons); [] = all but long, in "
+    "priority order.")
+_TEMPORAL_FIRST_SEED = flags.DEFINE_integer(
+    "temporal_first_seed", 0, "temporal: the first seed (seeds are "
+    "first .. first + temporal_seeds - 1); e.g. 1 to keep the runs apart "
+    "from a pilot on seed 0.", lower_bound=0)
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Run nothing: write the report from the runs "
     "already under --outdir (a map stopped early reports what it has).")
@@ -97,7 +103,8 @@ def main(argv):
       time_to_accuracy.run(outdir, _STEPS.value, jobs=_JOBS.value)
     elif name == "temporal":
       temporal_map.run(outdir, _STEPS.value, _TEMPORAL_SEEDS.value,
-                       _JOBS.value, _TEMPORAL_GROUPS.value)
+                       _JOBS.value, _TEMPORAL_GROUPS.value,
+                       _TEMPORAL_FIRST_SEED.value)
     else:
       runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
   report_dir = (str(outdir / "report") if _REPORT_DIR.value is None
