@@ -148,6 +148,25 @@ def test_data_parallel_bp_goal_is_against_bp_on_one_core():
       "data_parallel_bp_vs_one_core"]["met"]
 
 
+def test_replay_rows_are_sideways_with_its_bottom_modules_replayed():
+  import tensorflow as tf  # noqa: PLC0415
+  config = benchmark_devices.DevicesConfig(
+      num_devices=1, num_modules=4, image_size=8, batch_size=2, num_frames=8,
+      balance="", variants=("sideways_replay2",))
+  benchmark_devices.validate(config)
+  trainer = benchmark_devices._trainer(config, "sideways_replay2", tf)
+  assert trainer.algorithm == "sideways"
+  assert trainer.pipeline.replayed_modules == 2
+  plain = benchmark_devices._trainer(config, "sideways", tf)
+  assert plain.pipeline.replayed_modules == 0
+  assert "sideways_replay2" not in benchmark_devices.DevicesConfig().rows
+  assert devices_report.title("sideways_replay2") == (
+      "Sideways, replay_modules=2")
+  with pytest.raises(ValueError, match="needs more than 2 modules"):
+    benchmark_devices.validate(benchmark_devices.DevicesConfig(
+        num_modules=2, variants=("sideways_replay2",)))
+
+
 def test_rejects_bad_settings():
   with pytest.raises(ValueError, match="unknown variants"):
     benchmark_devices.validate(benchmark_devices.DevicesConfig(

@@ -84,6 +84,11 @@ _VARIANTS = flags.DEFINE_list(
 _CHUNK = flags.DEFINE_integer(
     "bp_chunk_frames", 8, "--simulate_devices: frames per chunk of the "
     "chunked_bp row.")
+_BALANCE = flags.DEFINE_enum(
+    "balance", "time", ["time", "model"], "--simulate_devices: cut the "
+    "model's layers into stages of equal measured time ('time', so idle time "
+    "is the schedule's), or keep the model's own modules ('model', as "
+    "training with model.balance='' does).")
 _SERIALISED = flags.DEFINE_bool(
     "serialised", True, "--simulate_devices: also run every row with "
     "inter-op threads 1 (its speed-up).")
@@ -162,7 +167,8 @@ def simulate_devices():
   overrides = {"num_devices": _SIMULATE.value,
                "micro_batch_frames": _MICRO.value,
                "bp_chunk_frames": _CHUNK.value,
-               "serialised": _SERIALISED.value}
+               "serialised": _SERIALISED.value,
+               "balance": "" if _BALANCE.value == "model" else "time"}
   for name, flag in (("model", _MODEL), ("image_size", _IMAGE_SIZE),
                      ("channels", _CHANNELS), ("batch_size", _BATCH),
                      ("num_frames", _FRAMES), ("num_modules", _MODULES),

@@ -75,10 +75,16 @@ VARIANTS = {
     "pipelined_bp": ("pipelined_bp", True, False),
 }
 CHUNKED = ("chunked_bp",)  # run with bp_chunk_frames = config.bp_chunk_frames
+# Sideways with its bottom n modules replayed (Pipeline(replay_modules=n)),
+# e.g. the shipped configs' replay_modules=2; asked for by name only (it needs
+# L > n modules: --num_modules).
+REPLAYED = {"sideways_replay1": 1, "sideways_replay2": 2}
+VARIANTS.update({name: ("sideways", True, False) for name in REPLAYED})
 # pipelined_bp: module k gets BP's gradient of frames 1..T-2L+k+1 only, so
 # its cosine to BP's whole-clip gradient is below 1 (docs/algorithm.md).
 EXACT = {"sideways": False, "gpipe": True, "gpipe_remat": True, "mp_bp": True,
-         "bp": True, "chunked_bp": True, "pipelined_bp": "per frame"}
+         "bp": True, "chunked_bp": True, "pipelined_bp": "per frame",
+         **{name: False for name in REPLAYED}}
 # Data parallel rows: "dp<R>x<G>_<row>", R replicas of G devices each.
 DATA_PARALLEL_ROWS = ("sideways", "bp", "gpipe", "chunked_bp", "pipelined_bp")
 DATA_PARALLEL = devices_report.DATA_PARALLEL
@@ -115,7 +121,8 @@ class DevicesConfig:
   memory_frames: Sequence[int] = (16, 128)
   memory_steps: int = 1
   # "dp" = every data-parallel split (data_parallel_variants).
-  variants: Sequence[str] = tuple(VARIANTS) + ("dp",)
+  variants: Sequence[str] = tuple(v for v in VARIANTS if v not in REPLAYED
+                                 ) + ("dp",)
   # "time": cut the model's layers into stages of equal measured time
   # (balance_by_time, once, in its own process; every row uses that split)
   # so that idle time is the schedule's, not the model's imbalance.
@@ -184,7 +191,8 @@ def _trainer(config: DevicesConfig, variant: str, tf):
       stages, devices=rows[0] if placed or replicas > 1 else None,
       gpipe_micro_batch_frames=config.micro_batch_frames,
       gpipe_rematerialize=remat,
-      bp_chunk_frames=config.bp_chunk_frames if row in CHUNKED else 0)
+      bp_chunk_frames=config.bp_chunk_frames if row in CHUNKED else 0,
+      replay_modules=REPLAYED.get(row, 0))
   parallel = sideways_tf.DataParallel(pipeline,
                                       rows if replicas > 1 else None)
   parallel.build((config.image_size, config.image_size, config.channels))
@@ -475,6 +483,12 @@ def validate(config: DevicesConfig) -> None:
                        f"must divide every clip length, got T = {t}")
     if t < config.modules:
       raise ValueError(f"clip length T = {t} < {config.modules} modules")
+  for row in config.rows:
+    replayed = REPLAYED.get(variant_spec(row)[0], 0)
+    if replayed >= config.modules:
+      raise ValueError(f"variant {row} replays {replayed} modules: it needs "
+                       f"more than {replayed} modules, got {config.modules} "
+                       "(--num_modules)")
 
 
 def run(config: DevicesConfig, report_dir, command: str = "",

@@ -17,7 +17,9 @@ TITLES = {"sideways": "Sideways", "gpipe": "GPipe",
           "gpipe_remat": "GPipe + re-materialisation",
           "mp_bp": "model-parallel BP", "bp": "single-device BP",
           "chunked_bp": "single-device chunked BP",
-          "pipelined_bp": "pipelined BP"}
+          "pipelined_bp": "pipelined BP",
+          "sideways_replay1": "Sideways, replay_modules=1",
+          "sideways_replay2": "Sideways, replay_modules=2"}
 # Data parallel rows (devices.data_parallel_variants): R replicas x G devices.
 DATA_PARALLEL = re.compile(r"dp(\d+)x(\d+)_(\w+)")
 GOALS = {
