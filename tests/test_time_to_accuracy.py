@@ -46,3 +46,65 @@ def test_a_run_with_another_eval_interval_does_not_count(tmp_path):
   results, problems = tta.load(tmp_path, steps=100)
   assert not results
   assert "--config.train.eval_every=250" in problems[0]
+
+
+def _benchmark(seconds_per_step):
+  return {"command": "bin/benchmark --simulate_devices=2", "date": "d",
+          "config": {"num_devices": 2, "batch_size": 8, "num_frames": 16,
+                     "image_size": 32, "model": "frame_cnn",
+                     "num_modules": 4},
+          "rows": {name: {"parallel": {"median_s": s},
+                          "exact": not name.startswith(("sideways", "pipe")),
+                          "memory": {"16": {"step_mib": 10.0}}}
+                   for name, s in seconds_per_step.items()}}
+
+
+def test_wall_clock_is_the_curves_steps_times_the_rows_seconds_per_step():
+  bp, sideways, replay2, replay3 = (c.name for c in tta.CELLS)
+  by_cell = {bp: {0: (0.8, 1000), 1: (0.8, 2000)},
+             sideways: {0: (0.5, None), 1: (0.7, 3000)},
+             replay2: {0: (0.8, 1000), 1: (0.8, 1000)},
+             replay3: {0: (0.8, 1000), 1: (0.8, 2000)}}
+  timing = tta.seconds_per_step(_benchmark(
+      {"bp": 0.02, "gpipe_remat": 0.01, "sideways": 0.001,
+       "sideways_replay2": 0.004, "pipelined_bp": 0.1}))
+  rows = {r["row"]: r for r in tta.wall_clock(by_cell, timing)}
+  assert set(rows) == {"bp", "gpipe_remat", "sideways", "sideways_replay2",
+                       "pipelined_bp"}  # only rows the benchmark has
+  assert rows["gpipe_remat"]["seconds"] == {0: 10.0, 1: 20.0}
+  assert rows["sideways"]["seconds"] == {0: None, 1: 3.0}
+  assert rows["bp"]["mib"] == 10.0 and rows["bp"]["exact"] is True
+  # Plain Sideways is fastest per step but missed the target in seed 0, so
+  # the best of the family is replay 2 (4 s, 4 s); the best exact row is
+  # GPipe re-materialised (10 s, 20 s): ratios 0.4 and 0.2, mean 0.3.
+  assert tta.best(list(rows.values()), True)["row"] == "sideways_replay2"
+  assert tta.best(list(rows.values()), False)["row"] == "gpipe_remat"
+  sentence, (mean, half) = tta.verdict(list(rows.values()))
+  assert mean == pytest.approx(0.3)
+  # t(1 dof) = 12.706; sd of (0.4, 0.2) = 0.1414; / sqrt(2) = 0.1
+  assert half == pytest.approx(12.706 * 0.1, rel=1e-3)
+  assert "not a win" in sentence  # the interval's top is above 1
+
+
+def test_no_family_row_reaching_the_target_in_every_seed_is_no_win():
+  bp, sideways = tta.CELLS[0].name, tta.CELLS[1].name
+  by_cell = {bp: {0: (0.8, 1000)}, sideways: {0: (0.5, None)}}
+  rows = tta.wall_clock(by_cell, tta.seconds_per_step(_benchmark(
+      {"bp": 0.02, "sideways": 0.001})))
+  sentence, ratio = tta.verdict(rows)
+  assert ratio is None and "none wins" in sentence
+
+
+def test_a_win_needs_the_mean_at_most_0_7_and_the_interval_below_1():
+  bp, replay2 = tta.CELLS[0].name, tta.CELLS[2].name
+  by_cell = {bp: {0: (0.8, 1000), 1: (0.8, 1000)},
+             replay2: {0: (0.8, 1000), 1: (0.8, 1100)}}
+  timing = tta.seconds_per_step(_benchmark({"bp": 0.01,
+                                             "sideways_replay2": 0.003}))
+  sentence, (mean, half) = tta.verdict(tta.wall_clock(by_cell, timing))
+  assert mean == pytest.approx(0.315)  # (0.3 + 0.33) / 2
+  assert mean + half < 1 and "a win" in sentence and "not" not in sentence
+  timing = tta.seconds_per_step(_benchmark({"bp": 0.01,
+                                             "sideways_replay2": 0.008}))
+  sentence, (mean, _) = tta.verdict(tta.wall_clock(by_cell, timing))
+  assert mean == pytest.approx(0.84) and "not a win" in sentence

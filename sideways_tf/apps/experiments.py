@@ -65,6 +65,12 @@ _TEMPORAL_FIRST_SEED = flags.DEFINE_integer(
     "temporal_first_seed", 0, "temporal: the first seed (seeds are "
     "first .. first + temporal_seeds - 1); e.g. 1 to keep the runs apart "
     "from a pilot on seed 0.", lower_bound=0)
+_TTA_BENCHMARK = flags.DEFINE_string(
+    "time_to_accuracy_benchmark", "", "time_to_accuracy: the "
+    "simulated_devices.json of `bin/benchmark --simulate_devices=2 "
+    "--num_modules=4 --balance=model --image_size=32 --num_frames=16` (the "
+    "accuracy runs' model, batch and clip): the report then gives every "
+    "row's wall-clock to target and the verdict.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Run nothing: write the report from the runs "
     "already under --outdir (a map stopped early reports what it has).")
@@ -115,7 +121,8 @@ def main(argv):
       for name in _ONLY.value:
         if name == "time_to_accuracy":  # its page is choosing.md
           path = time_to_accuracy.update(outdir, pathlib.Path(report_dir),
-                                         _STEPS.value, command)
+                                         _STEPS.value, command,
+                                         _TTA_BENCHMARK.value)
           continue
         if name == "gap":
           path = gap_report.update(outdir, pathlib.Path(report_dir), command,

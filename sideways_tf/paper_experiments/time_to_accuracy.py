@@ -59,6 +59,25 @@ CELLS = (
 )
 
 
+# The rows of `bin/benchmark --simulate_devices=2` (benchmark/devices.py)
+# that follow each accuracy curve: the exact algorithms compute BP's gradient
+# on the same batch (data parallel: the mean over replicas of their halves),
+# the Sideways family its own. pipelined_bp is the tick engine with every
+# module below the top replayed, i.e. the replay_modules=3 curve of 4 modules.
+ROWS_OF_CURVE = {
+    CELLS[0].name: ("bp", "chunked_bp", "mp_bp", "gpipe", "gpipe_remat",
+                    "dp2x1_bp", "dp2x1_chunked_bp", "dp2x1_gpipe"),
+    CELLS[1].name: ("sideways", "dp2x1_sideways"),
+    CELLS[2].name: ("sideways_replay2",),
+    CELLS[3].name: ("pipelined_bp", "dp2x1_pipelined_bp"),
+}
+# The Sideways family (the tick engine); every other row is an exact
+# alternative a user would run instead.
+SIDEWAYS_FAMILY = ("sideways", "dp2x1_sideways", "sideways_replay2",
+                   "pipelined_bp", "dp2x1_pipelined_bp")
+WIN_RATIO = 0.7  # a Sideways variant wins at <= 0.7x the best exact one's
+
+
 def run_dir(outdir, cell: gap_map.Cell, seed: int) -> pathlib.Path:
   slug = "".join(c if c.isalnum() or c in "-.=" else "_" for c in cell.name)
   return pathlib.Path(outdir) / "time_to_accuracy" / slug / f"seed{seed}"
@@ -192,6 +211,90 @@ def table(outdir, steps: int) -> List[str]:
   return lines
 
 
+def seconds_per_step(benchmark: Dict) -> Dict[str, Dict]:
+  """{row: {"s": median seconds per train step, "exact": ..., "mib": working
+  memory at the clip length of the accuracy runs (None if not measured)}}
+  from a `bin/benchmark --simulate_devices` JSON."""
+  frames = str(benchmark["config"]["num_frames"])
+  return {name: {"s": row["parallel"]["median_s"], "exact": row["exact"],
+                 "mib": row.get("memory", {}).get(frames, {}).get("step_mib")}
+          for name, row in benchmark["rows"].items()}
+
+
+def wall_clock(by_cell: Dict, timing: Dict[str, Dict]) -> List[Dict]:
+  """Per benchmark row: its curve's steps to target per seed x its seconds
+  per step. Rows not in the benchmark are left out."""
+  out = []
+  for cell in CELLS:
+    runs = by_cell.get(cell.name, {})
+    for name in ROWS_OF_CURVE[cell.name]:
+      if name not in timing or not runs:
+        continue
+      seconds = {seed: None if steps is None else steps * timing[name]["s"]
+                 for seed, (_, steps) in runs.items()}
+      out.append(dict(row=name, curve=cell.name, seconds=seconds,
+                      family=name in SIDEWAYS_FAMILY, **timing[name]))
+  return out
+
+
+def best(rows: List[Dict], family: bool):
+  """The row of the family (or of the exact alternatives) with the least
+  mean wall-clock to target among those that reached it in every seed."""
+  done = [r for r in rows if r["family"] == family and r["seconds"]
+          and all(v is not None for v in r["seconds"].values())]
+  return min(done, key=lambda r: sum(r["seconds"].values()) / len(
+      r["seconds"]), default=None)
+
+
+def verdict(rows: List[Dict]) -> tuple:
+  """(sentence, (mean, half) of the paired ratio or None): the best
+  Sideways-family row against the best exact row, wall-clock to target
+  paired by seed; it wins at <= WIN_RATIO with the interval's top < 1."""
+  from sideways_tf.paper_experiments.gap_stats import interval  # noqa: PLC0415
+  family, exact = best(rows, True), best(rows, False)
+  if exact is None:
+    return "no exact row reached the target in every seed", None
+  if family is None:
+    return ("no Sideways-family row reached the target in every seed: none "
+            "wins"), None
+  seeds = sorted(set(family["seconds"]) & set(exact["seconds"]))
+  ratio = interval([family["seconds"][s] / exact["seconds"][s]
+                    for s in seeds])
+  mean, half = ratio
+  wins = mean <= WIN_RATIO and (half != half or mean + half < 1)
+  return (f"best Sideways-family row `{family['row']}` / best exact row "
+          f"`{exact['row']}`: {_fmt(ratio, 2)} over {len(seeds)} seeds, "
+          + ("a win" if wins else f"not a win (a win is <= {WIN_RATIO})"),
+          ratio)
+
+
+def wall_clock_table(by_cell: Dict, benchmark: Dict) -> List[str]:
+  from sideways_tf.paper_experiments.gap_stats import interval  # noqa: PLC0415
+  rows = wall_clock(by_cell, seconds_per_step(benchmark))
+  config = benchmark["config"]
+  lines = [
+      "", f"Wall-clock to target on {config['num_devices']} simulated devices "
+      f"(seconds per step measured side by side by `{benchmark['command']}`, "
+      f"{benchmark['date']}: B = {config['batch_size']}, T = "
+      f"{config['num_frames']}, {config['image_size']}x"
+      f"{config['image_size']}, {config['model']} in {config['num_modules']} "
+      "modules):", "",
+      "| row (benchmark) | accuracy curve | exact | ms per step | working "
+      f"memory T={config['num_frames']} (MiB) | reached target | wall-clock "
+      "to target, s (runs that reached it) |",
+      "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    reached = [v for v in r["seconds"].values() if v is not None]
+    mib = "–" if r["mib"] is None else f"{r['mib']:.0f}"
+    lines.append(
+        f"| `{r['row']}` | {r['curve']} | {r['exact']} | {r['s'] * 1e3:.1f} "
+        f"| {mib} | {len(reached)} of {len(r['seconds'])} | "
+        f"{_fmt(interval(reached), 1) if reached else '–'} |")
+  sentence, _ = verdict(rows)
+  lines += ["", f"Verdict (method above): {sentence}."]
+  return lines
+
+
 def plot(outdir, steps: int, path) -> None:
   """Mean test clip accuracy against training step, one line per cell."""
   import matplotlib  # noqa: PLC0415
@@ -216,13 +319,22 @@ def plot(outdir, steps: int, path) -> None:
   plt.close(figure)
 
 
-def update(outdir, report_dir, steps: int, command: str) -> pathlib.Path:
-  """Writes the table and the plot into REPORT_DIR/choosing.md."""
+def update(outdir, report_dir, steps: int, command: str,
+           benchmark_json: str = "") -> pathlib.Path:
+  """Writes the table and the plot into REPORT_DIR/choosing.md, with the
+  wall-clock table when `benchmark_json` (a `bin/benchmark
+  --simulate_devices` result on the accuracy runs' model, batch and clip)
+  is given."""
   from sideways_tf.run.files import write_marked_section  # noqa: PLC0415
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   plot(outdir, steps, report_dir / "choosing_time_to_accuracy.png")
-  lines = table(outdir, steps) + [
+  lines = table(outdir, steps)
+  if benchmark_json:
+    benchmark = json.loads(pathlib.Path(benchmark_json).read_text())
+    _, by_cell = cell_rows(load(outdir, steps)[0])
+    lines += wall_clock_table(by_cell, benchmark)
+  lines += [
       "", "![time to accuracy](choosing_time_to_accuracy.png)", "",
       f"*Command: `{command}`*"]
   path = report_dir / "choosing.md"
