@@ -277,8 +277,8 @@ def wall_clock_table(by_cell: Dict, benchmark: Dict) -> List[str]:
       f"(seconds per step measured side by side by `{benchmark['command']}`, "
       f"{benchmark['date']}: B = {config['batch_size']}, T = "
       f"{config['num_frames']}, {config['image_size']}x"
-      f"{config['image_size']}, {config['model']} in {config['num_modules']} "
-      "modules):", "",
+      f"{config['image_size']}, {config['model']} in "
+      f"{config['num_modules'] or config['num_devices']} modules):", "",
       "| row (benchmark) | accuracy curve | exact | ms per step | working "
       f"memory T={config['num_frames']} (MiB) | reached target | wall-clock "
       "to target, s (runs that reached it) |",
