@@ -262,3 +262,24 @@ def test_every_cell_parses_against_its_config_file():
 
 def _lists(value):
   return [_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def test_run_plan_reports_each_run_and_skips_a_failed_one(monkeypatch,
+                                                          capsys):
+  cells = gap_map.CELLS[:2]
+  def fake_run_one(cell, algorithm, seed, workdir, steps):
+    if cell is cells[1]:
+      raise RuntimeError("exit 1")
+    return {"cell": cell.name, "test_accuracy": 0.5, "steps": steps}
+  monkeypatch.setattr(gap_map, "run_one", fake_run_one)
+  seen = []
+  results = gap_map.run_plan(
+      "label", [(cells[0], "bp", 0, "w0"), (cells[1], "bp", 0, "w1")], 7,
+      jobs=1, describe=lambda r: ", more", after=lambda rs: seen.append(
+          len(rs)))
+  assert results == [{"cell": cells[0].name, "test_accuracy": 0.5,
+                      "steps": 7}]
+  assert seen == [1]  # after each finished run, not after a failure
+  out = capsys.readouterr().out
+  assert f"{cells[0].name} bp seed 0: test clip acc. 0.500, more" in out
+  assert f"{cells[1].name} bp seed 0: FAILED: exit 1" in out

@@ -371,6 +371,37 @@ def read_run(workdir: pathlib.Path) -> Dict:
               early=early)
 
 
+def run_plan(label: str, todo, steps: int, jobs: int = 1,
+             describe=lambda result: "", after=None) -> List[Dict]:
+  """Runs (or loads) every (cell, algorithm, seed, workdir) of `todo`,
+  `jobs` at once, printing one progress line per finished run ("[label
+  done/total, minutes] cell algorithm seed: test clip acc. ..." plus
+  `describe(result)`); a failed run is reported and skipped. `after(results)`
+  is called after each finished run (e.g. to write the results so far)."""
+  results, started = [], time.time()
+  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+    futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps):
+               (cell, algorithm, seed)
+               for cell, algorithm, seed, workdir in todo}
+    for done, future in enumerate(concurrent.futures.as_completed(futures),
+                                  1):
+      cell, algorithm, seed = futures[future]
+      try:
+        result = future.result()
+      except RuntimeError as error:  # keep going; say what failed
+        print(f"[{label} {done}/{len(todo)}] {cell.name} {algorithm} seed "
+              f"{seed}: FAILED: {error}", flush=True)
+        continue
+      results.append(result)
+      print(f"[{label} {done}/{len(todo)}, "
+            f"{(time.time() - started) / 60:.0f} min] {cell.name} "
+            f"{algorithm} seed {seed}: test clip acc. "
+            f"{result['test_accuracy']:.3f}{describe(result)}", flush=True)
+      if after is not None:
+        after(results)
+  return results
+
+
 def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
             only_groups: Sequence[str] = (), data_dir: str = "") -> List[Dict]:
   """Runs (or loads) every run of the map; writes OUTDIR/gap.json."""

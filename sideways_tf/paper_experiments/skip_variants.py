@@ -15,10 +15,8 @@ Sideways runs' mean gradient cosine to BP per module.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import pathlib
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -95,27 +93,8 @@ def plan(outdir, steps: int, seeds: int,
 def run(outdir, steps: int, seeds: int = 5, jobs: int = 1,
         only_groups: Sequence[str] = ()) -> List[Dict]:
   """Runs (or loads) every run; returns their results."""
-  todo = plan(outdir, steps, seeds, only_groups)
-  results, started = [], time.time()
-  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    futures = {pool.submit(gap_map.run_one, cell, algorithm, seed, workdir,
-                           steps): (cell, algorithm, seed)
-               for cell, algorithm, seed, workdir in todo}
-    for done, future in enumerate(concurrent.futures.as_completed(futures),
-                                  1):
-      cell, algorithm, seed = futures[future]
-      try:
-        result = future.result()
-      except RuntimeError as error:  # keep going; say what failed
-        print(f"[skip_variants {done}/{len(todo)}] {cell.name} {algorithm} "
-              f"seed {seed}: FAILED: {error}", flush=True)
-        continue
-      results.append(result)
-      print(f"[skip_variants {done}/{len(todo)}, "
-            f"{(time.time() - started) / 60:.0f} min] {cell.name} "
-            f"{algorithm} seed {seed}: test clip acc. "
-            f"{result['test_accuracy']:.3f}", flush=True)
-  return results
+  return gap_map.run_plan("skip_variants",
+                          plan(outdir, steps, seeds, only_groups), steps, jobs)
 
 
 # ------------------------------------------------------------------- report

@@ -25,10 +25,8 @@ against BP with the same temporal model.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import pathlib
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -129,29 +127,10 @@ def plan(outdir, steps: int, seeds: int,
 def run(outdir, steps: int, seeds: int = 5, jobs: int = 1,
         only_groups: Sequence[str] = (), first_seed: int = 0) -> List[Dict]:
   """Runs (or loads) every run; returns their results."""
-  todo = plan(outdir, steps, seeds, only_groups, first_seed)
-  results, started = [], time.time()
-  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    futures = {pool.submit(gap_map.run_one, cell, algorithm, seed, workdir,
-                           steps): (cell, algorithm, seed)
-               for cell, algorithm, seed, workdir in todo}
-    for done, future in enumerate(concurrent.futures.as_completed(futures),
-                                  1):
-      cell, algorithm, seed = futures[future]
-      try:
-        result = future.result()
-      except RuntimeError as error:  # keep going; say what failed
-        print(f"[temporal {done}/{len(todo)}] {cell.name} {algorithm} "
-              f"seed {seed}: FAILED: {error}", flush=True)
-        continue
-      results.append(result)
-      print(f"[temporal {done}/{len(todo)}, "
-            f"{(time.time() - started) / 60:.0f} min] {cell.name} "
-            f"{algorithm} seed {seed}: test clip acc. "
-            f"{result['test_accuracy']:.3f}, direction "
-            f"{result.get('test_accuracy/direction', float('nan')):.3f}",
-            flush=True)
-  return results
+  return gap_map.run_plan(
+      "temporal", plan(outdir, steps, seeds, only_groups, first_seed), steps,
+      jobs, describe=lambda result: ", direction "
+      f"{result.get('test_accuracy/direction', float('nan')):.3f}")
 
 
 # ------------------------------------------------------------------- report

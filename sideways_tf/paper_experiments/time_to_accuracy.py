@@ -27,10 +27,8 @@ float rounding, so they share BP's runs; only their seconds per step differ.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import pathlib
-import time
 from typing import Dict, List
 
 from sideways_tf.paper_experiments import gap_map
@@ -93,29 +91,12 @@ def plan(outdir, seeds: int = SEEDS) -> List[tuple]:
 def run(outdir, steps: int, seeds: int = SEEDS, jobs: int = 1) -> List[Dict]:
   """Runs (or loads) every run; writes OUTDIR/time_to_accuracy.json."""
   outdir = pathlib.Path(outdir)
-  todo = plan(outdir, seeds)
-  results, started = [], time.time()
-  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    futures = {pool.submit(gap_map.run_one, cell, cell.algorithms[0], seed,
-                           workdir, steps): (cell, seed)
-               for cell, seed, workdir in todo}
-    for done, future in enumerate(concurrent.futures.as_completed(futures),
-                                  1):
-      cell, seed = futures[future]
-      try:
-        result = future.result()
-      except RuntimeError as error:  # keep going; say what failed
-        print(f"[time_to_accuracy {done}/{len(todo)}] {cell.name} seed "
-              f"{seed}: FAILED: {error}", flush=True)
-        continue
-      results.append(result)
-      print(f"[time_to_accuracy {done}/{len(todo)}, "
-            f"{(time.time() - started) / 60:.0f} min] {cell.name} seed "
-            f"{seed}: test clip acc. {result['test_accuracy']:.3f}",
-            flush=True)
-      atomic_write_text(outdir / "time_to_accuracy.json",
-                        json.dumps(results, indent=2))
-  return results
+  todo = [(cell, cell.algorithms[0], seed, workdir)
+          for cell, seed, workdir in plan(outdir, seeds)]
+  return gap_map.run_plan(
+      "time_to_accuracy", todo, steps, jobs,
+      after=lambda results: atomic_write_text(
+          outdir / "time_to_accuracy.json", json.dumps(results, indent=2)))
 
 
 # ------------------------------------------------------------------- report
