@@ -35,8 +35,8 @@ import tensorflow as tf
 
 from sideways_tf.engine.algorithm import Algorithm
 from sideways_tf.engine.algorithm import ClipResult
-from sideways_tf.engine.module import push_skip
-from sideways_tf.engine.module import read_skip
+from sideways_tf.engine.skips import push_skip
+from sideways_tf.engine.skips import read_skip
 
 
 class TickState(NamedTuple):
