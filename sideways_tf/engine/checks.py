@@ -34,7 +34,7 @@ def check_arguments(stages, loss_fn, devices, evaluation_order, skips,
                     skip_combine, skip_align,
                     replay_modules) -> PipelineArguments:
   """Every argument of ``Pipeline(...)`` but the algorithms' options,
-  checked in the order of the signature."""
+  validated: a ValueError names the first bad one."""
   devices, evaluation_order = check_pipeline_args(stages, devices,
                                                   evaluation_order)
   if not callable(loss_fn):
