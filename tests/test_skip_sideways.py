@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import sideways_tf
-from sideways_tf.engine.module import skip_offset
+from sideways_tf.engine.skips import skip_offset
 from tests import skip_reference
 from tests import util
 from tests.test_pipeline import Scale, assert_all_close, grads_by_module

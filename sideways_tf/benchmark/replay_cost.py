@@ -95,9 +95,7 @@ def stash_cost(config: BenchmarkConfig) -> Dict[str, list]:
   are the engine's own (``SidewaysModule.tick`` and ``replay_tick``); the
   per-layer stash is this figure's probe, not an engine option.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   frames, labels = make_clip(config)
   num_modules = config.num_modules
   plain = sideways_tf.Pipeline(build_stages(config, seed=0))
@@ -108,44 +106,54 @@ def stash_cost(config: BenchmarkConfig) -> Dict[str, list]:
          "plain_ms": [], "replay_ms": [], "stash_ms": [], "replay_floats": [],
          "stash_floats": []}
   for k, module in enumerate(replayed.modules[:-1]):
-    lag = out["lags"][k]
-    shape = ((config.batch_size,) + config.frame_shape() if k == 0
-             else tuple(module.input_buffer.shape))
-    inputs = tf.random.stateless_uniform((16,) + shape, seed=(0, k))
-    gradient = tf.random.stateless_uniform(module.gradient_buffer.shape,
-                                           seed=(1, k))
-    layers = list(getattr(module.stage, "layers", [module.stage]))
-    layer_shapes = _layer_input_shapes(layers, shape)
-
-    def plain_tick(x, held, module=plain.modules[k], gradient=gradient):
-      del held
-      result = module.tick(x, output_gradient=gradient, training=True)
-      return result.outputs, [], _grads(result.parameter_gradients,
-                                         result.emitted_gradient)
-
-    def replay_tick(x, held, module=module, gradient=gradient):
-      result = module.replay_tick(x, [], [held], [gradient], training=True)
-      return result.outputs, [x], _grads(result.parameter_gradients,
-                                         result.emitted_gradients[0])
-
-    def stash_tick(x, held, layers=layers, gradient=gradient,
-                   first=module.is_first):
-      return _per_layer_stash_tick(layers, x, held, gradient, first)
-
-    for name, tick, held in (("plain", plain_tick, []),
-                             ("replay", replay_tick, [shape]),
-                             ("stash", stash_tick, layer_shapes)):
-      seconds = _seconds_per_tick(tick, inputs, held, lag, config.repeats)
-      out[f"{name}_ms"].append(1e3 * seconds)
-    out["replay_floats"].append(int(np.prod(shape[1:])))
-    out["stash_floats"].append(int(sum(np.prod(s[1:])
-                                       for s in layer_shapes)))
-    log(f"  module {k + 1}: plain {out['plain_ms'][k]:.2f} ms, replay "
-        f"{out['replay_ms'][k]:.2f} ms, per-layer stash "
-        f"{out['stash_ms'][k]:.2f} ms per tick; "
-        f"{out['stash_floats'][k] / out['replay_floats'][k]:.1f}x the floats "
+    row = _module_stash_cost(config, k, plain.modules[k], module,
+                             out["lags"][k])
+    for key, value in row.items():
+      out[key].append(value)
+    log(f"  module {k + 1}: plain {row['plain_ms']:.2f} ms, replay "
+        f"{row['replay_ms']:.2f} ms, per-layer stash "
+        f"{row['stash_ms']:.2f} ms per tick; "
+        f"{row['stash_floats'] / row['replay_floats']:.1f}x the floats "
         f"per stored frame")
   return out
+
+
+def _module_stash_cost(config, k, plain_module, module, lag) -> dict:
+  """Module k's row of :func:`stash_cost`: the plain tick of
+  `plain_module`, the replay tick of `module` (the same stage, replayed)
+  and the per-layer stash, each at a random input and output gradient."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  shape = ((config.batch_size,) + config.frame_shape() if k == 0
+           else tuple(module.input_buffer.shape))
+  inputs = tf.random.stateless_uniform((16,) + shape, seed=(0, k))
+  gradient = tf.random.stateless_uniform(module.gradient_buffer.shape,
+                                         seed=(1, k))
+  layers = list(getattr(module.stage, "layers", [module.stage]))
+  layer_shapes = _layer_input_shapes(layers, shape)
+
+  def plain_tick(x, held):
+    del held
+    result = plain_module.tick(x, output_gradient=gradient, training=True)
+    return result.outputs, [], _grads(result.parameter_gradients,
+                                       result.emitted_gradient)
+
+  def replay_tick(x, held):
+    result = module.replay_tick(x, [], [held], [gradient], training=True)
+    return result.outputs, [x], _grads(result.parameter_gradients,
+                                       result.emitted_gradients[0])
+
+  def stash_tick(x, held):
+    return _per_layer_stash_tick(layers, x, held, gradient, module.is_first)
+
+  row = {f"{name}_ms": 1e3 * _seconds_per_tick(tick, inputs, held, lag,
+                                               config.repeats)
+         for name, tick, held in (("plain", plain_tick, []),
+                                  ("replay", replay_tick, [shape]),
+                                  ("stash", stash_tick, layer_shapes))}
+  row["replay_floats"] = int(np.prod(shape[1:]))
+  row["stash_floats"] = int(sum(np.prod(s[1:]) for s in layer_shapes))
+  return row
 
 
 def _grads(parameter_gradients, emitted):

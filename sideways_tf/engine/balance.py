@@ -29,6 +29,7 @@ from typing import List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from sideways_tf.engine import checks
 from sideways_tf.engine import state
 from sideways_tf.models import zoo
 from sideways_tf.models.zoo import balanced_split
@@ -134,7 +135,7 @@ def replay_forwards(num_modules: int, replay_modules: int, skips=None,
                     skip_align: bool = False) -> List[int]:
   """Extra forwards per tick of each module under replay: one per gradient
   lag of a replayed module (more than one below a skip's source), else 0."""
-  lags = state.gradient_lags(state.skip_sources(skips, num_modules),
+  lags = state.gradient_lags(checks.skip_sources(skips, num_modules),
                              min(int(replay_modules), num_modules - 1),
                              skip_align)
   return [len(lags[k]) if k < replay_modules else 0

@@ -20,7 +20,7 @@ keep what the backward pass needs:
   TensorFlow does not colocate a loop's gradient ops with their forward ops.
 * ``rematerialize=True``: only each stage's input (the stage-boundary
   activation) is kept per micro-batch; the backward loop re-runs the stage's
-  forward pass on it and backpropagates (``SidewaysModule.tick`` at the
+  forward pass on it and backpropagates (:func:`_backward_step`, at the
   *stored* input, which is what makes it exact), as GPipe's
   re-materialisation does.
 
@@ -38,6 +38,13 @@ m+1 to m.
 Not supported (ValueError): Skip-Sideways skips, and stages with moving
 statistics (batch norm), whose batch statistics over one micro-batch of B*m
 frames would differ from BP's over B*T frames.
+
+Read top to bottom: the options and their checks, :func:`gpipe_graph` (the
+clip gradient, either way), :func:`stage_timeline`, then the clocks:
+:class:`_Schedule` (what every clock shares), :func:`_forward_clocks` with
+one stage's work :func:`_forward_stage`, and the re-materialised drain
+:func:`_rematerialized` with :func:`_drain_stage` and
+:func:`_backward_step`; last the table's entry, :class:`GPipe`.
 """
 
 from __future__ import annotations
@@ -136,14 +143,14 @@ def gpipe_graph(pipeline, frames, labels, loss_scale, timeline=None):
   schedule = _Schedule(pipeline, micro, shapes, batch_size, per_micro,
                        num_micro, timed=timeline is not None)
   if options.rematerialize:
-    grads, loss_sum, correct_sum = schedule.rematerialized(top_loss,
-                                                           loss_scale)
+    grads, loss_sum, correct_sum = _rematerialized(schedule, top_loss,
+                                                   loss_scale)
     grads = [tf.math.divide_no_nan(g, tf.cast(num_terms * loss_scale,
                                               g.dtype)) for g in grads]
   else:
     variables = pipeline.trainable_variables
     with tf.GradientTape() as tape:
-      loss_sum, correct_sum = schedule.forward(top_loss)
+      loss_sum, correct_sum = _forward_clocks(schedule, top_loss)
       scaled = loss_sum / num_terms * loss_scale
     # Put the reverse loop's ops on their stage's device (by op name).
     with tf.compat.v1.get_default_graph().device(schedule.device_of_op):
@@ -184,7 +191,11 @@ def stage_timeline(pipeline):
 
 
 class _Schedule:
-  """The fill-and-drain clocks of one clip."""
+  """The fill-and-drain clocks of one clip: what the forward clocks
+  (:func:`_forward_clocks`) and the re-materialised drain
+  (:func:`_rematerialized`) share. Which micro-batch a stage works on at
+  a clock, a stage run on one micro-batch, the bubble's ``tf.cond``, zero
+  buffers and, when timed, the stages' timestamps."""
 
   def __init__(self, pipeline, micro, shapes, batch_size, per_micro,
                num_micro, timed=False):
@@ -202,12 +213,12 @@ class _Schedule:
     self.num_micro = num_micro
     self.num_clocks = num_micro + self.num_stages - 1
 
-  def _zero_states(self, k):
+  def zero_states(self, k):
     """Stage k's temporal states at the start of the clip."""
     return [tf.zeros([self.batch_size] + list(shape), dtype)
             for shape, dtype in self.shapes[k].temporal_specs]
 
-  def _run_stage(self, k, x, states):
+  def run_stage(self, k, x, states):
     """Stage k on one micro-batch (m frames of every clip, clip mode) from
     its temporal `states`: (outputs, the states it leaves)."""
     module = self.modules[k]
@@ -220,11 +231,15 @@ class _Schedule:
     match = re.search(r"stage_(\d+)/", op.name)
     return self.devices[int(match.group(1))] or "" if match else ""
 
-  def _zeros_output(self, k):
+  def zeros_output(self, k):
     return tf.zeros([self.rows] + list(self.shapes[k].output_shape),
                     self.shapes[k].output_dtype)
 
-  def _frames_of(self, m):
+  def zeros_input(self, k):
+    return tf.zeros([self.rows] + list(self.shapes[k].input_shape),
+                    self.shapes[k].input_dtype)
+
+  def frames_of(self, m):
     # Nobody needs the gradient of a frame: stop it, so the first stage's
     # backward-data pass is never built.
     index = tf.clip_by_value(m, 0, self.num_micro - 1)
@@ -233,7 +248,7 @@ class _Schedule:
   def _valid(self, m):
     return tf.logical_and(m >= 0, m < self.num_micro)
 
-  def _cond(self, m, work, idle, inputs):
+  def cond(self, m, work, idle, inputs):
     """tf.cond(valid m, work, idle); when timed, also [start, end] of the
     work (NaN when idle), stamped after `inputs` and `work`'s outputs."""
     if not self.timed:
@@ -252,181 +267,205 @@ class _Schedule:
       return idle(), tf.constant([float("nan")] * 2, tf.float64)
     return tf.cond(self._valid(m), timed_work, timed_idle)
 
-  def _no_work(self):
+  def no_work(self):
     return tf.constant([float("nan")] * 2, tf.float64)
 
-  def _times_array(self):
+  def times_array(self):
     return (tf.TensorArray(tf.float64, self.num_clocks,
                            element_shape=[self.num_stages, 2])
             if self.timed else [])
 
-  def forward(self, top_loss, keep_inputs: bool = False, run_top=True):
-    """The forward clocks; returns (loss sum, correct sum[, stored]).
+  def record_times(self, times, c, stamps):
+    """`times` with clock c's stamps written (when timed)."""
+    return times.write(c, tf.stack(stamps)) if self.timed else times
 
-    `keep_inputs`: also store, at each clock, what every stage k >= 1 held
-    (its input for micro-batch c - k) and every stage's temporal states
-    before that micro-batch, for the rematerialised backward: stored =
-    (inputs, states), TensorArrays indexed by clock.
-    """
-    big_k = self.num_stages
-    held0 = [self._zeros_output(k) for k in range(big_k - 1)]
-    states0 = [self._zero_states(k) for k in range(big_k)]
-
+  def stored_arrays(self):
+    """Empty stores, indexed by clock, of what the re-materialised drain
+    needs: every stage k >= 1's input and every stage's temporal states."""
     def arrays(shape, dtype, batch):
       return tf.TensorArray(dtype, self.num_clocks,
                             element_shape=[batch] + list(shape))
-    stored0 = ([arrays(self.shapes[k].input_shape, self.shapes[k].input_dtype,
-                       self.rows) for k in range(1, big_k)],
-               [[arrays(shape, dtype, self.batch_size)
-                 for shape, dtype in self.shapes[k].temporal_specs]
-                for k in range(big_k)]) if keep_inputs else ([], [])
-    zero = tf.constant(0.0, tf.float32)
-
-    def clock(c, held, states, stored, loss_sum, correct_sum, times):
-      outputs, new_states, stamps = [], [], []
-      stored_inputs, stored_states = list(stored[0]), list(stored[1])
-      for k, module in enumerate(self.modules):
-        m = c - k
-        stamp = self._no_work() if self.timed else None
-        with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
-          x = self._frames_of(m) if k == 0 else held[k - 1]
-          if keep_inputs:
-            if k > 0:
-              stored_inputs[k - 1] = stored_inputs[k - 1].write(c, x)
-            stored_states[k] = [a.write(c, v) for a, v in zip(
-                stored_states[k], states[k])]
-          idle_states = lambda k=k: states[k]
-          if module.is_top and run_top:
-            ((loss, correct), after), stamp = self._cond(
-                m, lambda x=x, k=k: _top(self._run_stage(k, x, states[k]),
-                                         top_loss),
-                lambda k=k: ((tf.constant(0.0), tf.constant(0.0)),
-                             idle_states(k)), x)
-            loss_sum += loss
-            correct_sum += correct
-          elif module.is_top and not module.temporal_layers:
-            after = states[k]
-          else:  # a stage below the top, or a rematerialised top's states
-            (output, after), stamp = self._cond(
-                m, lambda x=x, k=k: self._run_stage(k, x, states[k]),
-                lambda k=k: (self._zeros_output(k), idle_states(k)), x)
-            if not module.is_top:
-              outputs.append(output)
-          new_states.append(after)
-        stamps.append(stamp)
-      if self.timed:
-        times = times.write(c, tf.stack(stamps))
-      return (c + 1, outputs, new_states, (stored_inputs, stored_states),
-              loss_sum, correct_sum, times)
-
-    _, _, _, stored, loss_sum, correct_sum, times = tf.while_loop(
-        lambda c, *_: c < self.num_clocks, clock,
-        (tf.constant(0), held0, states0, stored0, zero, zero,
-         self._times_array()))
-    if self.timed:
-      self.times["forward"] = times.stack()
-    if keep_inputs:
-      return loss_sum, correct_sum, stored
-    return loss_sum, correct_sum
-
-  def rematerialized(self, top_loss, loss_scale):
-    """Forward keeping stage inputs only, then the backward drain.
-
-    Backward clock c: stage k works on micro-batch M-1-c+(K-1-k) (the top
-    starts with the last one), re-running its forward pass on the input it
-    stored and pushing the output gradient stage k+1 emitted at clock c-1.
-    One piece: the clock body is one while_loop iteration over all stages.
-    """
-    big_k, num_micro = self.num_stages, self.num_micro
-    _, _, (inputs, states) = self.forward(top_loss, keep_inputs=True,
-                                          run_top=False)
-    grads0 = [self._zeros_output(k) for k in range(big_k - 1)]
-    state_grads0 = [self._zero_states(k) for k in range(big_k)]
-    accumulators0 = [[tf.zeros_like(v) for v in m.stage.trainable_variables]
-                     for m in self.modules]
-    zero = tf.constant(0.0, tf.float32)
-
-    def clock(c, grads, state_grads, accumulators, loss_sum, correct_sum,
-              times):
-      new_grads = [None] * (big_k - 1)
-      new_state_grads, new_accumulators, stamps = [], [], []
-      for k, module in enumerate(self.modules):
-        m = num_micro - 1 - c + (big_k - 1 - k)
-        with tf.device(self.devices[k]), tf.name_scope(f"stage_{k}"):
-
-          def work(k=k, m=m):
-            # Stage k held micro-batch m (and its starting states) at
-            # forward clock m+k.
-            x = self._frames_of(m) if k == 0 else inputs[k - 1].read(m + k)
-            return self._backward_step(
-                k, x, [a.read(m + k) for a in states[k]],
-                None if k == big_k - 1 else grads[k], state_grads[k],
-                top_loss, loss_scale)
-
-          def idle(k=k, module=module):
-            emitted = ([] if module.is_first else [tf.zeros(
-                [self.rows] + list(self.shapes[k].input_shape),
-                self.shapes[k].input_dtype)])
-            return ([tf.zeros_like(v)
-                     for v in module.stage.trainable_variables], emitted,
-                    state_grads[k], [tf.constant(0.0)] * 2)
-
-          (parameter_grads, emitted, before, counts), stamp = self._cond(
-              m, work, idle, [] if module.is_top else grads[k])
-          stamps.append(stamp)
-          if module.is_top:
-            loss_sum += counts[0]
-            correct_sum += counts[1]
-          if not module.is_first:
-            new_grads[k - 1] = emitted[0]
-          new_state_grads.append(before)
-          new_accumulators.append([a + g for a, g in zip(accumulators[k],
-                                                         parameter_grads)])
-      if self.timed:
-        times = times.write(c, tf.stack(stamps))
-      return (c + 1, new_grads, new_state_grads, new_accumulators, loss_sum,
-              correct_sum, times)
-
-    _, _, _, accumulators, loss_sum, correct_sum, times = tf.while_loop(
-        lambda c, *_: c < self.num_clocks, clock,
-        (tf.constant(0), grads0, state_grads0, accumulators0, zero, zero,
-         self._times_array()))
-    if self.timed:
-      self.times["backward"] = times.stack()
-    return ([a for accs in accumulators for a in accs], loss_sum, correct_sum)
+    return ([arrays(self.shapes[k].input_shape, self.shapes[k].input_dtype,
+                    self.rows) for k in range(1, self.num_stages)],
+            [[arrays(shape, dtype, self.batch_size)
+              for shape, dtype in self.shapes[k].temporal_specs]
+             for k in range(self.num_stages)])
 
 
-  def _backward_step(self, k, x, states, output_gradient, state_gradients,
-                     top_loss, loss_scale):
-    """Stage k's forward on one stored micro-batch, then its vector-Jacobian
-    product: the gradient of the stage's outputs (the top: its scaled loss)
-    and of the temporal states it leaves (what micro-batch m+1 sent back),
-    with respect to its parameters, its input and its starting states.
-    Returns (parameter gradients, [emitted gradient] (none for stage 0),
-    gradients w.r.t. the starting states, [loss, correct] (the top))."""
-    module = self.modules[k]
-    variables = list(module.stage.trainable_variables)
-    with tf.GradientTape() as tape:
-      tape.watch([x] + list(states))
-      outputs, after = self._run_stage(k, x, states)
-      counts = [tf.constant(0.0)] * 2
-      if module.is_top:
-        counts = list(top_loss(outputs))
-        outputs = counts[0] * loss_scale
-        output_gradient = tf.ones_like(outputs)
-    sources = ([] if module.is_first else [x]) + list(states) + variables
-    grads = tape.gradient([outputs] + list(after), sources,
-                          output_gradients=[output_gradient]
-                          + list(state_gradients),
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    emitted = [] if module.is_first else [grads.pop(0)]
-    return (grads[len(states):], emitted, grads[:len(states)], counts)
+def _forward_clocks(schedule, top_loss, keep_inputs: bool = False,
+                    run_top=True):
+  """The forward clocks; returns (loss sum, correct sum[, stored]).
+
+  `keep_inputs`: also store, at each clock, what every stage k >= 1 held
+  (its input for micro-batch c - k) and every stage's temporal states
+  before that micro-batch, for the rematerialised backward: stored =
+  (inputs, states), TensorArrays indexed by clock.
+  """
+  s = schedule
+  held0 = [s.zeros_output(k) for k in range(s.num_stages - 1)]
+  states0 = [s.zero_states(k) for k in range(s.num_stages)]
+  stored0 = s.stored_arrays() if keep_inputs else ([], [])
+  zero = tf.constant(0.0, tf.float32)
+
+  def clock(c, held, states, stored, loss_sum, correct_sum, times):
+    outputs, new_states, stamps = [], [], []
+    stored_inputs, stored_states = list(stored[0]), list(stored[1])
+    for k, module in enumerate(s.modules):
+      with tf.device(s.devices[k]), tf.name_scope(f"stage_{k}"):
+        x = s.frames_of(c - k) if k == 0 else held[k - 1]
+        if keep_inputs:
+          if k > 0:
+            stored_inputs[k - 1] = stored_inputs[k - 1].write(c, x)
+          stored_states[k] = [a.write(c, v) for a, v in zip(
+              stored_states[k], states[k])]
+        output, after, counts, stamp = _forward_stage(
+            s, k, c - k, x, states[k], top_loss, run_top)
+      if counts is not None:
+        loss_sum += counts[0]
+        correct_sum += counts[1]
+      if not module.is_top:
+        outputs.append(output)
+      new_states.append(after)
+      stamps.append(stamp)
+    return (c + 1, outputs, new_states, (stored_inputs, stored_states),
+            loss_sum, correct_sum, s.record_times(times, c, stamps))
+
+  _, _, _, stored, loss_sum, correct_sum, times = tf.while_loop(
+      lambda c, *_: c < s.num_clocks, clock,
+      (tf.constant(0), held0, states0, stored0, zero, zero,
+       s.times_array()))
+  if s.timed:
+    s.times["forward"] = times.stack()
+  if keep_inputs:
+    return loss_sum, correct_sum, stored
+  return loss_sum, correct_sum
+
+
+def _forward_stage(s, k, m, x, states, top_loss, run_top):
+  """Stage k at one forward clock: micro-batch m (none in the bubble) from
+  its input `x` and temporal `states`. Returns (its output, the states it
+  leaves, (loss, correct) where the top runs its loss else None, its
+  [start, end] when timed)."""
+  module = s.modules[k]
+  if module.is_top and run_top:
+    ((loss, correct), after), stamp = s.cond(
+        m, lambda: _top(s.run_stage(k, x, states), top_loss),
+        lambda: ((tf.constant(0.0), tf.constant(0.0)), states), x)
+    return None, after, (loss, correct), stamp
+  if module.is_top and not module.temporal_layers:
+    return None, states, None, s.no_work() if s.timed else None
+  # A stage below the top, or a rematerialised top's states.
+  (output, after), stamp = s.cond(
+      m, lambda: s.run_stage(k, x, states),
+      lambda: (s.zeros_output(k), states), x)
+  return output, after, None, stamp
 
 
 def _top(run, top_loss):
-  """(top_loss of the top stage's outputs, its states) from _run_stage."""
+  """(top_loss of the top stage's outputs, its states) from run_stage."""
   outputs, states = run
   return top_loss(outputs), states
+
+
+def _rematerialized(schedule, top_loss, loss_scale):
+  """Forward keeping stage inputs only, then the backward drain: (summed
+  parameter gradients, loss sum, correct sum).
+
+  Backward clock c: stage k works on micro-batch M-1-c+(K-1-k) (the top
+  starts with the last one), re-running its forward pass on the input it
+  stored and pushing the output gradient stage k+1 emitted at clock c-1.
+  """
+  s = schedule
+  _, _, stored = _forward_clocks(s, top_loss, keep_inputs=True,
+                                 run_top=False)
+  grads0 = [s.zeros_output(k) for k in range(s.num_stages - 1)]
+  state_grads0 = [s.zero_states(k) for k in range(s.num_stages)]
+  accumulators0 = [[tf.zeros_like(v) for v in m.stage.trainable_variables]
+                   for m in s.modules]
+  zero = tf.constant(0.0, tf.float32)
+
+  def clock(c, grads, state_grads, accumulators, loss_sum, correct_sum,
+            times):
+    new_grads = [None] * (s.num_stages - 1)
+    new_state_grads, new_accumulators, stamps = [], [], []
+    for k, module in enumerate(s.modules):
+      m = s.num_micro - 1 - c + (s.num_stages - 1 - k)
+      with tf.device(s.devices[k]), tf.name_scope(f"stage_{k}"):
+        (parameter_grads, emitted, before, counts), stamp = _drain_stage(
+            s, k, m, stored, None if module.is_top else grads[k],
+            state_grads[k], top_loss, loss_scale)
+        stamps.append(stamp)
+        if module.is_top:
+          loss_sum += counts[0]
+          correct_sum += counts[1]
+        if not module.is_first:
+          new_grads[k - 1] = emitted[0]
+        new_state_grads.append(before)
+        new_accumulators.append([a + g for a, g in zip(accumulators[k],
+                                                       parameter_grads)])
+    return (c + 1, new_grads, new_state_grads, new_accumulators, loss_sum,
+            correct_sum, s.record_times(times, c, stamps))
+
+  _, _, _, accumulators, loss_sum, correct_sum, times = tf.while_loop(
+      lambda c, *_: c < s.num_clocks, clock,
+      (tf.constant(0), grads0, state_grads0, accumulators0, zero, zero,
+       s.times_array()))
+  if s.timed:
+    s.times["backward"] = times.stack()
+  return ([a for accs in accumulators for a in accs], loss_sum, correct_sum)
+
+
+def _drain_stage(s, k, m, stored, output_gradient, state_gradients,
+                 top_loss, loss_scale):
+  """Stage k at one backward clock: :func:`_backward_step` on micro-batch
+  m, read back from `stored` (inputs, states), or zeros in the bubble.
+  Returns ((parameter gradients, [emitted gradient], the starting states'
+  gradients, [loss, correct]), [start, end] when timed)."""
+  module = s.modules[k]
+  inputs, states = stored
+
+  def work():
+    # Stage k held micro-batch m (and its starting states) at forward
+    # clock m+k.
+    x = s.frames_of(m) if k == 0 else inputs[k - 1].read(m + k)
+    return _backward_step(s, k, x, [a.read(m + k) for a in states[k]],
+                          output_gradient, state_gradients, top_loss,
+                          loss_scale)
+
+  def idle():
+    emitted = [] if module.is_first else [s.zeros_input(k)]
+    return ([tf.zeros_like(v) for v in module.stage.trainable_variables],
+            emitted, state_gradients, [tf.constant(0.0)] * 2)
+
+  return s.cond(m, work, idle,
+                [] if output_gradient is None else output_gradient)
+
+
+def _backward_step(s, k, x, states, output_gradient, state_gradients,
+                   top_loss, loss_scale):
+  """Stage k's forward on one stored micro-batch, then its vector-Jacobian
+  product: the gradient of the stage's outputs (the top: its scaled loss)
+  and of the temporal states it leaves (what micro-batch m+1 sent back),
+  with respect to its parameters, its input and its starting states.
+  Returns (parameter gradients, [emitted gradient] (none for stage 0),
+  gradients w.r.t. the starting states, [loss, correct] (the top))."""
+  module = s.modules[k]
+  variables = list(module.stage.trainable_variables)
+  with tf.GradientTape() as tape:
+    tape.watch([x] + list(states))
+    outputs, after = s.run_stage(k, x, states)
+    counts = [tf.constant(0.0)] * 2
+    if module.is_top:
+      counts = list(top_loss(outputs))
+      outputs = counts[0] * loss_scale
+      output_gradient = tf.ones_like(outputs)
+  sources = ([] if module.is_first else [x]) + list(states) + variables
+  grads = tape.gradient([outputs] + list(after), sources,
+                        output_gradients=[output_gradient]
+                        + list(state_gradients),
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  emitted = [] if module.is_first else [grads.pop(0)]
+  return (grads[len(states):], emitted, grads[:len(states)], counts)
 
 
 class GPipe(Algorithm):

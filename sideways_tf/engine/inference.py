@@ -12,10 +12,10 @@ from typing import List
 
 import tensorflow as tf
 
-from sideways_tf.engine.module import push_skip
-from sideways_tf.engine.module import read_skip
-from sideways_tf.engine.module import skip_buffer_shape
-from sideways_tf.engine.module import skip_offset
+from sideways_tf.engine.skips import push_skip
+from sideways_tf.engine.skips import read_skip
+from sideways_tf.engine.skips import skip_buffer_shape
+from sideways_tf.engine.skips import skip_offset
 from sideways_tf.layers import temporal
 
 

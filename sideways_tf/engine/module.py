@@ -1,4 +1,4 @@
-"""SidewaysModule: one stage of a Sideways pipeline and the two buffers it keeps.
+"""SidewaysModule: one stage of a Sideways pipeline, its buffers and its tick.
 
 A module wraps any Keras layer (or stack of layers) `f_k` and owns, as
 non-trainable weights, the state docs/algorithm.md calls `a_k` and `d_k`:
@@ -10,21 +10,17 @@ non-trainable weights, the state docs/algorithm.md calls `a_k` and `d_k`:
   output that the module above emitted at the previous tick. The top module
   computes its own from the loss, so it has none.
 
-Keeping them as weights (``add_weight(trainable=False)``) means
-``tf.train.Checkpoint`` and ``.weights.h5`` save them, so a stream trained chunk
-by chunk survives a restart. The buffers hold one frame's worth of activations
-and gradients: memory does not depend on the clip length.
-
 The tick itself is :meth:`SidewaysModule.tick`: a forward step on the given
 input and a backward step with the given output gradient, the Jacobian taken at
 that same input (the Sideways approximation). The buffers are read and written
 by :class:`sideways_tf.Pipeline`, which runs every module's tick at once.
 
-A replayed module (:meth:`SidewaysModule.replay_tick`) recomputes its forward
-at a held input for its backward step. That recomputation is stateless
-(``keras.Layer.stateless_call``): batch norm normalises with the held batch's
-own statistics, as the original forward did, but the moving averages are
-updated once per frame, by the original forward only.
+The class is read in three files: this one (the settings, the tick and the
+forward step it shares with replay), `buffers.py` (every buffer, replay's
+and the temporal layers' included: allocation and reset) and `replay.py`
+(:meth:`SidewaysModule.replay_tick`, a replayed module's backward at a held
+input, with batch norm's stateless recomputation and weight stashing).
+The skips' rules (delays, the join) are in `skips.py`.
 
 A stage with causal temporal layers (sideways_tf/layers/temporal.py) also
 has their states, one ``temporal_state_<i>`` buffer per layer (its last
@@ -35,67 +31,20 @@ to them into the current input's (docs/algorithm.md, "Temporal layers").
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
+from sideways_tf.engine.buffers import ModuleBuffers
+from sideways_tf.engine.replay import ReplayMethods
+from sideways_tf.engine.replay import ReplayResult
+from sideways_tf.engine.skips import combine_skips
+from sideways_tf.engine.skips import skip_delay
 from sideways_tf.layers import temporal
 
-
-SKIP_COMBINE_MODES = ("concat", "add")
-
-
-@contextlib.contextmanager
-def _mixed_precision_as_in_call(stage):
-  """What keras.Layer.__call__ does around `call` and `stateless_call` does
-  not, under a mixed precision policy: floating inputs cast to the compute
-  dtype, float variables read in it. Without it a replayed stage that is a
-  bare layer (a container's sub-layers do it in their own __call__) runs
-  in float32 under mixed_bfloat16, and its gradient meets a bfloat16 one.
-  Yields the input cast."""
-  compute = stage.compute_dtype
-  if not stage.autocast or compute == stage.variable_dtype:
-    yield lambda inputs: inputs
-    return
-  from keras.src.backend import AutocastScope  # noqa: PLC0415  (no public one)
-  with AutocastScope(compute):
-    yield lambda inputs: tf.nest.map_structure(
-        lambda x: tf.cast(x, compute) if x.dtype.is_floating else x, inputs)
-
-
-def skip_delay(target: int, source: int, align: bool) -> int:
-  """Ticks between stage `source` emitting an output and stage `target`
-  combining it (0-based stages).
-
-  1 by default: the skip brings a frame target-1-source steps newer than the
-  main input (what lets a model see motion). k-j when aligned: the skip is
-  held k-j ticks, so both inputs come from the same frame.
-  """
-  return target - source if align else 1
-
-
-def skip_offset(target: int, source: int, align: bool) -> int:
-  """Stage `target` joins its main input of frame s with stage `source`'s
-  output of frame s + skip_offset (k-1-j, or 0 when aligned)."""
-  return target - source - skip_delay(target, source, align)
-
-
-def read_skip(buffer, delay: int):
-  """The skip input held in a skip buffer: the oldest of its `delay` outputs.
-
-  A buffer of delay 1 is the output itself ([B, ...]); a longer one is a
-  queue [B, delay, ...], oldest first.
-  """
-  return buffer if delay == 1 else buffer[:, 0]
-
-
-def push_skip(buffer, outputs, delay: int):
-  """The skip buffer for the next tick: `outputs` joins, the oldest leaves."""
-  if delay == 1:
-    return outputs
-  return tf.concat([buffer[:, 1:], tf.expand_dims(outputs, 1)], axis=1)
+# Where they were before the module's pieces moved to their own files.
+__all__ = ["ReplayResult", "SidewaysModule", "TickResult", "combine_skips"]
 
 
 class TickResult(NamedTuple):
@@ -109,58 +58,7 @@ class TickResult(NamedTuple):
   temporal_states: list = []    # the temporal layers' states for next tick.
 
 
-class ReplayResult(NamedTuple):
-  """What a replayed module produces in one tick: one backward per lag."""
-  outputs: tf.Tensor
-  emitted_gradients: list       # per lag in replay_lags (None for module 1)
-  parameter_gradients: list     # summed over the lags
-  skip_gradients: list          # per lag: one per skip input
-  temporal_states: list = []    # the temporal layers' states for next tick
-
-
-def combine_skips(inputs, skip_inputs, mode: str = "concat"):
-  """Skip-Sideways: joins a module's input with outputs of lower modules.
-
-  Parameter-free, so every learnt weight stays in a stage. Skip features with
-  a larger spatial size than `inputs` are average-pooled down to it (by an
-  integer factor); then "concat" stacks channels and "add" sums them.
-  """
-  if not skip_inputs:
-    return inputs
-  joined = [inputs]
-  for skip in skip_inputs:
-    if skip.shape.rank != inputs.shape.rank:
-      raise ValueError(
-          f"a skip input of shape {skip.shape} cannot join a module input of "
-          f"shape {inputs.shape}: ranks differ")
-    if inputs.shape.rank == 4 and skip.shape[1] != inputs.shape[1]:
-      factor = skip.shape[1] // inputs.shape[1]
-      if factor * inputs.shape[1] != skip.shape[1] or (
-          skip.shape[2] != factor * inputs.shape[2]):
-        raise ValueError(
-            f"skip input of spatial size {skip.shape[1:3]} is not an integer "
-            f"multiple of the module input's {inputs.shape[1:3]}")
-      skip = tf.nn.avg_pool2d(skip, factor, factor, "VALID")
-    joined.append(tf.cast(skip, inputs.dtype))
-  if mode == "concat":
-    return tf.concat(joined, axis=-1)
-  if mode == "add":
-    if any(j.shape[-1] != inputs.shape[-1] for j in joined):
-      raise ValueError(
-          f"skip_combine='add' needs equal channels, got "
-          f"{[j.shape[-1] for j in joined]}")
-    return tf.add_n(joined)
-  raise ValueError(
-      f"unknown skip_combine {mode!r}; expected one of {SKIP_COMBINE_MODES}")
-
-
-def skip_buffer_shape(shape, delay: int) -> tuple:
-  """Shape of a skip buffer holding `delay` outputs of shape [B, ...]."""
-  shape = tuple(shape)
-  return shape if delay == 1 else shape[:1] + (delay,) + shape[1:]
-
-
-class SidewaysModule(keras.layers.Layer):
+class SidewaysModule(ModuleBuffers, ReplayMethods, keras.layers.Layer):
   """A stage of a Sideways pipeline with its input and gradient buffers.
 
   Args:
@@ -222,105 +120,12 @@ class SidewaysModule(keras.layers.Layer):
     self._has_state = False
 
   @property
-  def replay_length(self) -> int:
-    """How many past inputs a replayed module keeps (0: not replayed)."""
-    return self.replay_lags[0] if self.replay_lags else 0
-
-  @property
   def is_first(self) -> bool:
     return self.index == 0
 
   @property
   def is_top(self) -> bool:
     return self.index == self.num_modules - 1
-
-  @property
-  def state_variables(self) -> list:
-    """The buffers this module owns (input, gradient, skips, replay,
-    temporal states)."""
-    return [v for v in (self.input_buffer, self.gradient_buffer)
-            if v is not None] + list(self.skip_buffers) + (
-                [self.input_history] if self.input_history is not None
-                else []) + list(self.skip_histories) + list(
-                    self.lag_gradient_buffers) + list(self.weight_history) + (
-                        list(self.temporal_buffers)
-                        + list(self.temporal_histories))
-
-  def allocate_state(self, input_shape: Sequence[int], input_dtype,
-                     output_shape: Sequence[int], output_dtype,
-                     skip_specs: Sequence = (),
-                     temporal_specs: Sequence = ()) -> None:
-    """Creates the zero-initialised buffers for a fixed batch and frame shape.
-
-    `skip_specs`: (shape, dtype) of each skip input, in skip_sources order
-    (with batch); a skip held for more than one tick keeps a queue
-    [B, delay, ...] of them. `temporal_specs`: (shape, dtype) of each
-    temporal layer's state (with batch), in `temporal_layers` order.
-    """
-    if self._has_state:
-      raise RuntimeError(
-          f"{self.name} already has state; create a new module to change its "
-          "shape")
-    if not self.is_first:
-      self.input_buffer = self.add_weight(
-          shape=tuple(input_shape), dtype=input_dtype, initializer="zeros",
-          trainable=False, name="input_buffer")
-    if not self.is_top:
-      self.gradient_buffer = self.add_weight(
-          shape=tuple(output_shape), dtype=output_dtype, initializer="zeros",
-          trainable=False, name="gradient_buffer")
-    self.skip_buffers = [
-        self.add_weight(shape=skip_buffer_shape(shape, delay), dtype=dtype,
-                        initializer="zeros", trainable=False,
-                        name=f"skip_buffer_from_{source}")
-        for source, delay, (shape, dtype) in zip(
-            self.skip_sources, self.skip_delays, skip_specs)]
-    if self.replay_length:
-      self.input_history = self.add_weight(
-          shape=(self.replay_length,) + tuple(input_shape), dtype=input_dtype,
-          initializer="zeros", trainable=False, name="input_history")
-      self.skip_histories = [
-          self.add_weight(shape=(self.replay_length,) + tuple(shape),
-                          dtype=dtype, initializer="zeros", trainable=False,
-                          name=f"skip_history_from_{source}")
-          for source, (shape, dtype) in zip(self.skip_sources, skip_specs)]
-      self.lag_gradient_buffers = [
-          self.add_weight(shape=tuple(output_shape), dtype=output_dtype,
-                          initializer="zeros", trainable=False,
-                          name=f"gradient_buffer_lag_{lag}")
-          for lag in self.replay_lags[1:]]
-      if self.stash_weights:
-        self.weight_history = [
-            self.add_weight(shape=(self.replay_length,) + tuple(v.shape),
-                            dtype=v.dtype, initializer="zeros",
-                            trainable=False, name=f"weight_history_{i}")
-            for i, v in enumerate(self.stage.trainable_variables)]
-    self.temporal_buffers = [
-        self.add_weight(shape=tuple(shape), dtype=dtype, initializer="zeros",
-                        trainable=False, name=f"temporal_state_{i}")
-        for i, (shape, dtype) in enumerate(temporal_specs)]
-    if self.replay_length:
-      self.temporal_histories = [
-          self.add_weight(shape=(self.replay_length,) + tuple(shape),
-                          dtype=dtype, initializer="zeros", trainable=False,
-                          name=f"temporal_history_{i}")
-          for i, (shape, dtype) in enumerate(temporal_specs)]
-    self._has_state = True
-    self.built = True
-    self._fill_weight_history()
-
-  def reset_state(self) -> None:
-    """Zeroes the buffers (the state at the start of a clip); the weight
-    history holds the current weights."""
-    for buffer in self.state_variables:
-      buffer.assign(tf.zeros(buffer.shape, buffer.dtype))
-    self._fill_weight_history()
-
-  def _fill_weight_history(self) -> None:
-    for history, variable in zip(self.weight_history,
-                                 self.stage.trainable_variables):
-      history.assign(tf.repeat(
-          tf.convert_to_tensor(variable)[None], self.replay_length, axis=0))
 
   def call(self, inputs, skip_inputs=(), training=None):
     """Plain forward pass of the stage (the clip and BP paths use this)."""
@@ -386,114 +191,6 @@ class SidewaysModule(keras.layers.Layer):
     parameter_grads = grads[len(skip_inputs):]
     return TickResult(outputs, emitted, list(parameter_grads), loss,
                       list(skip_grads), new_states)
-
-  def held_at_lags(self, held) -> list:
-    """Per replay lag, the [input, *skip inputs] its gradient belongs to,
-    read from the held histories [inputs, *skip inputs] (oldest first)."""
-    return [[h[self.replay_length - lag] for h in held]
-            for lag in self.replay_lags]
-
-  def replay_tick(self, inputs, skip_inputs, backward, output_gradients,
-                  training=True, chunk_tick=None, temporal_states=None,
-                  backward_temporal=None, record=True) -> ReplayResult:
-    """A replayed module's tick: forward at `inputs` (and `skip_inputs`,
-    `temporal_states`, as :meth:`tick`); then, for each lag, a backward
-    step with that lag's output gradient at the inputs it belongs to,
-    `backward[i]` = [input, *skip inputs] held replay_lags[i] ticks ago and
-    `backward_temporal[i]` the temporal states of that tick (None: zeros)
-    (a recomputed forward per lag, see :meth:`replayed_forward`).
-
-    `chunk_tick` (0-based tick within the current call) lets a module with
-    a weight history replay an input held before this call with the
-    weights of that tick; None (or no history) replays with the current
-    weights.
-    """
-    if self.is_top or len(backward) != len(self.replay_lags) or len(
-        output_gradients) != len(self.replay_lags):
-      raise ValueError(
-          f"{self.name}: replay needs a module below the top and one "
-          f"(inputs, gradient) pair per lag {self.replay_lags}, got "
-          f"{len(backward)} and {len(output_gradients)}")
-    skip_inputs = list(skip_inputs)
-    outputs, new_states = self._forward(
-        combine_skips(inputs, skip_inputs, self.skip_combine), training,
-        temporal_states, record)
-    current = [tf.convert_to_tensor(v) for v in self.stage.trainable_variables]
-    emitted, skip_grads, parameter_grads = [], [], None
-    backward_temporal = backward_temporal or [None] * len(backward)
-    for lag, (old_input, *old_skips), old_states, gradient in zip(
-        self.replay_lags, backward, backward_temporal, output_gradients):
-      weights = self.weights_at_lag(lag, current, chunk_tick)
-      with tf.GradientTape() as tape:
-        tape.watch([old_input] + old_skips + weights)
-        replayed = self.replayed_forward(
-            combine_skips(old_input, old_skips, self.skip_combine), weights,
-            old_states)
-      sources = old_skips + weights
-      if not self.is_first:
-        sources = [old_input] + sources
-      grads = tape.gradient(replayed, sources, output_gradients=gradient,
-                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      emitted.append(None if self.is_first else grads.pop(0))
-      skip_grads.append(grads[:len(old_skips)])
-      grads = grads[len(old_skips):]
-      parameter_grads = grads if parameter_grads is None else [
-          a + b for a, b in zip(parameter_grads, grads)]
-    return ReplayResult(outputs, emitted, parameter_grads, skip_grads,
-                        new_states)
-
-  def replayed_forward(self, inputs, weights, temporal_states=None):
-    """The stage's forward at a held input, as the original forward ran it:
-    in training mode, so batch norm normalises the held batch with its own
-    statistics (the original forward's, given the same weights) and the
-    gradient flows through them; but stateless, so the moving averages are
-    not updated a second time. torchgpipe's `DeferredBatchNorm` treats
-    recomputation the same way. `weights`: values of the stage's trainable
-    variables (the current ones, or stashed ones).
-
-    A warm-up input (zeros) is replayed in training mode too; the gradient
-    paired with it is exactly zero, so the mode does not matter there.
-    Temporal layers run from `temporal_states`, the pasts held with the
-    input, with the Sideways fold of the past's gradient.
-    """
-    state = [tf.convert_to_tensor(v)
-             for v in self.stage.non_trainable_variables]
-    with temporal.stream_scope(
-        None if temporal_states is None
-        else dict(zip(self.temporal_layers, temporal_states)), record=False,
-        fold_past_gradient=True), \
-        _mixed_precision_as_in_call(self.stage) as cast:
-      outputs, _ = self.stage.stateless_call(weights, state, cast(inputs),
-                                             training=True)
-    return outputs
-
-  def weights_at_lag(self, lag: int, current: list, chunk_tick) -> list:
-    """The weights the stage had when it held the input of `lag` ticks ago.
-
-    Without a weight history, or inside the same call (the optimizer steps
-    only between calls), the current ones; else the stashed ones of that
-    tick (`weight_history[replay_length - lag + chunk_tick]`).
-    """
-    if not self.weight_history or chunk_tick is None:
-      return current
-    held_before_this_call = chunk_tick < lag
-    index = tf.minimum(self.replay_length - lag + chunk_tick,
-                       self.replay_length - 1)
-    return [tf.where(held_before_this_call, tf.gather(history, index), value)
-            for history, value in zip(self.weight_history, current)]
-
-  def weight_history_updates(self, num_ticks) -> list:
-    """Assignments that leave the weight history as it stands after a call
-    of `num_ticks` ticks at the current weights (run once per call)."""
-    updates = []
-    for history, variable in zip(self.weight_history,
-                                 self.stage.trainable_variables):
-      fresh = tf.minimum(tf.cast(num_ticks, tf.int32), self.replay_length)
-      kept = tf.convert_to_tensor(history)[fresh:]
-      newest = tf.repeat(tf.convert_to_tensor(variable)[None], fresh, axis=0)
-      updates.append(history.assign(tf.ensure_shape(
-          tf.concat([kept, newest], 0), history.shape)))
-    return updates
 
   def _forward(self, inputs, training, temporal_states=None, record=True):
     """One frame through the stage: (outputs, new temporal states).

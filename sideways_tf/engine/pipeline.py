@@ -2,7 +2,8 @@
 every algorithm that computes its gradient.
 
 `Pipeline` holds the modules (engine/module.py) and their buffers
-(engine/state.py), validates inputs, looks the algorithm up in the table of
+(engine/state.py), validates its arguments and every clip
+(engine/checks.py), looks the algorithm up in the table of
 engine/algorithms.py and caches the traced functions. The algorithms are one
 module each, below this file: the Sideways tick engine (engine/sideways.py;
 the spec is docs/algorithm.md), the BP baseline (engine/bp.py) and GPipe
@@ -18,29 +19,30 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import keras
-from absl import logging
 import tensorflow as tf
 
 from sideways_tf.engine import algorithms
+from sideways_tf.engine import checks
 from sideways_tf.engine import inference
 from sideways_tf.engine import state as state_lib
 from sideways_tf.engine.algorithm import ClipResult
 from sideways_tf.engine.algorithm import LossFn
 from sideways_tf.engine.algorithm import sparse_softmax_cross_entropy
 from sideways_tf.engine.algorithms import ALGORITHMS
-from sideways_tf.engine.module import SKIP_COMBINE_MODES
 
 # Public here as before the algorithms moved to their own modules.
 __all__ = ["ALGORITHMS", "ClipResult", "Pipeline",
            "sparse_softmax_cross_entropy"]
 
 
-class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
+class Pipeline(checks.InputChecks, inference.InferenceMethods,
+               state_lib.StateMethods, tf.Module):
   """A video model cut into modules, trainable with Sideways or with BP.
 
   Clip and streaming inference (`predict_frames`, `stream_tick`, ...) come
-  from `inference.py`, the buffers' allocation (`allocate_state`,
-  `reset_state`) from `state.py`.
+  from `inference.py`, building the stages and their buffers (`build`,
+  `allocate_state`, `reset_state`, `state_variables`) from `state.py`, the
+  checks every clip goes through first (`prepare_inputs`) from `checks.py`.
 
   Args:
     stages: Keras layers, one per Sideways module, in order; the last one emits
@@ -95,26 +97,19 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     super().__init__(name=name)
     stages = list(stages)
     self._algorithm_kwargs = dict(algorithm_options)  # for with_devices
-    devices, evaluation_order = state_lib.check_pipeline_args(
-        stages, devices, evaluation_order)
-    if not callable(loss_fn):
-      raise ValueError(f"loss_fn must be callable, got {loss_fn!r}")
-    if skip_combine not in SKIP_COMBINE_MODES:
-      raise ValueError(f"unknown skip_combine {skip_combine!r}; expected one "
-                       f"of {SKIP_COMBINE_MODES}")
-    self.skip_sources = state_lib.skip_sources(skips, len(stages))
-    self.replay_modules = state_lib.check_replay(replay_modules,
-                                                 self.skip_sources)
-    self.skip_combine = skip_combine
-    if not isinstance(skip_align, bool):
-      raise ValueError(f"skip_align must be True or False, got {skip_align!r}")
-    self.skip_align = skip_align
+    arguments = checks.check_arguments(stages, loss_fn, devices,
+                                       evaluation_order, skips, skip_combine,
+                                       skip_align, replay_modules)
+    self.skip_sources = arguments.skip_sources
+    self.replay_modules = arguments.replay_modules
+    self.skip_combine = arguments.skip_combine
+    self.skip_align = arguments.skip_align
     # {algorithm name: its validated options}, e.g. ["gpipe"] GPipeOptions.
     self.algorithm_options = algorithms.make_options(algorithm_options)
     self.stages = stages
     self.loss_fn = loss_fn
-    self.devices = devices or [None] * len(stages)
-    self.evaluation_order = evaluation_order
+    self.devices = arguments.devices
+    self.evaluation_order = arguments.evaluation_order
     self.modules = self._new_modules(self.replay_modules)
     with tf.device(self.devices[0]):
       # Global tick count since the last reset: the validity masks depend on
@@ -141,12 +136,6 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     """Whether any stage holds a causal temporal layer."""
     return any(m.temporal_layers for m in self.modules)
 
-  @property
-  def state_variables(self) -> list:
-    """The pipeline state: every module's buffers and the tick counter."""
-    return [v for m in self.modules for v in m.state_variables] + [
-        self.ticks_seen]
-
   def with_devices(self, devices: Optional[Sequence[Optional[str]]]
                    ) -> "Pipeline":
     """The same stages (the same weights) and options on other devices, with
@@ -159,13 +148,6 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
         skip_combine=self.skip_combine, skip_align=self.skip_align,
         replay_modules=self.replay_modules, name=self.name,
         **self._algorithm_kwargs)
-
-  def build(self, frame_shape: Sequence[int], dtype=tf.float32) -> None:
-    """Builds the unbuilt stages (each under its device) for frames of
-    `frame_shape`, without allocating buffers. Data parallelism calls it
-    under its strategy's scope, so the weights are mirrored while the
-    buffers, allocated later outside it, stay each replica's own."""
-    self._ensure_built(tuple(frame_shape), tf.as_dtype(dtype))
 
   def compute_gradients(self, frames, labels, algorithm: str = "sideways",
                         reset: bool = True) -> List[tf.Tensor]:
@@ -224,53 +206,10 @@ class Pipeline(inference.InferenceMethods, state_lib.StateMethods, tf.Module):
     return algorithms.get(algorithm).clip_gradients(self, frames, labels,
                                                     reset, scale)
 
-  def prepare_inputs(self, frames, labels, algorithm: str = "sideways",
-                     reset: bool = True):
-    """Validates a clip and makes sure the state exists for its shape.
-
-    Raises ValueError naming the offending value. Returns the frames as a float
-    tensor and the labels as int32.
-    """
-    algorithm = algorithms.get(algorithm)
-    frames, labels = state_lib.check_clip(
-        frames, labels, self._state_signature)
-    batch_size, num_frames = frames.shape[0], frames.shape[1]
-    frame_shape = tuple(frames.shape[2:])
-    if algorithm.streams:
-      algorithm.validate(self, num_frames, reset)
-      if num_frames < 1:
-        raise ValueError("frames must hold at least one frame, got T = 0")
-      self._ensure_state(batch_size, frame_shape, frames.dtype, reset,
-                         algorithm.replay_modules(self.num_modules,
-                                                  self.replay_modules))
-      self._warn_if_modules_starve(num_frames, reset)
-    else:
-      if num_frames < 1:
-        raise ValueError("frames must hold at least one frame, got T = 0")
-      # Built first: a check of the stages' variables needs them to exist.
-      self._ensure_built(frame_shape, frames.dtype)
-      if self.has_temporal_layers:
-        # A stream fed in chunks (reset=False, the trainer's online updates)
-        # carries the temporal layers' states in the buffers.
-        self._ensure_state(batch_size, frame_shape, frames.dtype, reset,
-                           self.replayed_modules)
-      algorithm.validate(self, num_frames, reset)
-    return frames, tf.cast(labels, tf.int32)
-
   @property
   def gpipe_options(self):
     """GPipe's options (``algorithm_options["gpipe"]``; kept for callers)."""
     return self.algorithm_options["gpipe"]
-
-  def _warn_if_modules_starve(self, num_frames, reset):
-    """A gradient reaches module k only from tick 2L-k: say so, once."""
-    starving = 2 * self.num_modules - 1 - num_frames
-    if reset and starving > 0 and num_frames not in self._warned_lengths:
-      self._warned_lengths.add(num_frames)
-      logging.warning(
-          "clips of T = %d frames with L = %d modules: module(s) 1..%d get no "
-          "gradient (module k needs T >= 2L-k); use T >= 2L-1 = %d.",
-          num_frames, self.num_modules, starving, 2 * self.num_modules - 1)
 
   def stage_tick_seconds(self, frames, labels, repeats: int = 5,
                          ticks_per_call: int = 16) -> List[float]:

@@ -6,10 +6,10 @@ Read top to bottom:
   whose loop state is one :class:`TickState`. Every tick (:func:`tick`), each
   module k does a forward step on the input it holds (`a_k`; module 1 reads
   frame t) and a backward step with the gradient it holds (`d_k`; the top
-  module differentiates the loss of tick t). All modules read the buffers as
-  they stood after tick t-1 and their results only become the next tick's
-  buffers (:func:`_route`), so within a tick the modules are independent and,
-  placed on distinct devices, run at once. After the loop the buffers are
+  module differentiates the loss of tick t): :func:`_module_step`. All
+  modules read the buffers as they stood after tick t-1 and their results
+  only become the next tick's buffers (:func:`_route`), so within a tick
+  the modules are independent and, placed on distinct devices, run at once. After the loop the buffers are
   written back (:func:`write_back`) and the sums normalised into the clip
   gradient (:func:`normalise`).
 * Replay (``Pipeline(replay_modules=n)``, docs/engine.md) is part of the
@@ -35,8 +35,8 @@ import tensorflow as tf
 
 from sideways_tf.engine.algorithm import Algorithm
 from sideways_tf.engine.algorithm import ClipResult
-from sideways_tf.engine.module import push_skip
-from sideways_tf.engine.module import read_skip
+from sideways_tf.engine.skips import push_skip
+from sideways_tf.engine.skips import read_skip
 
 
 class TickState(NamedTuple):
@@ -102,7 +102,6 @@ def sideways_clip(pipe, frames, labels, reset: bool,
 def tick(pipe, s: TickState, frames, labels, ticks_before,
          loss_scale) -> TickState:
   """One clock tick: every module's forward and backward step at once."""
-  modules, devices = pipe.modules, pipe.devices
   # 1-based global tick: module k (1-based) holds a real frame iff tick >= k,
   # and the top's loss is real iff tick >= L.
   global_tick = ticks_before + tf.cast(s.t, tf.int64) + 1
@@ -116,40 +115,18 @@ def tick(pipe, s: TickState, frames, labels, ticks_before,
   histories = list(s.histories)
   after = []  # control inputs; only non-empty to force a test order
   for k in pipe.evaluation_order or range(pipe.num_modules):
-    module = modules[k]
     holds_frame = global_tick >= k + 1  # else warm-up zeros
-    with tf.device(devices[k]), tf.name_scope(f"stage_{k}"), \
+    with tf.device(pipe.devices[k]), tf.name_scope(f"stage_{k}"), \
         tf.control_dependencies(after):
-      module_input = (tf.gather(frames, s.t, axis=1) if k == 0
-                      else s.inputs[k - 1])
-      skip_inputs = [read_skip(b, delay) for b, delay in zip(
-          s.skips[k], module.skip_delays)]
-      if k < pipe.replayed_modules:
-        # The gradient of lag n belongs to the inputs (and temporal states)
-        # held n ticks ago.
-        held = s.histories[k]
-        held_inputs = held[:1 + len(skip_inputs)]
-        results[k] = module.replay_tick(
-            module_input, skip_inputs, module.held_at_lags(held_inputs),
-            s.grads[k], training=holds_frame, chunk_tick=s.t,
-            temporal_states=s.temporal[k],
-            backward_temporal=module.held_at_lags(
-                held[1 + len(skip_inputs):]),
-            record=holds_frame)
-        histories[k] = [tf.concat([h[1:], x[None]], 0) for h, x in zip(
-            held, [module_input] + skip_inputs + list(s.temporal[k]))]
-      else:
-        results[k] = module.tick(
-            module_input,
-            output_gradient=None if module.is_top else s.grads[k][0],
-            loss_of_outputs=masked_loss if module.is_top else None,
-            training=holds_frame, skip_inputs=skip_inputs,
-            temporal_states=s.temporal[k], record=holds_frame)
+      result, held = _module_step(pipe, k, s, frames, holds_frame,
+                                  masked_loss)
+      if held is not None:
+        histories[k] = held
       accumulators = [acc + g for acc, g in zip(
-          s.accumulators[k], results[k].parameter_gradients)]
-      results[k] = (results[k], accumulators)
+          s.accumulators[k], result.parameter_gradients)]
+      results[k] = (result, accumulators)
     if pipe.evaluation_order is not None:
-      after = [results[k][0].outputs] + list(results[k][0].parameter_gradients)
+      after = [result.outputs] + list(result.parameter_gradients)
 
   top = results[-1][0]
   correct = tf.cast(tf.equal(
@@ -162,6 +139,36 @@ def tick(pipe, s: TickState, frames, labels, ticks_before,
       s.correct_sum + tf.reduce_sum(correct) * loss_mask,
       s.valid_ticks + loss_mask, histories,
       [list(r.temporal_states) for r, _ in results])
+
+
+def _module_step(pipe, k, s: TickState, frames, holds_frame, masked_loss):
+  """Module k's forward and backward step of this tick, from the buffers
+  as they stood after the previous one: (its TickResult, or ReplayResult
+  if replayed, and then also its held inputs after this tick, else None)."""
+  module = pipe.modules[k]
+  module_input = (tf.gather(frames, s.t, axis=1) if k == 0
+                  else s.inputs[k - 1])
+  skip_inputs = [read_skip(b, delay) for b, delay in zip(
+      s.skips[k], module.skip_delays)]
+  if k >= pipe.replayed_modules:
+    return module.tick(
+        module_input,
+        output_gradient=None if module.is_top else s.grads[k][0],
+        loss_of_outputs=masked_loss if module.is_top else None,
+        training=holds_frame, skip_inputs=skip_inputs,
+        temporal_states=s.temporal[k], record=holds_frame), None
+  # The gradient of lag n belongs to the inputs (and temporal states) held
+  # n ticks ago.
+  held = s.histories[k]
+  held_inputs = held[:1 + len(skip_inputs)]
+  result = module.replay_tick(
+      module_input, skip_inputs, module.held_at_lags(held_inputs),
+      s.grads[k], training=holds_frame, chunk_tick=s.t,
+      temporal_states=s.temporal[k],
+      backward_temporal=module.held_at_lags(held[1 + len(skip_inputs):]),
+      record=holds_frame)
+  return result, [tf.concat([h[1:], x[None]], 0) for h, x in zip(
+      held, [module_input] + skip_inputs + list(s.temporal[k]))]
 
 
 def _route(pipe, results, skip_buffers) -> tuple:

@@ -13,7 +13,7 @@ from typing import List
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf.engine.module import read_skip
+from sideways_tf.engine.skips import read_skip
 
 
 def stage_tick_seconds(pipeline, frames, labels, repeats: int = 5,

@@ -1,8 +1,10 @@
-"""What a Pipeline checks and allocates before the engine runs.
+"""What a Pipeline builds and allocates before the engine runs.
 
-Argument and clip validation (errors name the offending value), the probe
-forward pass that builds the stages and finds the buffer shapes, and the
-allocation of every module's buffers for one batch size and frame shape.
+The probe forward pass that builds the stages and finds the buffer shapes,
+the modules for a number of replayed modules (which stages replay, at which
+lags) and the allocation of every module's buffers for one batch size and
+frame shape. The checks of the Pipeline's arguments and of each clip are in
+checks.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from sideways_tf.engine.module import SidewaysModule
-from sideways_tf.engine.module import skip_delay
+from sideways_tf.engine.skips import skip_delay
 from sideways_tf.layers import temporal
 
 
@@ -33,72 +35,6 @@ class StageShapes(NamedTuple):
 class FunctionCache(dict):
   """Traced functions by key. A dict subclass: tf.Module neither wraps nor
   checkpoints it (it would refuse the tuple keys)."""
-
-
-def check_pipeline_args(stages, devices, evaluation_order):
-  """Validated `devices` and `evaluation_order` of a Pipeline (lists or None)."""
-  if not stages:
-    raise ValueError("stages must name at least one Keras layer, got []")
-  for k, stage in enumerate(stages):
-    if not isinstance(stage, keras.layers.Layer):
-      raise ValueError(
-          f"stages[{k}] must be a keras.layers.Layer, got {type(stage)!r}")
-  if devices is not None:
-    devices = list(devices)
-    if len(devices) != len(stages):
-      raise ValueError(
-          f"devices must give one device per stage: {len(stages)} stages "
-          f"but {len(devices)} devices ({devices!r})")
-  if evaluation_order is not None:
-    evaluation_order = [int(k) for k in evaluation_order]
-    if sorted(evaluation_order) != list(range(len(stages))):
-      raise ValueError(
-          "evaluation_order must be a permutation of "
-          f"range({len(stages)}), got {evaluation_order!r}")
-  return devices, evaluation_order
-
-
-def skip_sources(skips, num_modules) -> List[tuple]:
-  """Validated Skip-Sideways sources of each stage: a tuple per stage."""
-  sources = [()] * num_modules
-  for target, from_stages in dict(skips or {}).items():
-    target = int(target)
-    from_stages = tuple(sorted(int(j) for j in from_stages))
-    if not 0 <= target < num_modules:
-      raise ValueError(f"skips: target stage {target} is not in "
-                       f"[0, {num_modules})")
-    for j in from_stages:
-      if not 0 <= j < target - 1:
-        raise ValueError(
-            f"skips: stage {target} may take skips from stages 0..{target - 2}"
-            f" (stage {target - 1} is its main input), got {j}")
-    if len(set(from_stages)) != len(from_stages):
-      raise ValueError(f"skips: repeated source in {from_stages}")
-    sources[target] = from_stages
-  return sources
-
-
-def check_replay(replay_modules, sources) -> int:
-  """Validated number of replayed modules (the bottom ones, below the top)."""
-  num_modules = len(sources)
-  if (isinstance(replay_modules, bool) or int(replay_modules) != replay_modules
-      or not 0 <= replay_modules < num_modules):
-    raise ValueError(
-        f"replay_modules must be an integer in [0, L-1] = [0, "
-        f"{num_modules - 1}] (the top module needs no replay), got "
-        f"{replay_modules!r}")
-  split = sorted({(j, k) for k in range(int(replay_modules), num_modules)
-                  for j in sources[k] if j < replay_modules})
-  if split:
-    logging.warning(
-        "replay_modules=%d replays the source but not the target of the "
-        "Skip-Sideways skip(s) %s: the source pairs the skip gradient with "
-        "BP's frame, the target computed it at another; on the motion label "
-        "that trained worse than no replay. Use replay_modules=%d (every "
-        "module below the top) or 0 (docs/skip_sideways.md).",
-        replay_modules, ", ".join(f"{k}:{j}" for j, k in split),
-        num_modules - 1)
-  return int(replay_modules)
 
 
 def check_replayable(modules, replay_modules) -> None:
@@ -152,39 +88,6 @@ def gradient_lags(sources, replay_modules, skip_align=False) -> List[tuple]:
   return lags
 
 
-def check_clip(frames, labels, state_signature):
-  """Frames and labels as tensors of consistent, fully known shapes."""
-  frames = tf.convert_to_tensor(frames)
-  labels = tf.convert_to_tensor(labels)
-  if not frames.dtype.is_floating:
-    raise ValueError(
-        f"frames must be floating point (scale uint8 video first), got "
-        f"dtype {frames.dtype.name}")
-  if frames.shape.rank is None or frames.shape.rank < 3:
-    raise ValueError(
-        f"frames must have shape [B, T, ...frame] (rank >= 3), got shape "
-        f"{frames.shape}")
-  if not labels.dtype.is_integer:
-    raise ValueError(
-        f"labels must be integer class ids, got dtype {labels.dtype.name}")
-  batch_size, num_frames = frames.shape[0], frames.shape[1]
-  frame_shape = tuple(frames.shape[2:])
-  if labels.shape.rank != 1 or labels.shape[0] != batch_size:
-    raise ValueError(
-        f"labels must have shape [B] = [{batch_size}] to match frames of "
-        f"shape {frames.shape}, got labels of shape {labels.shape}")
-  if num_frames is None or batch_size is None or None in frame_shape:
-    raise ValueError(
-        f"frames must have a fully known shape, got {frames.shape}")
-  if (state_signature is not None and
-      len(frame_shape) != len(state_signature[1])):
-    raise ValueError(
-        f"frames must have rank {2 + len(state_signature[1])} "
-        f"([B, T] + frame shape {list(state_signature[1])}), got "
-        f"shape {frames.shape}")
-  return frames, labels
-
-
 def build_stages(modules, devices, frame_shape, dtype) -> List[StageShapes]:
   """Builds unbuilt stages under their devices; returns per-stage shapes.
 
@@ -229,11 +132,25 @@ def allocate(modules, devices, shapes, batch_size) -> None:
 
 
 class StateMethods:
-  """The buffer methods of :class:`sideways_tf.Pipeline`."""
+  """The stage-building and buffer methods of :class:`sideways_tf.Pipeline`
+  (a mixin)."""
 
   # Weight stashing for replay (SidewaysModule.weight_history): off until a
   # Trainer that updates inside a clip turns it on (stash_replay_weights).
   replay_weight_stash = False
+
+  @property
+  def state_variables(self) -> list:
+    """The pipeline state: every module's buffers and the tick counter."""
+    return [v for m in self.modules for v in m.state_variables] + [
+        self.ticks_seen]
+
+  def build(self, frame_shape: Sequence[int], dtype=tf.float32) -> None:
+    """Builds the unbuilt stages (each under its device) for frames of
+    `frame_shape`, without allocating buffers. Data parallelism calls it
+    under its strategy's scope, so the weights are mirrored while the
+    buffers, allocated later outside it, stay each replica's own."""
+    self._ensure_built(tuple(frame_shape), tf.as_dtype(dtype))
 
   def reset_state(self) -> None:
     """Zeroes every module's buffers and the tick count (a clip boundary)."""

@@ -20,7 +20,11 @@ position inside the current epoch are all in ``model.save_weights`` files, so
 backup, not at the start of the epoch (`resume.py`); ``fit`` runs it as
 :class:`sideways_tf.callbacks.BackupAndRestore`, whose backups survive a kill
 during their write. Inputs, losses and metrics are checked and converted in
-`inputs.py`. See docs/keras.md.
+`inputs.py`. The class is read in three files: this one (the Keras face:
+compile, build, fit, the clip logits, checkpoints, export), `pipelines.py`
+(the Pipeline, its replicas and the Trainer it makes, replay_modules="auto")
+and `steps.py` (the per-batch train / test / predict steps and their
+metrics). See docs/keras.md.
 """
 
 from __future__ import annotations
@@ -32,37 +36,17 @@ import keras
 import tensorflow as tf
 
 from sideways_tf.engine import algorithms
-from sideways_tf.engine import pipeline as pipeline_lib
 from sideways_tf.keras_api import callbacks as callbacks_lib
 from sideways_tf.keras_api import inputs
+from sideways_tf.keras_api import pipelines
 from sideways_tf.keras_api import resume
+from sideways_tf.keras_api import steps
 from sideways_tf.serving import export as export_lib
 from sideways_tf.training import auto_replay
-from sideways_tf.training import data_parallel as data_parallel_lib
-from sideways_tf.training.trainer import Trainer
 
 
-class _Ratio(keras.metrics.Metric):
-  """sum(numerator) / sum(denominator), in float64 like Trainer.evaluate."""
-
-  def __init__(self, name):
-    super().__init__(name=name, dtype="float64")
-    self.numerator = self.add_variable((), "zeros", "float64", name="num")
-    self.denominator = self.add_variable((), "zeros", "float64", name="den")
-
-  def update_state(self, numerator, denominator):
-    self.numerator.assign_add(tf.cast(numerator, tf.float64))
-    self.denominator.assign_add(tf.cast(denominator, tf.float64))
-
-  def add_mean(self, mean, count):
-    """Adds a batch's mean over `count` items (as Trainer.evaluate gives)."""
-    self.update_state(mean * count, count)
-
-  def result(self):
-    return tf.math.divide_no_nan(self.numerator, self.denominator)
-
-
-class SidewaysModel(keras.Model):
+class SidewaysModel(pipelines.PipelineMethods, steps.StepMethods,
+                    keras.Model):
   """A video classifier cut into modules, trained with Sideways or BP by fit.
 
   Args:
@@ -103,26 +87,8 @@ class SidewaysModel(keras.Model):
     self.update_every_ticks = int(update_every_ticks)
     self.class_names = None if class_names is None else [
         str(c) for c in class_names]
-    replay_modules = auto_replay.check(replay_modules)
-    self._replay_auto = replay_modules == auto_replay.AUTO and (
-        algorithms.get(algorithm).streams)
-    # Data parallel: one row of stage devices per replica, one strategy for
-    # every pipeline the model makes (the weights are built under it).
-    self._replica_rows = (
-        None if not devices or isinstance(devices[0], (str, type(None)))
-        else [list(row) for row in devices])
-    self._strategy = (data_parallel_lib.mirrored_strategy(self._replica_rows)
-                      if self._replica_rows else None)
-    self._pipeline_args = dict(
-        stages=stages, skips=skips, skip_combine=skip_combine,
-        devices=self._replica_rows[0] if self._replica_rows else devices)
-    self.pipeline = self._new_pipeline(
-        0 if replay_modules == auto_replay.AUTO else replay_modules)
-    # Keras tracks the modules (and through them the stages and buffers) for
-    # save_weights / BackupAndRestore / ModelCheckpoint; with "auto", the
-    # modules of the pipeline the first fit chooses (_choose_replay).
-    if not self._replay_auto:
-      self.sideways_modules = list(self.pipeline.modules)
+    self._init_pipeline(stages, devices, skips, skip_combine,
+                        auto_replay.check(replay_modules))
     self.epoch_step = self.add_weight(
         shape=(), dtype="int64", initializer="zeros", trainable=False,
         name="epoch_step")
@@ -131,54 +97,9 @@ class SidewaysModel(keras.Model):
     self.state_batch_size = None
     self.last_batch = None  # (video, label) of the last training step
     self._steps_to_skip = 0
-    self._train_loss = keras.metrics.Mean(name="loss")
-    self._train_accuracy = keras.metrics.Mean(name="accuracy")
-    self._eval_loss = _Ratio("loss")
-    self._eval_clip_accuracy = _Ratio("clip_accuracy")
-    self._eval_frame_accuracy = _Ratio("frame_accuracy")
-    self._clip_metrics = []
+    self._init_metrics()
 
   # ------------------------------------------------------------- set-up
-
-  @property
-  def replay_modules(self):
-    """The replayed modules (an int), or "auto" until the first fit chose."""
-    return auto_replay.AUTO if self._replay_auto else (
-        self.pipeline.replay_modules)
-
-  def _new_pipeline(self, replay_modules: int):
-    pipeline = pipeline_lib.Pipeline(
-        replay_modules=algorithms.get(self.algorithm).replay_modules(
-            len(self._pipeline_args["stages"]), replay_modules),
-        **self._pipeline_args)
-    if self.update_every_ticks and algorithms.get(self.algorithm).streams:
-      pipeline.stash_replay_weights()  # before the modules are tracked
-    # Not tracked by Keras (a plain object): the weights are the pipeline's,
-    # the replicas' own buffers are not saved (as bin/train).
-    self.data_parallel = data_parallel_lib.DataParallel(
-        pipeline, self._replica_rows, self._strategy)
-    return pipeline
-
-  def _new_trainer(self) -> Trainer:
-    return Trainer(self.pipeline, self.optimizer, self.algorithm,
-                   update_every_ticks=self.update_every_ticks,
-                   data_parallel=self.data_parallel)
-
-  def _choose_replay(self, clips):
-    """replay_modules="auto": measured on `clips`, before anything is built;
-    a new pipeline (and trainer) with the chosen replay."""
-    clips = list(clips)
-    if clips:  # replicas: the weights are built (mirrored) before they run
-      self.data_parallel.build(tuple(clips[0].shape[2:]))
-    count, _ = auto_replay.choose(self.pipeline, clips)
-    self._replay_auto = False
-    if count:
-      loss_fn = self.pipeline.loss_fn
-      self.pipeline = self._new_pipeline(count)
-      self.pipeline.loss_fn = loss_fn
-      if self.trainer is not None:
-        self.trainer = self._new_trainer()
-    self.sideways_modules = list(self.pipeline.modules)
 
   def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
     """`loss`: None (per-frame sparse cross-entropy on logits), a
@@ -231,18 +152,7 @@ class SidewaysModel(keras.Model):
                        self.frame_shape,
                        fixed_batch=algorithms.get(self.algorithm).streams)
 
-  # ---------------------------------------------------------- the steps
-
-  @property
-  def metrics(self):
-    # One metric per name (evaluate's "loss" is listed as the train one's).
-    return [self._train_loss, self._train_accuracy,
-            self._eval_clip_accuracy, self._eval_frame_accuracy,
-            *self._clip_metrics]
-
-  def reset_metrics(self):
-    super().reset_metrics()
-    self._eval_loss.reset_state()
+  # ------------------------------------------------- fit, clip logits
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, callbacks=None,
           **kwargs):
@@ -263,70 +173,12 @@ class SidewaysModel(keras.Model):
     return super().fit(x, y, batch_size=batch_size, epochs=epochs,
                        callbacks=callbacks, **kwargs)
 
-  def train_step(self, data):
-    """One Trainer step (Pipeline gradients, optimizer update) on a batch."""
-    video, label = inputs.unpack(data, need_labels=True)
-    if not self.built:
-      self.build(video.shape)
-    self._check_batch(int(video.shape[0]), tuple(video.shape[2:]))
-    self.last_batch = (video, label)
-    step = self.trainer.train_step(video, label)
-    self.epoch_step.assign_add(1)
-    self._train_loss.update_state(step["loss"])
-    self._train_accuracy.update_state(step["accuracy"])
-    return {"loss": self._train_loss.result(),
-            "accuracy": self._train_accuracy.result()}
-
-  def test_step(self, data):
-    """Trainer.evaluate on one batch, accumulated as its sums."""
-    video, label = inputs.unpack(data, need_labels=True)
-    self._remember_frame_shape(video)
-    metrics = self.trainer.evaluate([{"video": video, "label": label}])
-    clips = int(label.shape[0])
-    frames = clips * int(video.shape[1])
-    self._eval_loss.add_mean(metrics["loss"], frames)
-    self._eval_clip_accuracy.add_mean(metrics["clip_accuracy"], clips)
-    self._eval_frame_accuracy.add_mean(metrics["frame_accuracy"], frames)
-    if self._clip_metrics:
-      logits = self(video)
-      for metric in self._clip_metrics:
-        metric.update_state(label, logits)
-    return {m.name: m.result() for m in (
-        self._eval_loss, self._eval_clip_accuracy, self._eval_frame_accuracy,
-        *self._clip_metrics)}
-
-  def predict_step(self, data):
-    video, _ = inputs.unpack(data, need_labels=False)
-    return self(video)
-
   def call(self, videos, training=False):
     """Clip logits [B, C]: the mean of the per-frame logits."""
     del training  # inference; training goes through train_step
     videos = tf.convert_to_tensor(videos)
     self._remember_frame_shape(videos)
     return tf.reduce_mean(self.pipeline.predict_frames(videos), axis=1)
-
-  def _remember_frame_shape(self, video):
-    if self.frame_shape is None and video.shape.rank == 5:
-      self.frame_shape = tuple(int(d) for d in video.shape[2:])
-
-  def make_train_function(self, force=False):
-    if self.train_function is None or force:
-      self.train_function = resume.skipping_train_function(self)
-    return self.train_function
-
-  def make_test_function(self, force=False):
-    if self.test_function is None or force:
-      self.test_function = lambda iterator: self.test_step(next(iterator))
-    return self.test_function
-
-  def make_predict_function(self, force=False):
-    if self.predict_function is None or force:
-      def predict_function(data):
-        outputs = [self.predict_step(d) for d in data]
-        return outputs[0] if len(outputs) == 1 else tf.concat(outputs, 0)
-      self.predict_function = predict_function
-    return self.predict_function
 
   # ------------------------------------------------------- checkpoints
 

@@ -89,19 +89,56 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   """
   config = configs.with_defaults(config)
   keras.utils.set_random_seed(config.seed)
+  precision = _set_precision(config)  # before the stages
+  auto_balance.check_num_modules(config.model)
+  replicas = check_replicas(config)
+  stages, split = _cut_stages(config, num_classes, frame_shape, stage_sizes,
+                              replay_modules, replicas)
+  all_rows = device_rows(config.devices, len(stages), replicas)
+  pipeline, parallel, replay_info = _make_pipeline(
+      config, stages, frame_shape, all_rows,
+      all_rows if data_parallel and replicas > 1 else None,
+      training_batches, replay_modules)
+  with parallel.scope():
+    optimizer = make_optimizer(config.train)
+  trainer = Trainer(
+      pipeline, optimizer, config.algorithm,
+      update_every_ticks=config.train.update_every_ticks,
+      gradient_transform=cluster.all_reduce_mean if cluster else None,
+      loss_scale=(DynamicLossScale() if precision == "mixed_float16"
+                  else None), data_parallel=parallel)
+  # Create every variable now (weights, buffers, optimizer slots) so that a
+  # checkpoint restores into them at once. The replicas' own buffers are not
+  # saved (every clip of bin/train starts from zero buffers).
+  pipeline.allocate_state(config.train.batch_size, tuple(frame_shape))
+  with parallel.scope():
+    optimizer.build(pipeline.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  checkpoint = tf.train.Checkpoint(step=step, pipeline=pipeline,
+                                   optimizer=optimizer)
+  if trainer.loss_scale is not None:
+    checkpoint.loss_scale = trainer.loss_scale
+  return Setup(config, datasets, pipeline, optimizer, trainer, step,
+               checkpoint, split, replay_info)
+
+
+def _set_precision(config) -> str:
+  """Sets Keras' dtype policy from config.mixed_precision; returns it."""
   precision = config.mixed_precision or "float32"
   if precision not in PRECISIONS:
     raise ValueError(
         f"config.mixed_precision must be '', 'mixed_bfloat16' or "
         f"'mixed_float16', got {precision!r}")
-  keras.mixed_precision.set_dtype_policy(precision)  # before the stages
-  auto_balance.check_num_modules(config.model)
-  replicas = check_replicas(config)
+  keras.mixed_precision.set_dtype_policy(precision)
+  return precision
+
+
+def _make_pipeline(config, stages, frame_shape, all_rows, rows,
+                   training_batches, replay_modules):
+  """The Pipeline of `stages` on the first row of `all_rows` and its
+  replicas (`rows`: one row of stage devices per replica, or None):
+  (pipeline, DataParallel, the replay_modules="auto" choice or None)."""
   algorithm = algorithms.get(config.algorithm)
-  stages, split = _cut_stages(config, num_classes, frame_shape, stage_sizes,
-                              replay_modules, replicas)
-  all_rows = device_rows(config.devices, len(stages), replicas)
-  rows = all_rows if data_parallel and replicas > 1 else None
 
   def make_pipeline(replay):
     # The algorithm may fix the replay (pipelined_bp: L-1).
@@ -125,27 +162,7 @@ def build_model(config, num_classes: int, frame_shape, datasets=None,
   pipeline = make_pipeline(replay)
   parallel = data_parallel_lib.DataParallel(pipeline, rows, strategy)
   parallel.build(frame_shape)
-  with parallel.scope():
-    optimizer = make_optimizer(config.train)
-  trainer = Trainer(
-      pipeline, optimizer, config.algorithm,
-      update_every_ticks=config.train.update_every_ticks,
-      gradient_transform=cluster.all_reduce_mean if cluster else None,
-      loss_scale=(DynamicLossScale() if precision == "mixed_float16"
-                  else None), data_parallel=parallel)
-  # Create every variable now (weights, buffers, optimizer slots) so that a
-  # checkpoint restores into them at once. The replicas' own buffers are not
-  # saved (every clip of bin/train starts from zero buffers).
-  pipeline.allocate_state(config.train.batch_size, tuple(frame_shape))
-  with parallel.scope():
-    optimizer.build(pipeline.trainable_variables)
-  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  checkpoint = tf.train.Checkpoint(step=step, pipeline=pipeline,
-                                   optimizer=optimizer)
-  if trainer.loss_scale is not None:
-    checkpoint.loss_scale = trainer.loss_scale
-  return Setup(config, datasets, pipeline, optimizer, trainer, step,
-               checkpoint, split, replay_info)
+  return pipeline, parallel, replay_info
 
 
 def _cut_stages(config, num_classes, frame_shape, stage_sizes, replay_modules,

@@ -48,7 +48,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from sideways_tf.engine import state as state_lib
+from sideways_tf.engine import checks
 from sideways_tf.engine.algorithm import ClipResult
 from sideways_tf.engine.pipeline import Pipeline
 
@@ -140,7 +140,7 @@ class DataParallel:
     as the trainer's step takes it."""
     if self.strategy is None:
       return self.pipeline.prepare_inputs(frames, labels, algorithm, reset)
-    frames, labels = state_lib.check_clip(frames, labels, None)
+    frames, labels = checks.check_clip(frames, labels, None)
     batch_size = int(frames.shape[0])
     if batch_size % self.num_replicas:
       raise ValueError(

@@ -28,7 +28,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf.engine.module import skip_offset
+from sideways_tf.engine.skips import skip_offset
 from sideways_tf.layers import temporal
 
 

@@ -3,11 +3,14 @@
 `bin/train`, `bin/evaluate` and `bin/export` are thin wrappers around
 :func:`train`, :func:`evaluate` and :func:`restore_for_inference`. What a run
 writes is in `workdir.py`; the periodic jobs (log, fidelity, stage time,
-checkpoint, eval) are the hooks of `hooks.py`.
+checkpoint, eval) are the hooks of `hooks.py`. The step loop, like each
+hook, is given its own settings (:class:`LoopSettings`), read from the
+config once, and never reads the config itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import signal
@@ -154,11 +157,12 @@ def _run(ctx, cluster, is_chief) -> Dict[str, object]:
   setup, workdir = ctx.setup, ctx.workdir
   log, evaluation, hooks = hooks_lib.make_hooks(setup.config, int(setup.step),
                                                 is_chief)
+  settings = LoopSettings.from_config(setup.config)
   first_step, run_start = int(setup.step), time.perf_counter()
   stop = _StopFlag()
   try:
     with log.progress:  # a warning never continues the progress bar's line
-      frames_per_clip = _loop(ctx, hooks, cluster, stop)
+      frames_per_clip = _loop(ctx, settings, hooks, cluster, stop)
   except FloatingPointError:
     ctx.train_writer.flush()
     raise
@@ -210,7 +214,20 @@ def _start(setup, config, workdir, latest, cluster,
   return hooks_lib.Context(setup, workdir, manager, train_writer, eval_writer)
 
 
-def _loop(ctx, hooks, cluster, stop) -> Optional[int]:
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """What the step loop needs from the config: the step to stop at and the
+  data config its read errors are named after."""
+  num_steps: int
+  data: object  # config.data
+
+  @classmethod
+  def from_config(cls, config) -> "LoopSettings":
+    return cls(config.train.num_steps, config.data)
+
+
+def _loop(ctx, settings: LoopSettings, hooks, cluster,
+          stop) -> Optional[int]:
   """Train steps until num_steps or a stop signal; returns frames per clip.
 
   With a cluster, a signal on any worker stops every worker after the same
@@ -219,12 +236,12 @@ def _loop(ctx, hooks, cluster, stop) -> Optional[int]:
   """
   setup, frames_per_clip = ctx.setup, None
   iterator = iter(setup.datasets.train)
-  while int(setup.step) < setup.config.train.num_steps:
+  while int(setup.step) < settings.num_steps:
     if cluster is not None:
       cluster.vote_stop(stop.signum)
     elif stop.requested:
       break
-    with shard_check.named_data_errors(setup.config.data):
+    with shard_check.named_data_errors(settings.data):
       batch = next(iterator)
     step = int(setup.step) + 1
     frames, labels = batch["video"], batch["label"]

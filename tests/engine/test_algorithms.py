@@ -1,6 +1,6 @@
-"""The algorithm family: one table, one interface, no import circle."""
+"""The algorithm family: one table, one interface. (That the engine imports
+downward only, no circle, is a house rule: tests/test_house_rules.py.)"""
 
-import ast
 import pathlib
 
 import numpy as np
@@ -12,46 +12,7 @@ from sideways_tf.engine import algorithms
 from sideways_tf.engine.algorithm import Algorithm
 from sideways_tf.engine.algorithm import ClipResult
 
-ENGINE = pathlib.Path(sideways_tf.__file__).parent / "engine"
-ROOT = ENGINE.parent.parent
-
-
-def _engine_imports():
-  """{engine module: the engine modules it imports} from the source."""
-  graph = {}
-  for path in ENGINE.glob("*.py"):
-    imported = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-      if isinstance(node, ast.ImportFrom) and node.module:
-        if node.module.startswith("sideways_tf.engine."):
-          imported.add(node.module.split(".")[2])
-        elif node.module == "sideways_tf.engine":
-          imported.update(a.name for a in node.names)
-    graph[path.stem] = imported - {path.stem}
-  return graph
-
-
-def test_the_engine_imports_have_no_circle():
-  graph = _engine_imports()
-  done, on_path = set(), []
-
-  def visit(name):
-    if name in on_path:
-      pytest.fail(f"import circle: {' -> '.join(on_path + [name])}")
-    if name in done:
-      return
-    on_path.append(name)
-    for child in graph.get(name, ()):
-      visit(child)
-    on_path.pop()
-    done.add(name)
-
-  for name in graph:
-    visit(name)
-  # Downward only: no algorithm reaches back up to the Pipeline or the table.
-  for name, algorithm in algorithms.REGISTRY.items():
-    module = type(algorithm).__module__.split(".")[-1]
-    assert not graph[module] & {"pipeline", "algorithms"}, module
+ROOT = pathlib.Path(sideways_tf.__file__).parent.parent
 
 
 def test_the_table_lists_each_algorithm_once_with_its_interface():
