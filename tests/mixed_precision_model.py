@@ -16,8 +16,9 @@ gradient over 1536 positions of a random model was 50% off with Eigen's
 kernels, 0.5% with oneDNN's). So the model is built so that a bound holds:
 
 * exact inputs: frames are multiples of 1/16 in [1/16, 1], weights multiples
-  of 2^-8 in [2^-8, 1/2): 16-bit numbers (no subnormals in float16 either),
-  so the float32 and the 16-bit run start from the same numbers;
+  of 2^-8 in [2^-8, 1/2) (or 0): 16-bit numbers, so the float32 and the
+  16-bit run start from the same numbers, and no value comes near float16's
+  subnormals;
 * no cancellation: non-negative frames and weights, one label (0), and the
   top weights only in that label's column, so every value and every gradient
   entry is a sum of terms of one sign (the Sideways pairing of a frame's
@@ -55,11 +56,11 @@ order), `gradient_roundings` counts, whatever the kernels do:
 
 The bound on the relative error of a gradient entry is then
 gamma(c) = c u / (1 - c u) (Higham, Accuracy and Stability of Numerical
-Algorithms, Lemma 3.1: the product of c factors (1 + delta), |delta| <= u);
-the nonlinear steps enter to first order with condition numbers below 1,
-whose slack exceeds their second-order terms. A wrong gradient (a dropped
-state, a missing tick, a loss scale left in, a wrong frame count) is off by
-more than that; the tests say by how much.
+Algorithms, Lemma 3.1: the product of c factors (1 + delta), |delta| <= u,
+is within gamma(c) of 1); the nonlinear steps (tanh, exp, 1 - y^2, p - 1)
+enter to first order, through their condition numbers. A wrong gradient (a
+dropped state, a missing tick, a loss scale left in, a wrong frame count)
+is off by more than that; the tests say by how much.
 """
 
 import math
@@ -79,6 +80,8 @@ WEIGHT_STEP = 2.0 ** -8
 TANH_MAX = math.tanh(0.5)  # pre-activations lie in [0, 1/2]
 # Relative condition number of 1 - s at s = y^2 <= tanh(1/2)^2.
 ONE_MINUS_SQUARE = TANH_MAX ** 2 / (1 - TANH_MAX ** 2)
+# Both runs' float32 roundings (2^-24 each, at most 2^-13 u), all together.
+FLOAT32_ROUNDINGS = 1
 
 
 def exact_clip(batch, frames, size, seed=0):
@@ -172,9 +175,10 @@ def gradient_roundings(stages, rows):
     layer = layers[i]
     if _is_tanh(layer):  # times 1 - y^2
       gradient += ONE_MINUS_SQUARE * (2 * outputs[i] + 1) + 1 + 1
-    counts[id(layer.kernel)] = inputs[i] + gradient + rows + 1
+    # Sums over the rows (for the kernel, of products with the inputs).
+    counts[id(layer.kernel)] = inputs[i] + gradient + rows + FLOAT32_ROUNDINGS
     if layer.bias is not None:
-      counts[id(layer.bias)] = gradient + rows + 1
+      counts[id(layer.bias)] = gradient + rows + FLOAT32_ROUNDINGS
     # The input gradient: the top has one non-zero column; a Dense sums over
     # its units; the temporal conv (BP through time, or Sideways folding the
     # past's gradient into the current frame's) over its K taps.
