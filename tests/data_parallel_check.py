@@ -383,6 +383,17 @@ def check_checkpoints(data_dir, workdir):
       continue  # the buffers of one clip (every clip starts from zeros)
     np.testing.assert_allclose(mixed.get_tensor(key), single.get_tensor(key),
                                rtol=1e-5, atol=1e-6, err_msg=key)
+  # replay_modules="auto" measures the stages before the run's pipeline
+  # exists: with replicas they are built (mirrored) first, then measured.
+  from sideways_tf.training import builder  # pylint: disable=g-import-not-at-top
+  config = tiny_config(data_dir)
+  config.replicas, config.devices, config.replay_modules = 2, ("auto",), "auto"
+  setup = builder.build(config)
+  assert setup.replay["replay_modules_from"] == "auto", setup.replay
+  assert setup.trainer.data_parallel.num_replicas == 2
+  batch = next(iter(setup.datasets.train))
+  assert np.isfinite(setup.trainer.train_step(batch["video"],
+                                              batch["label"])["loss"])
   print("OK checkpoint", len(keys), "keys")
 
 
