@@ -4,6 +4,7 @@ No timing is asserted (CI machines are noisy); only what the run must
 produce and that the exact algorithms' gradients are BP's.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -162,6 +163,11 @@ def test_replay_rows_are_sideways_with_its_bottom_modules_replayed():
   assert "sideways_replay2" not in benchmark_devices.DevicesConfig().rows
   assert devices_report.title("sideways_replay2") == (
       "Sideways, replay_modules=2")
+  temporal = benchmark_devices._trainer(
+      dataclasses.replace(config, temporal="conv:3"), "sideways_replay3", tf)
+  assert temporal.pipeline.has_temporal_layers
+  assert temporal.pipeline.replayed_modules == 3
+  assert not plain.pipeline.has_temporal_layers
   with pytest.raises(ValueError, match="needs more than 2 modules"):
     benchmark_devices.validate(benchmark_devices.DevicesConfig(
         num_modules=2, variants=("sideways_replay2",)))

@@ -8,6 +8,7 @@ import pytest
 from sideways_tf.configs import moving_digits_direction
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import temporal_map
+from sideways_tf.paper_experiments import time_to_accuracy as tta
 
 
 def test_every_cell_is_bin_train_on_the_direction_config(tmp_path):
@@ -113,3 +114,38 @@ def test_headline_plan_is_the_goal_comparisons_runs_from_first_seed(tmp_path):
   full = {str(d) for *_, d in temporal_map.plan(
       tmp_path, steps=100, seeds=3, only_groups=["conv", "frame"])}
   assert {str(d) for *_, d in runs} <= full
+
+
+def test_time_to_accuracy_of_the_temporal_model_uses_its_curves():
+  conv, conv_replay = (c.name for c in temporal_map.CELLS[:2])
+  def run(cell, algorithm, seed, final, curve):
+    return dict(cell=cell, algorithm=algorithm, seed=seed, steps=3000,
+                test_accuracy=final, curve=curve)
+  results = [
+      run(conv, "bp", 1, 0.98, [[500, 0.5], [1000, 0.96], [3000, 0.98]]),
+      run(conv, "bp", 2, 0.98, [[500, 0.5], [1500, 0.96], [3000, 0.98]]),
+      run(conv_replay, "sideways", 1, 0.98, [[500, 0.96], [3000, 0.98]]),
+      run(conv_replay, "sideways", 2, 0.98, [[1000, 0.96], [3000, 0.98]]),
+  ]
+  benchmark = {"command": "bin/benchmark", "date": "d",
+               "config": {"num_devices": 2, "batch_size": 8,
+                          "num_frames": 16, "image_size": 32,
+                          "model": "frame_cnn", "num_modules": 4},
+               "rows": {name: {"parallel": {"median_s": s}, "exact": exact,
+                               "memory": {}}
+                        for name, s, exact in (
+                            ("gpipe_remat", 0.01, True),
+                            ("sideways_replay3", 0.02, False))}}
+  lines = "\n".join(temporal_map.time_to_accuracy(results, 3000, benchmark))
+  # Target 0.98 - 0.03 = 0.95: BP reaches it at 1000 and 1500 steps,
+  # Sideways at 500 and 1000; wall-clock 10 s, 15 s vs 10 s, 20 s.
+  assert "target 0.950" in lines
+  assert f"| {conv} / bp | 2 | 2 of 2 | 1250 ± " in lines
+  assert "`gpipe_remat` / best exact" not in lines
+  sentence, (mean, _) = tta.verdict(tta.wall_clock(
+      {f"{conv} / bp": {1: (0.98, 1000), 2: (0.98, 1500)},
+       f"{conv_replay} / sideways": {1: (0.98, 500), 2: (0.98, 1000)}},
+      tta.seconds_per_step(benchmark), temporal_map.TTA_ROWS))
+  assert mean == pytest.approx((10 / 10 + 20 / 15) / 2)
+  assert "`sideways_replay3` / best exact row `gpipe_remat`" in lines
+  assert "not a win" in sentence and "not a win" in lines

@@ -84,6 +84,11 @@ _VARIANTS = flags.DEFINE_list(
 _CHUNK = flags.DEFINE_integer(
     "bp_chunk_frames", 8, "--simulate_devices: frames per chunk of the "
     "chunked_bp row.")
+_MODEL_TEMPORAL = flags.DEFINE_string(
+    "model_temporal", "", "--simulate_devices: the model's temporal layers "
+    "(model.temporal of the configs, e.g. 'conv:3'; docs/models.md); rows "
+    "that refuse them (chunked_bp, pipelined_bp) must be left out of "
+    "--variants.")
 _BALANCE = flags.DEFINE_enum(
     "balance", "time", ["time", "model"], "--simulate_devices: cut the "
     "model's layers into stages of equal measured time ('time', so idle time "
@@ -168,7 +173,8 @@ def simulate_devices():
                "micro_batch_frames": _MICRO.value,
                "bp_chunk_frames": _CHUNK.value,
                "serialised": _SERIALISED.value,
-               "balance": "" if _BALANCE.value == "model" else "time"}
+               "balance": "" if _BALANCE.value == "model" else "time",
+               "temporal": _MODEL_TEMPORAL.value}
   for name, flag in (("model", _MODEL), ("image_size", _IMAGE_SIZE),
                      ("channels", _CHANNELS), ("batch_size", _BATCH),
                      ("num_frames", _FRAMES), ("num_modules", _MODULES),

@@ -71,6 +71,12 @@ _TTA_BENCHMARK = flags.DEFINE_string(
     "--num_modules=4 --balance=model --image_size=32 --num_frames=16` (the "
     "accuracy runs' model, batch and clip): the report then gives every "
     "row's wall-clock to target and the verdict.")
+_TEMPORAL_BENCHMARK = flags.DEFINE_string(
+    "temporal_benchmark", "", "temporal: the simulated_devices.json of "
+    "`bin/benchmark --simulate_devices=2 --model_temporal=conv:3 "
+    "--num_modules=4 --balance=model --image_size=32 --num_frames=16` (the "
+    "map's model, batch and clip): the report then gives the temporal "
+    "model's wall-clock to target per row and the verdict.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Run nothing: write the report from the runs "
     "already under --outdir (a map stopped early reports what it has).")
@@ -129,7 +135,7 @@ def main(argv):
                                    seeds=_GAP_SEEDS.value, steps=_STEPS.value)
         elif name == "temporal":
           path = temporal_map.update(outdir, pathlib.Path(report_dir),
-                                     command)
+                                     command, _TEMPORAL_BENCHMARK.value)
         else:
           path = skip_variants.update(outdir, pathlib.Path(report_dir),
                                       command)

@@ -78,7 +78,8 @@ CHUNKED = ("chunked_bp",)  # run with bp_chunk_frames = config.bp_chunk_frames
 # Sideways with its bottom n modules replayed (Pipeline(replay_modules=n)),
 # e.g. the shipped configs' replay_modules=2; asked for by name only (it needs
 # L > n modules: --num_modules).
-REPLAYED = {"sideways_replay1": 1, "sideways_replay2": 2}
+REPLAYED = {"sideways_replay1": 1, "sideways_replay2": 2,
+            "sideways_replay3": 3}
 VARIANTS.update({name: ("sideways", True, False) for name in REPLAYED})
 # pipelined_bp: module k gets BP's gradient of frames 1..T-2L+k+1 only, so
 # its cosine to BP's whole-clip gradient is below 1 (docs/algorithm.md).
@@ -109,6 +110,7 @@ class DevicesConfig:
   num_devices: int = 2
   num_modules: int = 0          # 0 = one module per device
   model: str = "frame_cnn"
+  temporal: str = ""            # the model's temporal layers ("conv:3")
   image_size: int = 64
   channels: int = 3
   batch_size: int = 8
@@ -167,8 +169,9 @@ def _model_layers(config: DevicesConfig):
   import keras  # pylint: disable=g-import-not-at-top
   from sideways_tf import models  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(0)
-  stages = models.MODELS[config.model](num_classes=config.num_classes,
-                                       num_modules=config.modules)
+  stages = models.MODELS[config.model](
+      num_classes=config.num_classes, num_modules=config.modules,
+      **({"temporal": config.temporal} if config.temporal else {}))
   return stages, [layer for stage in stages for layer in stage.layers]
 
 

@@ -19,7 +19,8 @@ TITLES = {"sideways": "Sideways", "gpipe": "GPipe",
           "chunked_bp": "single-device chunked BP",
           "pipelined_bp": "pipelined BP",
           "sideways_replay1": "Sideways, replay_modules=1",
-          "sideways_replay2": "Sideways, replay_modules=2"}
+          "sideways_replay2": "Sideways, replay_modules=2",
+          "sideways_replay3": "Sideways, replay_modules=3"}
 # Data parallel rows (devices.data_parallel_variants): R replicas x G devices.
 DATA_PARALLEL = re.compile(r"dp(\d+)x(\d+)_(\w+)")
 GOALS = {
@@ -148,8 +149,12 @@ def _setup(results: dict) -> list:
       f"Run {results['date']}, {machine['cpus']} CPUs, load "
       f"average at start / end {machine['load_average_start'][0]:.2f}"
       f" / {machine['load_average_end'][0]:.2f}. Model "
-      f"`{c['model']}` cut into K = {summary['K']} stages, one per simulated "
-      f"device (a process with {c['num_devices']} logical CPU devices, "
+      f"`{c['model']}`"
+      + (f" with temporal layers `{c['temporal']}`" if c.get("temporal")
+         else "")
+      + f" cut into K = {summary['K']} stages on {c['num_devices']} simulated "
+      f"devices, stage k on device floor(kN/K) (a process with "
+      f"{c['num_devices']} logical CPU devices, "
       f"intra-op threads 1, inter-op threads {c['num_devices']}; serialised "
       f"= inter-op 1); {c['image_size']}x{c['image_size']}x{c['channels']} "
       f"frames, B = {c['batch_size']}, T = {c['num_frames']}; GPipe "

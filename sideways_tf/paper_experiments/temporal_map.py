@@ -216,6 +216,50 @@ def headline(results: List[Dict]) -> List[tuple]:
   return out
 
 
+# Time to accuracy on the temporal model (the method of docs/choosing.md):
+# the benchmark rows (`bin/benchmark --simulate_devices=2 --model_temporal=
+# conv:3 ...`) that follow each curve of the map. Chunked BP and pipelined BP
+# refuse temporal layers, so they have no row.
+TTA_ROWS = {
+    CELLS[0].name + " / bp": ("bp", "mp_bp", "gpipe", "gpipe_remat",
+                              "dp2x1_bp", "dp2x1_gpipe"),
+    CELLS[0].name + " / sideways": ("sideways", "dp2x1_sideways"),
+    CELLS[1].name + " / sideways": (f"sideways_replay{SHIPPED_REPLAY}",),
+}
+
+
+def time_to_accuracy(results: List[Dict], steps: int, benchmark: Dict):
+  """The wall-clock table and verdict of docs/choosing.md's method on the
+  temporal conv model's runs of `steps` steps: target = BP's mean final
+  label accuracy - 0.03, steps to target from each run's evaluated curve."""
+  from sideways_tf.paper_experiments import time_to_accuracy as tta  # noqa: PLC0415
+  runs = [r for r in results if r["steps"] == steps]
+  bp = [r["test_accuracy"] for r in runs
+        if (r["cell"], r["algorithm"]) == (CELLS[0].name, "bp")]
+  if not bp:
+    return []
+  target = sum(bp) / len(bp) - tta.TARGET_BELOW_BP
+  by_curve: Dict[str, Dict] = {}
+  for r in runs:
+    by_curve.setdefault(f"{r['cell']} / {r['algorithm']}", {})[r["seed"]] = (
+        r["test_accuracy"], tta.steps_to_target(r["curve"], target))
+  evals = sorted({int(step) for r in runs for step, _ in r["curve"]})
+  lines = ["", f"Time to accuracy on the temporal conv model "
+           f"(docs/choosing.md's method): target {target:.3f} (BP's mean "
+           f"final label accuracy over {len(bp)} seeds − "
+           f"{tta.TARGET_BELOW_BP}), {steps} steps, test set evaluated at "
+           f"steps {', '.join(map(str, evals))}.", "",
+           "| curve | seeds | reached target | steps to target |",
+           "|---|---|---|---|"]
+  for curve, seeds in by_curve.items():
+    reached = [s for _, s in seeds.values() if s is not None]
+    steps_mean = (tta._fmt(gap_report.interval(reached), 0) if reached
+                  else "–")
+    lines.append(f"| {curve} | {len(seeds)} | {len(reached)} of "
+                 f"{len(seeds)} | {steps_mean} |")
+  return lines + tta.wall_clock_table(by_curve, benchmark, TTA_ROWS)
+
+
 def _fmt(pair):
   if pair is None:
     return "–"
@@ -223,7 +267,9 @@ def _fmt(pair):
   return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
-def section(outdir, command: str) -> List[str]:
+def section(outdir, command: str, benchmark_json: str = "") -> List[str]:
+  """The map's markdown; with `benchmark_json` (simulated_devices.json of
+  the temporal model) also its time to accuracy per row."""
   results = load(outdir)
   found = rows(results)
   if not found:
@@ -256,6 +302,10 @@ def section(outdir, command: str) -> List[str]:
               "| comparison | steps | seeds | difference |", "|---|---|---|---|"]
     lines += [f"| {what} | {steps} | {n} | {_fmt((mean, half))} |"
               for what, steps, n, mean, half in heads]
+  if benchmark_json:
+    benchmark = json.loads(pathlib.Path(benchmark_json).read_text())
+    for steps in sorted({r["steps"] for r in results}):
+      lines += time_to_accuracy(results, steps, benchmark)
   lines += ["", f"*Runs and this table: `{command}`*", ""]
   return lines
 
@@ -264,11 +314,13 @@ BEGIN = "<!-- temporal map: begin -->"
 END = "<!-- temporal map: end -->"
 
 
-def update(outdir, report_dir, command: str) -> pathlib.Path:
+def update(outdir, report_dir, command: str,
+           benchmark_json: str = "") -> pathlib.Path:
   """Writes the section into report_dir/results.md between its markers,
   keeping the rest of the file (appends it the first time)."""
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   path = report_dir / "results.md"
-  write_marked_section(path, BEGIN, END, section(outdir, command))
+  write_marked_section(path, BEGIN, END,
+                       section(outdir, command, benchmark_json))
   return path

@@ -71,8 +71,8 @@ ROWS_OF_CURVE = {
 }
 # The Sideways family (the tick engine); every other row is an exact
 # alternative a user would run instead.
-SIDEWAYS_FAMILY = ("sideways", "dp2x1_sideways", "sideways_replay2",
-                   "pipelined_bp", "dp2x1_pipelined_bp")
+SIDEWAYS_FAMILY = ("sideways", "dp2x1_sideways", "pipelined_bp",
+                   "dp2x1_pipelined_bp")  # prefixes: sideways_replay2 too
 WIN_RATIO = 0.7  # a Sideways variant wins at <= 0.7x the best exact one's
 
 
@@ -202,19 +202,22 @@ def seconds_per_step(benchmark: Dict) -> Dict[str, Dict]:
           for name, row in benchmark["rows"].items()}
 
 
-def wall_clock(by_cell: Dict, timing: Dict[str, Dict]) -> List[Dict]:
+def wall_clock(by_cell: Dict, timing: Dict[str, Dict],
+               rows_of_curve: Dict = None) -> List[Dict]:
   """Per benchmark row: its curve's steps to target per seed x its seconds
-  per step. Rows not in the benchmark are left out."""
+  per step (`rows_of_curve`: {curve: its benchmark rows}, default this
+  study's). Rows not in the benchmark are left out."""
   out = []
-  for cell in CELLS:
-    runs = by_cell.get(cell.name, {})
-    for name in ROWS_OF_CURVE[cell.name]:
+  for curve, names in (rows_of_curve or ROWS_OF_CURVE).items():
+    runs = by_cell.get(curve, {})
+    for name in names:
       if name not in timing or not runs:
         continue
       seconds = {seed: None if steps is None else steps * timing[name]["s"]
                  for seed, (_, steps) in runs.items()}
-      out.append(dict(row=name, curve=cell.name, seconds=seconds,
-                      family=name in SIDEWAYS_FAMILY, **timing[name]))
+      out.append(dict(row=name, curve=curve, seconds=seconds,
+                      family=name.startswith(SIDEWAYS_FAMILY),
+                      **timing[name]))
   return out
 
 
@@ -249,9 +252,11 @@ def verdict(rows: List[Dict]) -> tuple:
           ratio)
 
 
-def wall_clock_table(by_cell: Dict, benchmark: Dict) -> List[str]:
+def wall_clock_table(by_cell: Dict, benchmark: Dict,
+                     rows_of_curve: Dict = None) -> List[str]:
+  """The wall-clock table and the verdict line, in markdown."""
   from sideways_tf.paper_experiments.gap_stats import interval  # noqa: PLC0415
-  rows = wall_clock(by_cell, seconds_per_step(benchmark))
+  rows = wall_clock(by_cell, seconds_per_step(benchmark), rows_of_curve)
   config = benchmark["config"]
   lines = [
       "", f"Wall-clock to target on {config['num_devices']} simulated devices "
