@@ -149,3 +149,15 @@ def test_time_to_accuracy_of_the_temporal_model_uses_its_curves():
   assert mean == pytest.approx((10 / 10 + 20 / 15) / 2)
   assert "`sideways_replay3` / best exact row `gpipe_remat`" in lines
   assert "not a win" in sentence and "not a win" in lines
+
+
+def test_budget_plan_is_truncated_bp_and_sideways_at_t64(tmp_path):
+  runs = temporal_map.plan(tmp_path, steps=100, seeds=1,
+                           only_groups=["budget"], first_seed=1)
+  assert [(c.name, a, s) for c, a, s, _ in runs] == [
+      ("T=64: BP truncated at 16", "bp", 1),
+      (f"T=64: Sideways, replay_modules={temporal_map.SHIPPED_REPLAY}",
+       "sideways", 1)]
+  sideways = gap_map.train_command(runs[1][0], "sideways", 1, tmp_path, 100)
+  assert "--config.data.num_frames=64" in sideways
+  assert "--config.train.update_every_ticks=16" not in sideways

@@ -58,9 +58,10 @@ _TEMPORAL_SEEDS = flags.DEFINE_integer(
     lower_bound=1)
 _TEMPORAL_GROUPS = flags.DEFINE_list(
     "temporal_groups", [], "temporal: only these models (conv, frame, skip, "
-    "shift), 'long' (long streams, only when named) or 'headline' (the "
-    "three runs per seed of the goal comparisons); [] = all but long, in "
-    "priority order.")
+    "shift), 'long' (long streams, only when named), 'headline' (the "
+    "three runs per seed of the goal comparisons) or 'budget' (T = 64: "
+    "truncated BP and Sideways, the two within BP's memory at T = 16); [] = "
+    "all but long, in priority order.")
 _TEMPORAL_FIRST_SEED = flags.DEFINE_integer(
     "temporal_first_seed", 0, "temporal: the first seed (seeds are "
     "first .. first + temporal_seeds - 1); e.g. 1 to keep the runs apart "

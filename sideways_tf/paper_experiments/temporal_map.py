@@ -103,6 +103,15 @@ def run_dir(outdir, cell, algorithm: str, seed: int,
 # model, per-frame BP ("--temporal_groups=headline"; their run directories are
 # the full map's, so a later full map reuses them).
 HEADLINE = ((CELLS[0], "bp"), (CELLS[1], "sideways"), (CELLS[2], "bp"))
+# "--temporal_groups=budget": at T = 64, the two long-stream cells that fit
+# the memory budget of BP through time at T = TRUNCATION (working memory:
+# docs/benchmarks_temporal.md): BP truncated at TRUNCATION frames and
+# Sideways with the shipped replay on the whole stream.
+_LONG = {cell.name: cell for cell in CELLS if cell.group == "long"}
+BUDGET = ((_LONG[f"T=64: BP truncated at {TRUNCATION}"], "bp"),
+          (_LONG[f"T=64: Sideways, replay_modules={SHIPPED_REPLAY}"],
+           "sideways"))
+NAMED_GROUPS = {"headline": HEADLINE, "budget": BUDGET}
 
 
 def plan(outdir, steps: int, seeds: int,
@@ -110,12 +119,14 @@ def plan(outdir, steps: int, seeds: int,
   """(cell, algorithm, seed, run_dir) of every run, in priority order
   (seed-major, so a partial map has every cell at its first seeds), seeds
   first_seed .. first_seed + seeds - 1. The long streams run only when asked
-  for (`only_groups` names "long"); "headline" names the HEADLINE runs."""
+  for (`only_groups` names "long"); "headline" and "budget" name the runs of
+  HEADLINE and BUDGET (NAMED_GROUPS)."""
   seed_range = range(first_seed, first_seed + seeds)
-  if "headline" in only_groups:
+  named = [run for group in only_groups for run in NAMED_GROUPS.get(group, ())]
+  if named:
     return [(cell, algorithm, seed, run_dir(outdir, cell, algorithm, seed,
                                             steps))
-            for seed in seed_range for cell, algorithm in HEADLINE]
+            for seed in seed_range for cell, algorithm in named]
   return [(cell, algorithm, seed, run_dir(outdir, cell, algorithm, seed,
                                           steps))
           for seed in seed_range for cell in CELLS
