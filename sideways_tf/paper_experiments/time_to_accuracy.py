@@ -277,7 +277,7 @@ def wall_clock_table(by_cell: Dict, benchmark: Dict,
         f"| {mib} | {len(reached)} of {len(r['seconds'])} | "
         f"{_fmt(interval(reached), 1) if reached else '–'} |")
   sentence, _ = verdict(rows)
-  lines += ["", f"Verdict (method above): {sentence}."]
+  lines += ["", f"Verdict (docs/choosing.md's method): {sentence}."]
   return lines
 
 
