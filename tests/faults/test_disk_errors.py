@@ -24,17 +24,6 @@ from sideways_tf.run import user_errors
 from tests.faults import harness
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("disk_data")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-  return harness.train_once(tmp_path_factory.mktemp("trained") / "run",
-                            data_dir)
-
-
 def _mount(*args):
   if os.geteuid() != 0:
     return False

@@ -19,23 +19,6 @@ from tests.faults import harness
 from tests.faults.harness import ckpt
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("rotation_data")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-  """ckpt-2 and ckpt-4 of a 4-step run (keep_checkpoints=3)."""
-  return harness.train_once(tmp_path_factory.mktemp("trained") / "run",
-                            data_dir)
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-  return harness.copy_run(trained, tmp_path)
-
-
 def _state_lists_only(workdir, step):
   """The state file as the manager wrote it before saving the newer
   checkpoints: a kill between a checkpoint's files and the state file."""

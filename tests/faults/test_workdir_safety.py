@@ -20,22 +20,6 @@ from sideways_tf.training import train_lib
 from tests.faults import harness
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("safety_data")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-  return harness.train_once(tmp_path_factory.mktemp("trained") / "run",
-                            data_dir)
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-  return harness.copy_run(trained, tmp_path)
-
-
 def _contents(workdir):
   """Every file of the workdir and its bytes."""
   return {p.relative_to(workdir).as_posix(): p.read_bytes()

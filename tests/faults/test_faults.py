@@ -22,7 +22,6 @@ from sideways_tf.training import builder
 from sideways_tf.training import train_lib
 from sideways_tf.training import workdir as workdir_lib
 from tests import util
-from tests.faults import harness
 from tests.faults.harness import ROOT
 from tests.faults.harness import ckpt
 from tests.faults.harness import config
@@ -30,23 +29,6 @@ from tests.faults.harness import flip as _flip
 from tests.faults.harness import train_cmd as _train_cmd
 from tests.faults.harness import truncate as _truncate
 from tests.faults.harness import wait_for as _wait_for
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("fault_data")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-  """A 4-step run with checkpoints ckpt-2 and ckpt-4 (copied by each test)."""
-  return harness.train_once(tmp_path_factory.mktemp("trained") / "run",
-                            data_dir)
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-  return harness.copy_run(trained, tmp_path)
 
 
 # ------------------------------------------- 1, 2: checkpoint integrity
