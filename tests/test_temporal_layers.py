@@ -242,3 +242,11 @@ def test_config_round_trip():
                 TemporalShift(0.25)):
     copy = type(layer).from_config(layer.get_config())
     assert copy.get_config() == layer.get_config()
+
+
+def test_a_temporal_layer_without_mix_says_so():
+  class NoMix(temporal.TemporalLayer):
+    memory = 1
+
+  with pytest.raises(TypeError, match="NoMix is a TemporalLayer without"):
+    NoMix().mix(None, None)

@@ -188,8 +188,10 @@ class TemporalLayer(keras.layers.Layer):
 
   def mix(self, past, frames):
     """Outputs [B, T, ...] from the kept past [B, memory, ...] and the
-    frames [B, T, ...]."""
-    raise NotImplementedError
+    frames [B, T, ...]. Every temporal layer defines its own."""
+    raise TypeError(f"{type(self).__name__} is a TemporalLayer without its "
+                    "own mix(past, frames): subclasses define how the kept "
+                    "past and the new frames make the outputs")
 
   def call(self, inputs):
     scope = current_scope()
