@@ -106,9 +106,7 @@ def _ranks(values):
 
 
 def _fmt(pair, digits=3):
-  mean, half = pair
-  return (f"{mean:+.{digits}f} ± {half:.{digits}f}" if np.isfinite(half)
-          else f"{mean:+.{digits}f}")
+  return gap_stats.format_interval(pair, digits, sign=True)
 
 
 def _value(x):
@@ -116,8 +114,7 @@ def _value(x):
 
 
 def _acc(pair):
-  mean, half = pair
-  return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
+  return gap_stats.format_interval(pair)
 
 
 INTRO = (

@@ -47,6 +47,16 @@ def interval(values) -> tuple:
   return float(values.mean()), float(half)
 
 
+def format_interval(pair, digits: int = 3, sign: bool = False) -> str:
+  """An `interval` pair as "mean ± half" ("mean" alone when there is no
+  half-width, "–" for None); `sign` writes the mean with its sign (gaps)."""
+  if pair is None:
+    return "–"
+  mean, half = pair
+  value = f"{mean:{'+' if sign else ''}.{digits}f}"
+  return f"{value} ± {half:.{digits}f}" if np.isfinite(half) else value
+
+
 def bp_cell(cell) -> str:
   """The cell whose BP runs a cell's Sideways runs are paired with."""
   return cell.bp_from or cell.name

@@ -23,6 +23,7 @@ import numpy as np
 
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_report
+from sideways_tf.paper_experiments.gap_stats import format_interval
 from sideways_tf.run.files import write_marked_section
 
 CONFIG = "configs/motion_skip.py"
@@ -148,13 +149,6 @@ def _cosines(by_key, cell, algorithm, seeds, steps) -> Dict[int, float]:
           else float("nan") for k in range(1, 5)}
 
 
-def _fmt(pair):
-  if pair is None:
-    return "–"
-  mean, half = pair
-  return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} ± {half:.3f}"
-
-
 def section(outdir, command: str) -> List[str]:
   found = rows(load(outdir))
   if not found:
@@ -181,11 +175,11 @@ def section(outdir, command: str) -> List[str]:
         [row["cosine"][k] for k in range(1, 5)]
         + [row["bp_cosine"][k] if row["own_bp"] else float("nan")
            for k in (1, 2)]))
-    bp = _fmt(row["bp"]) + ("" if row["own_bp"] else " (shared)")
+    bp = format_interval(row["bp"]) + ("" if row["own_bp"] else " (shared)")
     lines.append(
         f"| {row['steps']} | {row['cell']} | {row['n_sideways']}/"
         f"{row['n_bp']} | "
-        f"{_fmt(row['sideways'])} | {bp} | {_fmt(row['gap'])} | {cos} |")
+        f"{format_interval(row['sideways'])} | {bp} | {format_interval(row['gap'])} | {cos} |")
   lines += ["", "*Runs: `bin/experiments --only=skip_variants --steps=1000 "
             "--skip_seeds=5 --jobs=2` (every group but `longer`) and "
             "`bin/experiments --only=skip_variants --steps=3000 --skip_seeds=3 "

@@ -29,12 +29,12 @@ import json
 import pathlib
 from typing import Dict, List, Sequence
 
-import numpy as np
 
 from sideways_tf.configs import moving_digits_direction
 from sideways_tf.run.files import write_marked_section
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_report
+from sideways_tf.paper_experiments.gap_stats import format_interval
 
 CONFIG = "configs/moving_digits_direction.py"
 SHIPPED_REPLAY = str(moving_digits_direction.get_config().replay_modules)
@@ -198,7 +198,6 @@ def headline(results: List[Dict]) -> List[tuple]:
             for r in results}
   conv_plain, conv_replay, frame_plain = (CELLS[0].name, CELLS[1].name,
                                           CELLS[2].name)
-  long = {cell.name: cell for cell in CELLS if cell.group == "long"}
   comparisons = [
       ("BP conv:3 - BP per-frame, direction", (conv_plain, "bp"),
        (frame_plain, "bp"), "direction"),
@@ -213,7 +212,7 @@ def headline(results: List[Dict]) -> List[tuple]:
         (f"T={t}: Sideways, replay_modules={SHIPPED_REPLAY}", "sideways"),
         (f"T={t}: BP truncated at {TRUNCATION}", "bp"), "")
        for t in LONG_FRAMES
-       if f"T={t}: BP truncated at {TRUNCATION}" in long]
+       if f"T={t}: BP truncated at {TRUNCATION}" in _LONG]
   out = []
   for steps in sorted({r["steps"] for r in results}):
     for what, a, b, part in comparisons:
@@ -245,15 +244,12 @@ def time_to_accuracy(results: List[Dict], steps: int, benchmark: Dict):
   label accuracy - 0.03, steps to target from each run's evaluated curve."""
   from sideways_tf.paper_experiments import time_to_accuracy as tta  # noqa: PLC0415
   runs = [r for r in results if r["steps"] == steps]
-  bp = [r["test_accuracy"] for r in runs
-        if (r["cell"], r["algorithm"]) == (CELLS[0].name, "bp")]
-  if not bp:
+  curve_of = lambda r: f"{r['cell']} / {r['algorithm']}"  # noqa: E731
+  bp_curve = f"{CELLS[0].name} / bp"
+  if not any(curve_of(r) == bp_curve for r in runs):
     return []
-  target = sum(bp) / len(bp) - tta.TARGET_BELOW_BP
-  by_curve: Dict[str, Dict] = {}
-  for r in runs:
-    by_curve.setdefault(f"{r['cell']} / {r['algorithm']}", {})[r["seed"]] = (
-        r["test_accuracy"], tta.steps_to_target(r["curve"], target))
+  target, by_curve = tta.cell_rows(runs, curve_of, bp_curve)
+  bp = by_curve[bp_curve]
   evals = sorted({int(step) for r in runs for step, _ in r["curve"]})
   lines = ["", f"Time to accuracy on the temporal conv model "
            f"(docs/choosing.md's method): target {target:.3f} (BP's mean "
@@ -264,18 +260,11 @@ def time_to_accuracy(results: List[Dict], steps: int, benchmark: Dict):
            "|---|---|---|---|"]
   for curve, seeds in by_curve.items():
     reached = [s for _, s in seeds.values() if s is not None]
-    steps_mean = (tta._fmt(gap_report.interval(reached), 0) if reached
+    steps_mean = (format_interval(gap_report.interval(reached), 0) if reached
                   else "–")
     lines.append(f"| {curve} | {len(seeds)} | {len(reached)} of "
                  f"{len(seeds)} | {steps_mean} |")
   return lines + tta.wall_clock_table(by_curve, benchmark, TTA_ROWS)
-
-
-def _fmt(pair):
-  if pair is None:
-    return "–"
-  mean, half = pair
-  return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
 def section(outdir, command: str, benchmark_json: str = "") -> List[str]:
@@ -304,14 +293,14 @@ def section(outdir, command: str, benchmark_json: str = "") -> List[str]:
   for row in found:
     lines.append(
         f"| {row['steps']} | {row['cell']} | {row['algorithm']} | "
-        f"{len(row['seeds'])} | {_fmt(row['label'])} | "
-        f"{_fmt(row['direction'])} | {_fmt(row['digit'])} | "
-        f"{_fmt(row.get('gap_label'))} | {_fmt(row.get('gap_direction'))} |")
+        f"{len(row['seeds'])} | {format_interval(row['label'])} | "
+        f"{format_interval(row['direction'])} | {format_interval(row['digit'])} | "
+        f"{format_interval(row.get('gap_label'))} | {format_interval(row.get('gap_direction'))} |")
   heads = headline(results)
   if heads:
     lines += ["", "Headline comparisons (paired by seed):", "",
               "| comparison | steps | seeds | difference |", "|---|---|---|---|"]
-    lines += [f"| {what} | {steps} | {n} | {_fmt((mean, half))} |"
+    lines += [f"| {what} | {steps} | {n} | {format_interval((mean, half))} |"
               for what, steps, n, mean, half in heads]
   if benchmark_json:
     benchmark = json.loads(pathlib.Path(benchmark_json).read_text())

@@ -32,6 +32,7 @@ import pathlib
 from typing import Dict, List
 
 from sideways_tf.paper_experiments import gap_map
+from sideways_tf.paper_experiments.gap_stats import format_interval
 from sideways_tf.run.files import atomic_write_text
 
 SEEDS = 5
@@ -134,27 +135,23 @@ def steps_to_target(curve, target: float):
   return None
 
 
-def cell_rows(results: List[Dict]) -> tuple:
-  """(target, {cell name: {seed: (final accuracy, steps to target)}})."""
+def cell_rows(results: List[Dict], key=lambda result: result["cell"],
+              bp: str = CELLS[0].name) -> tuple:
+  """(target, {curve: {seed: (final accuracy, steps to target)}}): runs
+  grouped into curves by `key` (default: their cell), the target from the
+  curve `bp` (default: this study's BP cell)."""
   by_cell: Dict[str, Dict[int, tuple]] = {}
-  bp_final = [r["test_accuracy"] for r in results
-              if r["cell"] == CELLS[0].name]
+  bp_final = [r["test_accuracy"] for r in results if key(r) == bp]
   if not bp_final:
     raise ValueError("no finished BP run: the target is BP's mean - 0.03")
   target = sum(bp_final) / len(bp_final) - TARGET_BELOW_BP
   for r in results:
-    by_cell.setdefault(r["cell"], {})[r["seed"]] = (
+    by_cell.setdefault(key(r), {})[r["seed"]] = (
         r["test_accuracy"], steps_to_target(r["curve"], target))
   return target, by_cell
 
 
 MARKERS = ("<!-- time-to-accuracy: begin -->", "<!-- time-to-accuracy: end -->")
-
-
-def _fmt(pair, digits=3) -> str:
-  mean, half = pair
-  return (f"{mean:.{digits}f}" if half != half  # nan: one value
-          else f"{mean:.{digits}f} ± {half:.{digits}f}")
 
 
 def table(outdir, steps: int) -> List[str]:
@@ -182,9 +179,9 @@ def table(outdir, steps: int) -> List[str]:
     paired = [runs[s][0] - bp[s][0] for s in runs if s in bp]
     lines.append(
         f"| {cell.name} | {len(runs)} ({', '.join(map(str, sorted(runs)))}) "
-        f"| {_fmt(interval(finals))} | {len(reached)} of {len(runs)} | "
-        f"{_fmt(interval(reached), 0) if reached else '–'} | "
-        f"{_fmt(interval(paired)) if paired and cell is not CELLS[0] else '–'}"
+        f"| {format_interval(interval(finals))} | {len(reached)} of {len(runs)} | "
+        f"{format_interval(interval(reached), 0) if reached else '–'} | "
+        f"{format_interval(interval(paired)) if paired and cell is not CELLS[0] else '–'}"
         f" |")
   if problems:
     lines += ["", "Runs that do not count yet:", ""]
@@ -247,7 +244,7 @@ def verdict(rows: List[Dict]) -> tuple:
   mean, half = ratio
   wins = mean <= WIN_RATIO and (half != half or mean + half < 1)
   return (f"best Sideways-family row `{family['row']}` / best exact row "
-          f"`{exact['row']}`: {_fmt(ratio, 2)} over {len(seeds)} seeds, "
+          f"`{exact['row']}`: {format_interval(ratio, 2)} over {len(seeds)} seeds, "
           + ("a win" if wins else f"not a win (a win is <= {WIN_RATIO})"),
           ratio)
 
@@ -275,7 +272,7 @@ def wall_clock_table(by_cell: Dict, benchmark: Dict,
     lines.append(
         f"| `{r['row']}` | {r['curve']} | {r['exact']} | {r['s'] * 1e3:.1f} "
         f"| {mib} | {len(reached)} of {len(r['seconds'])} | "
-        f"{_fmt(interval(reached), 1) if reached else '–'} |")
+        f"{format_interval(interval(reached), 1) if reached else '–'} |")
   sentence, _ = verdict(rows)
   lines += ["", f"Verdict (docs/choosing.md's method): {sentence}."]
   return lines
