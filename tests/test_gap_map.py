@@ -267,7 +267,8 @@ def _lists(value):
 def test_run_plan_reports_each_run_and_skips_a_failed_one(monkeypatch,
                                                           capsys):
   cells = gap_map.CELLS[:2]
-  def fake_run_one(cell, algorithm, seed, workdir, steps):
+  def fake_run_one(cell, algorithm, seed, workdir, steps, data_dir):
+    assert data_dir == "videos"
     if cell is cells[1]:
       raise RuntimeError("exit 1")
     return {"cell": cell.name, "test_accuracy": 0.5, "steps": steps}
@@ -276,10 +277,10 @@ def test_run_plan_reports_each_run_and_skips_a_failed_one(monkeypatch,
   results = gap_map.run_plan(
       "label", [(cells[0], "bp", 0, "w0"), (cells[1], "bp", 0, "w1")], 7,
       jobs=1, describe=lambda r: ", more", after=lambda rs: seen.append(
-          len(rs)))
+          len(rs)), data_dir="videos")
   assert results == [{"cell": cells[0].name, "test_accuracy": 0.5,
                       "steps": 7}]
   assert seen == [1]  # after each finished run, not after a failure
   out = capsys.readouterr().out
-  assert f"{cells[0].name} bp seed 0: test clip acc. 0.500, more" in out
+  assert f"{cells[0].name} bp seed 0: test clip acc. 0.500, more; ETA" in out
   assert f"{cells[1].name} bp seed 0: FAILED: exit 1" in out

@@ -372,20 +372,28 @@ def read_run(workdir: pathlib.Path) -> Dict:
 
 
 def run_plan(label: str, todo, steps: int, jobs: int = 1,
-             describe=lambda result: "", after=None) -> List[Dict]:
+             describe=lambda result: "", after=None,
+             data_dir: str = "") -> List[Dict]:
   """Runs (or loads) every (cell, algorithm, seed, workdir) of `todo`,
   `jobs` at once, printing one progress line per finished run ("[label
   done/total, minutes] cell algorithm seed: test clip acc. ..." plus
-  `describe(result)`); a failed run is reported and skipped. `after(results)`
-  is called after each finished run (e.g. to write the results so far)."""
+  `describe(result)` and the estimated minutes left); a failed run is
+  reported and skipped. `after(results)` is called after each finished run
+  (e.g. to write the results so far)."""
+  # Cached runs return at once, so the ETA counts only the runs that train.
+  cached = {str(w) for *_, w in todo
+            if (pathlib.Path(w) / "result.json").exists()}
+  to_train, trained = len(todo) - len(cached), 0
   results, started = [], time.time()
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps):
-               (cell, algorithm, seed)
+    futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps,
+                           data_dir):
+               (cell, algorithm, seed, workdir)
                for cell, algorithm, seed, workdir in todo}
     for done, future in enumerate(concurrent.futures.as_completed(futures),
                                   1):
-      cell, algorithm, seed = futures[future]
+      cell, algorithm, seed, workdir = futures[future]
+      trained += str(workdir) not in cached
       try:
         result = future.result()
       except RuntimeError as error:  # keep going; say what failed
@@ -393,10 +401,12 @@ def run_plan(label: str, todo, steps: int, jobs: int = 1,
               f"{seed}: FAILED: {error}", flush=True)
         continue
       results.append(result)
-      print(f"[{label} {done}/{len(todo)}, "
-            f"{(time.time() - started) / 60:.0f} min] {cell.name} "
-            f"{algorithm} seed {seed}: test clip acc. "
-            f"{result['test_accuracy']:.3f}{describe(result)}", flush=True)
+      elapsed = time.time() - started
+      eta = elapsed / max(trained, 1) * (to_train - trained)
+      print(f"[{label} {done}/{len(todo)}, {elapsed / 60:.0f} min] "
+            f"{cell.name} {algorithm} seed {seed}: test clip acc. "
+            f"{result['test_accuracy']:.3f}{describe(result)}; ETA "
+            f"{eta / 60:.0f} min", flush=True)
       if after is not None:
         after(results)
   return results
@@ -407,36 +417,12 @@ def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
   """Runs (or loads) every run of the map; writes OUTDIR/gap.json."""
   outdir = pathlib.Path(outdir)
   todo = plan(outdir, seeds, only_groups)
-  results, done, trained = [], 0, 0
-  # Cached runs return at once, so the ETA counts only the runs that train.
-  cached = {str(w) for *_, w in todo if (w / "result.json").exists()}
-  to_train = len(todo) - len(cached)
   for video_set in sorted({cell.videos for cell, *_, w in todo
-                           if cell.videos and str(w) not in cached}):
+                           if cell.videos
+                           and not (w / "result.json").exists()}):
     print(f"[gap] writing and preparing the {video_set} mp4 videos of the "
           f"user path in {outdir}", flush=True)
     prepare_videos(outdir, data_dir, video_set)
-  started = time.time()
-  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps,
-                           data_dir): (cell, algorithm, seed, workdir)
-               for cell, algorithm, seed, workdir in todo}
-    for future in concurrent.futures.as_completed(futures):
-      cell, algorithm, seed, workdir = futures[future]
-      done += 1
-      trained += str(workdir) not in cached
-      try:
-        result = future.result()
-      except RuntimeError as error:  # keep the map going; say what failed
-        print(f"[gap {done}/{len(todo)}] {cell.name} {algorithm} seed {seed}: "
-              f"FAILED: {error}", flush=True)
-        continue
-      results.append(result)
-      elapsed = time.time() - started
-      print(f"[gap {done}/{len(todo)}, {elapsed / 60:.0f} min] {cell.name} "
-            f"{algorithm} seed {seed}: test clip acc. "
-            f"{result['test_accuracy']:.3f}; ETA "
-            f"{elapsed / max(trained, 1) * (to_train - trained) / 60:.0f} "
-            f"min", flush=True)
-      atomic_write_text(outdir / "gap.json", json.dumps(results, indent=2))
-  return results
+  return run_plan("gap", todo, steps, jobs, data_dir=data_dir,
+                  after=lambda results: atomic_write_text(
+                      outdir / "gap.json", json.dumps(results, indent=2)))
