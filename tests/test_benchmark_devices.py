@@ -204,6 +204,9 @@ def test_simulated_devices_report(tmp_path):
   for name, row in report["rows"].items():
     parallel = row["parallel"]
     assert parallel["inter_op"] == 2 and parallel["frames_per_s"] > 0
+    # One optimizer step per clip by default (the replicas' one shared step).
+    assert parallel["update_every_ticks"] == 0
+    assert parallel["optimizer_steps_per_step"] == 1
     assert row["memory"]["4"]["step_mib"] >= 0
     assert "serialised" not in row
     if row["replicas"] > 1:  # no profiler figures for the replicas
@@ -252,3 +255,122 @@ def test_simulated_devices_report(tmp_path):
   # Placed like Sideways; its gradient is BP's of fewer frames per module.
   assert len(set(report["rows"]["pipelined_bp"]["parallel"]["devices"])) == 2
   assert report["rows"]["pipelined_bp"]["parallel"]["cosine_to_bp"] < 1
+
+
+def _one_stream(**more):
+  """A B = 1 config with online updates, tiny."""
+  return benchmark_devices.DevicesConfig(**dict(dict(
+      num_devices=2, num_modules=2, image_size=8, batch_size=1,
+      num_frames=8, memory_frames=(8,), update_every_ticks=4, balance="",
+      variants=("sideways", "bp", "gpipe", "chunked_bp", "pipelined_bp"),
+      bp_chunk_frames=2), **more))
+
+
+def test_online_rows_get_the_trainers_update_every_ticks():
+  import tensorflow as tf  # noqa: PLC0415
+  config = _one_stream(num_devices=1)
+  benchmark_devices.validate(config)
+  for variant in ("sideways", "bp", "gpipe"):
+    trainer = benchmark_devices._trainer(config, variant, tf)
+    assert trainer.update_every_ticks == 4
+  replay = benchmark_devices._trainer(
+      dataclasses.replace(config, num_modules=4, variants=(
+          "sideways_replay2",)), "sideways_replay2", tf)
+  assert replay.pipeline.replay_weight_stash  # the Trainer stashes weights
+  default = benchmark_devices._trainer(
+      dataclasses.replace(config, update_every_ticks=0), "bp", tf)
+  assert default.update_every_ticks == 0
+  assert type(default.optimizer).__name__ == "SGD"
+  adam = benchmark_devices._trainer(
+      dataclasses.replace(config, optimizer="adam"), "bp", tf)
+  assert type(adam.optimizer).__name__ == "Adam"
+
+
+def test_one_stream_has_no_data_parallel_split():
+  config = _one_stream(variants=("sideways", "dp"))
+  assert config.rows == ["sideways"]  # "dp": no split of one clip
+  benchmark_devices.validate(config)
+  assert dataclasses.replace(config, batch_size=2).rows == [
+      "sideways"] + benchmark_devices.data_parallel_variants(2)
+  with pytest.raises(ValueError, match=r"dp2x1_bp splits every batch over 2 "
+                     r"replicas, but B = 1"):
+    benchmark_devices.validate(_one_stream(variants=("dp2x1_bp",)))
+
+
+@pytest.mark.parametrize("more, message", [
+    (dict(update_every_ticks=-1), "--update_every_ticks must be >= 0"),
+    (dict(update_every_ticks=9), r"--update_every_ticks=9 is longer than the "
+     r"clip of T = 8"),
+    (dict(memory_frames=(16, 2)), "clip of T = 2"),
+    (dict(update_every_ticks=4, micro_batch_frames=8, num_frames=8),
+     "micro-batches of --micro_batch_frames=8"),
+    (dict(bp_chunk_frames=4), r"--bp_chunk_frames=4 >= --update_every_ticks"
+     r"=4 .* would be the bp row"),
+    (dict(optimizer="adamm"), "--optimizer='adamm' is not a Keras"),
+])
+def test_online_settings_that_mean_nothing_are_refused(more, message):
+  with pytest.raises(ValueError, match=message):
+    benchmark_devices.validate(_one_stream(**more))
+
+
+def test_online_refusals_name_only_the_rows_they_concern():
+  # micro_batch_frames and bp_chunk_frames matter only to their rows.
+  benchmark_devices.validate(_one_stream(
+      variants=("sideways", "bp"), micro_batch_frames=8, bp_chunk_frames=8,
+      memory_frames=(8,)))
+  benchmark_devices.validate(_one_stream(update_every_ticks=0,
+                                         bp_chunk_frames=8))
+
+
+def test_online_benchmark_times_the_online_step(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  args = ["bin/benchmark", "--simulate_devices=2", "--num_modules=2",
+          "--variants=bp,gpipe,sideways", "--image_size=8", "--batch_size=1",
+          "--num_frames=8", "--update_every_ticks=2", "--optimizer=adam",
+          "--memory_frames=", "--repeats=2", "--warmup=0", "--noserialised",
+          "--balance=model", f"--bench_dir={tmp_path}", "--doc="]
+  result = subprocess.run([sys.executable] + args, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+  report = json.loads((tmp_path / "simulated_devices.json").read_text())
+  assert report["config"]["update_every_ticks"] == 2
+  assert report["config"]["optimizer"] == "adam"
+  rows = report["rows"]
+  for name in ("bp", "gpipe", "sideways"):
+    assert rows[name]["parallel"]["update_every_ticks"] == 2
+    assert rows[name]["parallel"]["optimizer"] == "Adam"
+  # T = 8 in 2-frame chunks: an optimizer step after each of the 4 chunks
+  # (Sideways on L = 2 modules has its first loss term at tick 2, inside
+  # the first chunk).
+  for name in ("bp", "gpipe", "sideways"):
+    assert rows[name]["parallel"]["optimizer_steps_per_step"] == 4
+  # The gradient columns stay the whole clip's: GPipe's is BP's.
+  assert rows["gpipe"]["parallel"]["cosine_to_bp"] == pytest.approx(
+      1.0, abs=1e-6)
+  text = (tmp_path / "simulated_devices.md").read_text()
+  assert "Median of 2 Adam train steps" in text
+  assert ("Online training (`--update_every_ticks=2`): a train step feeds "
+          "the clip as 2-frame chunks with an optimizer step after each "
+          "(4 per clip; GPipe pipelines the 2 micro-batches") in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--simulate_devices=2", "--num_frames=8", "--update_every_ticks=9"],
+     "--update_every_ticks=9 is longer than the clip of T = 8"),
+    (["--update_every_ticks=4"], "--update_every_ticks is a "
+     "--simulate_devices flag"),
+    (["--simulate_devices=2", "--update_every_ticks=-1"],
+     "-1 is not a non-negative integer"),
+])
+def test_bad_online_flags_exit_2_before_writing(tmp_path, args, message):
+  bench_dir = tmp_path / "bench"
+  result = subprocess.run(
+      [sys.executable, "bin/benchmark", *args, f"--bench_dir={bench_dir}",
+       "--doc="], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  lines = [l for l in (result.stdout + result.stderr).splitlines()
+           if l.strip()]
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert "Traceback" not in result.stderr and len(lines) <= 3, lines
+  assert message in "\n".join(lines)
+  assert not bench_dir.exists()

@@ -4,6 +4,7 @@
   bin/benchmark --batch_size=2 --num_frames=8 --image_size=16 --doc=
   bin/benchmark --figures=throughput,stages --profile_dir=/tmp/prof
   bin/benchmark --simulate_devices=2   # every algorithm on 2 simulated devices
+  bin/benchmark --simulate_devices=2 --batch_size=1 --update_every_ticks=4  # one stream, online
   bin/benchmark --figures=temporal_memory --image_size=32  # memory vs T, temporal model
 
 With --simulate_devices=N the run is sideways_tf/benchmark/devices.py instead:
@@ -84,6 +85,15 @@ _VARIANTS = flags.DEFINE_list(
 _CHUNK = flags.DEFINE_integer(
     "bp_chunk_frames", 8, "--simulate_devices: frames per chunk of the "
     "chunked_bp row.")
+_UPDATE_EVERY_TICKS = flags.DEFINE_integer(
+    "update_every_ticks", 0, "--simulate_devices: every row's train step is "
+    "online, an optimizer step every N ticks (N-frame chunks of each clip, "
+    "as bin/train --config.train.update_every_ticks=N); 0 = one step per "
+    "clip. 1 <= N <= --num_frames.", lower_bound=0)
+_OPTIMIZER = flags.DEFINE_string(
+    "optimizer", "sgd", "--simulate_devices: the rows' Keras optimizer "
+    "(config.train.optimizer's names, e.g. adam as the configs ship); its "
+    "update is part of every timed step.")
 _MODEL_TEMPORAL = flags.DEFINE_string(
     "model_temporal", "", "--simulate_devices: the model's temporal layers "
     "(model.temporal of the configs, e.g. 'conv:3'; docs/models.md); rows "
@@ -115,6 +125,10 @@ def main(argv):
   cli.start(argv)
   if _SIMULATE.value:
     return simulate_devices()
+  for flag in (_UPDATE_EVERY_TICKS, _OPTIMIZER):
+    if flag.present:
+      raise ValueError(f"--{flag.name} is a --simulate_devices flag (the "
+                       f"rows' train step); add --simulate_devices=N")
   if _TICK_OVERHEAD.value:
     return tick_overhead()
   from sideways_tf.benchmark import common  # noqa: PLC0415
@@ -174,7 +188,9 @@ def simulate_devices():
                "bp_chunk_frames": _CHUNK.value,
                "serialised": _SERIALISED.value,
                "balance": "" if _BALANCE.value == "model" else "time",
-               "temporal": _MODEL_TEMPORAL.value}
+               "temporal": _MODEL_TEMPORAL.value,
+               "update_every_ticks": _UPDATE_EVERY_TICKS.value,
+               "optimizer": _OPTIMIZER.value}
   for name, flag in (("model", _MODEL), ("image_size", _IMAGE_SIZE),
                      ("channels", _CHANNELS), ("batch_size", _BATCH),
                      ("num_frames", _FRAMES), ("num_modules", _MODULES),

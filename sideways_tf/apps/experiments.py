@@ -6,6 +6,7 @@
   bin/experiments --only=gap --steps=4000 --jobs=2   # where Sideways is safe
   bin/experiments --only=skip_variants --skip_seeds=5 --jobs=2  # motion label
   bin/experiments --only=temporal --steps=4000 --temporal_seeds=5 --jobs=2
+  bin/experiments --only=one_stream --steps=4000 --jobs=2  # B = 1, online
 
 Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
 the tables and PNG plots of results.md in OUTDIR/report (--report_dir=docs
@@ -72,6 +73,13 @@ _TTA_BENCHMARK = flags.DEFINE_string(
     "--num_modules=4 --balance=model --image_size=32 --num_frames=16` (the "
     "accuracy runs' model, batch and clip): the report then gives every "
     "row's wall-clock to target and the verdict.")
+_ONE_STREAM_BENCHMARK = flags.DEFINE_string(
+    "one_stream_benchmark", "", "one_stream: the simulated_devices.json of "
+    "`bin/benchmark --simulate_devices=2 --batch_size=1 "
+    "--update_every_ticks=4 --optimizer=adam --num_modules=4 --balance=model "
+    "--image_size=32 --num_frames=16` (the one-stream runs' model, batch, "
+    "clip and updates; checked): the report then gives every row's "
+    "wall-clock to target and the verdict.")
 _TEMPORAL_BENCHMARK = flags.DEFINE_string(
     "temporal_benchmark", "", "temporal: the simulated_devices.json of "
     "`bin/benchmark --simulate_devices=2 --model_temporal=conv:3 "
@@ -87,8 +95,12 @@ _REPORT_DIR = flags.DEFINE_string(
     "no report).")
 
 
+# The time-to-accuracy regimes' flag: the benchmark JSON of their rows.
+BENCHMARK_FLAGS = {"time_to_accuracy": _TTA_BENCHMARK,
+                   "one_stream": _ONE_STREAM_BENCHMARK}
 # Experiments that update only their own section of an existing results.md.
-SECTIONS = ("gap", "skip_variants", "time_to_accuracy", "temporal")
+SECTIONS = ("gap", "skip_variants", "time_to_accuracy", "one_stream",
+            "temporal")
 
 
 def main(argv):
@@ -105,6 +117,10 @@ def main(argv):
     if name not in runs.EXPERIMENTS + SECTIONS:
       raise ValueError(f"unknown experiment {name!r}; expected some of "
                        f"{runs.EXPERIMENTS + SECTIONS}")
+  for name in _ONLY.value:  # a wrong benchmark JSON: before hours of runs
+    if name in BENCHMARK_FLAGS and BENCHMARK_FLAGS[name].value:
+      time_to_accuracy.load_benchmark(BENCHMARK_FLAGS[name].value,
+                                      time_to_accuracy.REGIMES[name])
   for name in [] if _REPORT_ONLY.value else _ONLY.value:
     if name == "gap":
       gap_map.run_map(outdir, _STEPS.value, _GAP_SEEDS.value, _JOBS.value,
@@ -112,8 +128,9 @@ def main(argv):
     elif name == "skip_variants":
       skip_variants.run(outdir, _STEPS.value, _SKIP_SEEDS.value, _JOBS.value,
                         _SKIP_GROUPS.value)
-    elif name == "time_to_accuracy":
-      time_to_accuracy.run(outdir, _STEPS.value, jobs=_JOBS.value)
+    elif name in time_to_accuracy.REGIMES:
+      time_to_accuracy.run(outdir, _STEPS.value, jobs=_JOBS.value,
+                           regime=time_to_accuracy.REGIMES[name])
     elif name == "temporal":
       temporal_map.run(outdir, _STEPS.value, _TEMPORAL_SEEDS.value,
                        _JOBS.value, _TEMPORAL_GROUPS.value,
@@ -126,10 +143,10 @@ def main(argv):
     command = ("bin/experiments " + " ".join(argv[1:] or sys.argv[1:])).strip()
     if set(_ONLY.value) <= set(SECTIONS):  # keep the rest of results.md
       for name in _ONLY.value:
-        if name == "time_to_accuracy":  # its page is choosing.md
-          path = time_to_accuracy.update(outdir, pathlib.Path(report_dir),
-                                         _STEPS.value, command,
-                                         _TTA_BENCHMARK.value)
+        if name in time_to_accuracy.REGIMES:  # their page is choosing.md
+          path = time_to_accuracy.update(
+              outdir, pathlib.Path(report_dir), _STEPS.value, command,
+              BENCHMARK_FLAGS[name].value, time_to_accuracy.REGIMES[name])
           continue
         if name == "gap":
           path = gap_report.update(outdir, pathlib.Path(report_dir), command,

@@ -26,6 +26,16 @@ Rows (all through ``Trainer.train_step`` / ``Pipeline.compute_gradients``):
   model's stages spread over them, each on B/R clips of the batch; the
   row's gradient is the replicas' mean.
 
+With ``update_every_ticks = U`` (``bin/benchmark --update_every_ticks=U``)
+every row's train step is the online one of ``bin/train
+--config.train.update_every_ticks=U``: ``Trainer(..., update_every_ticks=U)``
+feeds each clip as U-frame chunks with an optimizer step after each (GPipe
+then pipelines the U/micro_batch_frames micro-batches of a chunk; BP and
+chunked BP take the exact gradient of each chunk's frames; the tick engine
+carries its buffers across the steps, with weight stashing for replay).
+The gradient columns and GPipe's bubble stay those of one whole-clip
+gradient.
+
 Per row: frames/s (parallel and serialised) and speed-up; peak working memory
 (VmHWM minus the RSS before the first step, own process per T); gradient
 cosine and max relative difference to single-device BP on the same clip and
@@ -58,6 +68,7 @@ import re
 import sys
 import tempfile
 import time
+import types
 from typing import Dict, List, Optional, Sequence
 
 from sideways_tf.benchmark import devices_report
@@ -118,6 +129,13 @@ class DevicesConfig:
   num_classes: int = 10
   micro_batch_frames: int = 1   # GPipe: frames per micro-batch (M = T / this)
   bp_chunk_frames: int = 8      # chunked_bp: frames per chunk
+  # Online training: an optimizer step every this many ticks (U-frame chunks
+  # of each clip, Trainer(update_every_ticks=U)); 0 = one step per clip.
+  update_every_ticks: int = 0
+  # The rows' Keras optimizer by name (config.train.optimizer's names,
+  # learning rate 1e-4): its update is part of every timed step, U times
+  # per clip when online.
+  optimizer: str = "sgd"
   repeats: int = 5
   warmup: int = 1
   memory_frames: Sequence[int] = (16, 128)
@@ -139,9 +157,13 @@ class DevicesConfig:
 
   @property
   def rows(self) -> List[str]:
-    """The variants to run, "dp" expanded."""
+    """The variants to run, "dp" expanded into every data-parallel split
+    whose replicas the batch divides evenly (none at B = 1: one clip has
+    nothing to split)."""
     return [name for v in self.variants for name in (
-        data_parallel_variants(self.num_devices) if v == "dp" else [v])]
+        [d for d in data_parallel_variants(self.num_devices)
+         if self.batch_size % variant_spec(d)[1] == 0]
+        if v == "dp" else [v])]
 
 
 def log(message: str) -> None:
@@ -178,9 +200,9 @@ def _model_layers(config: DevicesConfig):
 def _trainer(config: DevicesConfig, variant: str, tf):
   """The variant's Trainer: its pipeline, and with replicas its
   DataParallel (replica r on the r-th group of devices), stages built."""
-  import keras  # pylint: disable=g-import-not-at-top
   import sideways_tf  # pylint: disable=g-import-not-at-top
   from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
+  from sideways_tf.training.builder import make_optimizer  # pylint: disable=g-import-not-at-top
   row, replicas = variant_spec(variant)
   algorithm, placed, remat = VARIANTS[row]
   stages, layers = _model_layers(config)
@@ -200,8 +222,10 @@ def _trainer(config: DevicesConfig, variant: str, tf):
                                       rows if replicas > 1 else None)
   parallel.build((config.image_size, config.image_size, config.channels))
   with parallel.scope():
-    optimizer = keras.optimizers.SGD(1e-4)
+    optimizer = make_optimizer(types.SimpleNamespace(
+        optimizer=config.optimizer, learning_rate=1e-4))
   return sideways_tf.Trainer(pipeline, optimizer, algorithm,
+                             update_every_ticks=config.update_every_ticks,
                              data_parallel=parallel)
 
 
@@ -231,12 +255,22 @@ def throughput_child(config: DevicesConfig, variant: str, inter_op: int,
     out.update(_against_bp(trainer, frames, labels))
   for _ in range(config.warmup):
     trainer.train_step(frames, labels)
+  # .numpy(): with replicas the counter is a MirroredVariable (no int()).
+  applied = int(trainer.optimizer.iterations.numpy())
   seconds = []
   for _ in range(config.repeats):
     start = time.perf_counter()
     trainer.train_step(frames, labels)
     seconds.append(time.perf_counter() - start)
   median = float(np.median(seconds))
+  # What each timed step did: the online chunks reached the Trainer, and
+  # how many optimizer steps a train step took (a Sideways chunk without
+  # any valid loss term, the pipeline's warm-up, takes none).
+  out.update(update_every_ticks=trainer.update_every_ticks,
+             optimizer=type(trainer.optimizer).__name__,
+             optimizer_steps_per_step=(
+                 int(trainer.optimizer.iterations.numpy()) - applied)
+             / config.repeats)
   out.update(step_s=seconds, median_s=median,
              frames_per_s=config.batch_size * config.num_frames / median,
              peak_rss_mib=peak_rss_bytes() / 2 ** 20)
@@ -487,11 +521,57 @@ def validate(config: DevicesConfig) -> None:
     if t < config.modules:
       raise ValueError(f"clip length T = {t} < {config.modules} modules")
   for row in config.rows:
-    replayed = REPLAYED.get(variant_spec(row)[0], 0)
+    name, replicas = variant_spec(row)
+    replayed = REPLAYED.get(name, 0)
     if replayed >= config.modules:
       raise ValueError(f"variant {row} replays {replayed} modules: it needs "
                        f"more than {replayed} modules, got {config.modules} "
                        "(--num_modules)")
+    if config.batch_size % replicas:
+      raise ValueError(
+          f"variant {row} splits every batch over {replicas} replicas, but "
+          f"B = {config.batch_size} (--batch_size) is not divisible by "
+          f"{replicas}; leave it out of --variants ('dp' skips such splits)")
+  _validate_optimizer(config)
+  _validate_online(config)
+
+
+def _validate_optimizer(config: DevicesConfig) -> None:
+  """A Keras optimizer name, checked here rather than in every child."""
+  from sideways_tf.training.builder import make_optimizer  # noqa: PLC0415
+  try:
+    make_optimizer(types.SimpleNamespace(optimizer=config.optimizer,
+                                         learning_rate=1e-4))
+  except ValueError as error:
+    raise ValueError(f"--optimizer={config.optimizer!r} is not a Keras "
+                     f"optimizer name (e.g. sgd, adam)") from error
+
+
+def _validate_online(config: DevicesConfig) -> None:
+  """update_every_ticks = U: within every clip measured, and each row's
+  U-frame update something that row can do differently from the others."""
+  every = config.update_every_ticks
+  if every < 0:
+    raise ValueError(f"--update_every_ticks must be >= 0 (0 = one optimizer "
+                     f"step per clip), got {every}")
+  if not every:
+    return
+  for t in [config.num_frames] + list(config.memory_frames):
+    if every > t:
+      raise ValueError(f"--update_every_ticks={every} is longer than the "
+                       f"clip of T = {t} frames it would update within")
+  rows = {variant_spec(row)[0] for row in config.rows}
+  if rows & {"gpipe", "gpipe_remat"} and every % config.micro_batch_frames:
+    raise ValueError(
+        f"--update_every_ticks={every}: GPipe pipelines each update's "
+        f"{every} frames as micro-batches of --micro_batch_frames="
+        f"{config.micro_batch_frames} frames, which must divide it")
+  if "chunked_bp" in rows and config.bp_chunk_frames >= every:
+    raise ValueError(
+        f"chunked_bp with --bp_chunk_frames={config.bp_chunk_frames} >= "
+        f"--update_every_ticks={every} takes each update's {every} frames "
+        f"as one chunk, so it would be the bp row; give --bp_chunk_frames < "
+        f"{every} or leave chunked_bp out of --variants")
 
 
 def run(config: DevicesConfig, report_dir, command: str = "",
@@ -526,7 +606,9 @@ def run(config: DevicesConfig, report_dir, command: str = "",
     row = {"exact": EXACT[variant_spec(variant)[0]], "replicas": replicas}
     log(f"{variant}: {config.modules} stages, {n} simulated devices "
         f"(intra-op 1, inter-op {n}), B={config.batch_size} "
-        f"T={config.num_frames} {config.image_size}x{config.image_size}")
+        f"T={config.num_frames} {config.image_size}x{config.image_size}"
+        + (f", an optimizer step every {config.update_every_ticks} ticks"
+           if config.update_every_ticks else ""))
     # The profiler's per-stage idle time would mix the replicas: not taken.
     row["parallel"] = run_child("throughput", config, variant=variant,
                                 inter_op=n, fidelity=True,

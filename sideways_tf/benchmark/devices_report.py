@@ -159,13 +159,31 @@ def _setup(results: dict) -> list:
       f"= inter-op 1); {c['image_size']}x{c['image_size']}x{c['channels']} "
       f"frames, B = {c['batch_size']}, T = {c['num_frames']}; GPipe "
       f"micro-batches of {c['micro_batch_frames']} frame(s), M = "
-      f"{summary['M']}. Median of {c['repeats']} SGD train steps after "
-      f"{c['warmup']} warm-up. "
+      f"{summary['M']}. Median of {c['repeats']} "
+      f"{OPTIMIZER_TITLES.get(c.get('optimizer', 'sgd'), c.get('optimizer'))}"
+      f" train steps after {c['warmup']} warm-up. " + _online(c)
       + (f"Stages cut by measured time (balance_by_time): layers per stage "
          f"{list(c['stage_sizes'])}, forward + backward ms per stage "
          f"{[round(t * 1e3, 2) for t in results['split']['stage_s']]}."
          if results.get("split") else "Stages: the model's own split."),
       ""]
+
+
+OPTIMIZER_TITLES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW",
+                    "rmsprop": "RMSprop"}
+
+
+def _online(c: dict) -> str:
+  """The online training step's sentence ('' with one update per clip)."""
+  every = c.get("update_every_ticks", 0)
+  if not every:
+    return ""
+  return (f"Online training (`--update_every_ticks={every}`): a train step "
+          f"feeds the clip as {every}-frame chunks with an optimizer step "
+          f"after each ({-(-c['num_frames'] // every)} per clip; GPipe "
+          f"pipelines the {every // c['micro_batch_frames']} micro-batches "
+          f"of a chunk); the gradient columns and GPipe's bubble are of one "
+          f"whole-clip gradient. ")
 
 
 def _results_table(results: dict) -> list:

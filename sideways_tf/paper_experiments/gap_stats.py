@@ -71,7 +71,7 @@ def audit(outdir, steps: int, seeds: int) -> Tuple[List[Dict], List[Dict]]:
   A counted run gains `risk_statistic` (Sideways runs, from its logs)."""
   counted, left_out = [], []
   for cell, algorithm, seed, workdir in gap_map.plan(outdir, seeds):
-    reason, result = _check(cell, algorithm, seed, workdir, steps)
+    reason, result = check_run(cell, algorithm, seed, workdir, steps)
     if reason:
       left_out.append(dict(cell=cell.name, algorithm=algorithm, seed=seed,
                            reason=reason))
@@ -82,9 +82,13 @@ def audit(outdir, steps: int, seeds: int) -> Tuple[List[Dict], List[Dict]]:
   return counted, left_out
 
 
-def _check(cell, algorithm, seed, workdir: pathlib.Path,
-           steps: int) -> Tuple[Optional[str], Optional[Dict]]:
-  """(None, result) if the run counts, else (why not, None)."""
+def check_run(cell, algorithm, seed, workdir: pathlib.Path,
+              steps: int) -> Tuple[Optional[str], Optional[Dict]]:
+  """(None, result) if the run of `gap_map.run_one` in `workdir` counts,
+  else (why not, None): its result.json and eval.json are at `steps` and
+  its config.json holds every override it was started with
+  (`gap_map.run_overrides`). The time-to-accuracy study audits with it
+  too."""
   result_path = workdir / "result.json"
   if not result_path.exists():
     failed = (workdir / "train.log").exists()

@@ -22,16 +22,29 @@ The algorithms that compute BP's exact gradient (GPipe, chunked BP,
 data-parallel BP at the same global batch) follow BP's accuracy curve up to
 float rounding, so they share BP's runs; only their seconds per step differ.
 
+Two regimes (:class:`Regime`), each with its cells, its benchmark rows per
+accuracy curve and its own section of docs/choosing.md:
+
+* ``time_to_accuracy``: clips in batches, configs/moving_digits.py as
+  shipped (B = 8, one optimizer step per clip);
+* ``one_stream``: one stream trained online, B = 1 and an optimizer step
+  every 4 ticks (``train.update_every_ticks=4``), where data parallelism has
+  nothing to split; if BP does not learn it at this budget (mean final
+  accuracy below ``gap_stats.BP_LEARNS``) there is no target and no verdict.
+
   bin/experiments --only=time_to_accuracy --steps=4000 --jobs=2
+  bin/experiments --only=one_stream --steps=4000 --jobs=2
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from sideways_tf.paper_experiments import gap_map
+from sideways_tf.paper_experiments import gap_stats
 from sideways_tf.paper_experiments.gap_stats import format_interval
 from sideways_tf.run.files import atomic_write_text
 
@@ -40,11 +53,12 @@ EVAL_EVERY = 250
 TARGET_BELOW_BP = 0.03
 
 
-def _cell(name: str, algorithm: str, replay: int) -> gap_map.Cell:
+def _cell(name: str, algorithm: str, replay: int, group: str = "time",
+          more: Optional[Dict[str, str]] = None) -> gap_map.Cell:
   overrides = {"replay_modules": str(replay),
                "train.eval_every": str(EVAL_EVERY),
-               "train.fidelity_every": "0"}
-  return gap_map.Cell("time", name, overrides, (algorithm,))
+               "train.fidelity_every": "0", **(more or {})}
+  return gap_map.Cell(group, name, overrides, (algorithm,))
 
 
 # The accuracy curves: BP's gradient, and the Sideways family (plain, the
@@ -75,55 +89,108 @@ ROWS_OF_CURVE = {
 SIDEWAYS_FAMILY = ("sideways", "dp2x1_sideways", "pipelined_bp",
                    "dp2x1_pipelined_bp")  # prefixes: sideways_replay2 too
 WIN_RATIO = 0.7  # a Sideways variant wins at <= 0.7x the best exact one's
+MARKERS = ("<!-- time-to-accuracy: begin -->", "<!-- time-to-accuracy: end -->")
 
 
-def run_dir(outdir, cell: gap_map.Cell, seed: int) -> pathlib.Path:
+# One stream trained online (B = 1, an optimizer step every 4 ticks = 4 per
+# 16-frame clip): the same four curves. For this per-frame model BP over a
+# 4-frame chunk is exact SGD on those 4 frames of the stream; replay with
+# updates inside the clip gets weight stashing from the Trainer.
+ONLINE = {"train.batch_size": "1", "train.update_every_ticks": "4"}
+ONE_STREAM_CELLS = (
+    _cell("BP (exact SGD over 4-frame chunks)", "bp", 0, "one stream",
+          ONLINE),
+    _cell("Sideways", "sideways", 0, "one stream", ONLINE),
+    _cell("Sideways, replay_modules=2", "sideways", 2, "one stream", ONLINE),
+    _cell("pipelined BP (replay_modules=3, weight stashing)", "sideways", 3,
+          "one stream", ONLINE),
+)
+# No data-parallel rows: one clip per step has nothing to split.
+ONE_STREAM_ROWS = {
+    ONE_STREAM_CELLS[0].name: ("bp", "chunked_bp", "mp_bp", "gpipe",
+                               "gpipe_remat"),
+    ONE_STREAM_CELLS[1].name: ("sideways",),
+    ONE_STREAM_CELLS[2].name: ("sideways_replay2",),
+    ONE_STREAM_CELLS[3].name: ("pipelined_bp",),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+  """One regime of the study: its accuracy runs, the benchmark rows that
+  follow each of their curves, and where its runs and report go."""
+  name: str  # bin/experiments --only=<name>; OUTDIR/<name>.json
+  cells: Tuple[gap_map.Cell, ...]  # the first is BP's: the target's
+  rows_of_curve: Dict[str, Tuple[str, ...]]
+  markers: Tuple[str, str]  # its section of docs/choosing.md
+  plot: str  # its PNG, beside choosing.md
+  subdir: str = ""  # its runs: OUTDIR/time_to_accuracy/<subdir>/<cell>/
+  # BP's mean final accuracy below this: "not learned at this budget", no
+  # target and no verdict (None: no such rule).
+  learned_floor: Optional[float] = None
+  # What the `bin/benchmark --simulate_devices` JSON must have measured
+  # (its config's keys; update_every_ticks absent = 0).
+  benchmark: Dict[str, object] = dataclasses.field(default_factory=dict)
+
+
+_MODEL = {"model": "frame_cnn", "num_modules": 4, "image_size": 32,
+          "num_frames": 16}
+CLIPS = Regime("time_to_accuracy", CELLS, ROWS_OF_CURVE, MARKERS,
+               "choosing_time_to_accuracy.png",
+               benchmark=dict(_MODEL, batch_size=8, update_every_ticks=0))
+ONE_STREAM = Regime(
+    "one_stream", ONE_STREAM_CELLS, ONE_STREAM_ROWS,
+    ("<!-- one-stream time-to-accuracy: begin -->",
+     "<!-- one-stream time-to-accuracy: end -->"),
+    "choosing_one_stream.png", subdir="one_stream",
+    learned_floor=gap_stats.BP_LEARNS,
+    benchmark=dict(_MODEL, batch_size=1, update_every_ticks=4,
+                   optimizer="adam"))
+REGIMES = {regime.name: regime for regime in (CLIPS, ONE_STREAM)}
+
+
+def run_dir(outdir, cell: gap_map.Cell, seed: int,
+            regime: Regime = CLIPS) -> pathlib.Path:
   slug = "".join(c if c.isalnum() or c in "-.=" else "_" for c in cell.name)
-  return pathlib.Path(outdir) / "time_to_accuracy" / slug / f"seed{seed}"
+  return (pathlib.Path(outdir) / "time_to_accuracy" / regime.subdir / slug
+          / f"seed{seed}")
 
 
-def plan(outdir, seeds: int = SEEDS) -> List[tuple]:
+def plan(outdir, seeds: int = SEEDS, regime: Regime = CLIPS) -> List[tuple]:
   """(cell, seed, workdir) of every run, seed-major so that a partial set of
   runs has every cell of the first seeds."""
-  return [(cell, seed, run_dir(outdir, cell, seed))
-          for seed in range(seeds) for cell in CELLS]
+  return [(cell, seed, run_dir(outdir, cell, seed, regime))
+          for seed in range(seeds) for cell in regime.cells]
 
 
-def run(outdir, steps: int, seeds: int = SEEDS, jobs: int = 1) -> List[Dict]:
-  """Runs (or loads) every run; writes OUTDIR/time_to_accuracy.json."""
+def run(outdir, steps: int, seeds: int = SEEDS, jobs: int = 1,
+        regime: Regime = CLIPS) -> List[Dict]:
+  """Runs (or loads) every run of `regime`; writes OUTDIR/<its name>.json."""
   outdir = pathlib.Path(outdir)
   todo = [(cell, cell.algorithms[0], seed, workdir)
-          for cell, seed, workdir in plan(outdir, seeds)]
+          for cell, seed, workdir in plan(outdir, seeds, regime)]
   return gap_map.run_plan(
-      "time_to_accuracy", todo, steps, jobs,
+      regime.name, todo, steps, jobs,
       after=lambda results: atomic_write_text(
-          outdir / "time_to_accuracy.json", json.dumps(results, indent=2)))
+          outdir / f"{regime.name}.json", json.dumps(results, indent=2)))
 
 
 # ------------------------------------------------------------------- report
 
 
-def load(outdir, steps: int) -> tuple:
+def load(outdir, steps: int, regime: Regime = CLIPS) -> tuple:
   """(results that count, problems): a run counts only if it finished the
-  requested steps with its cell's algorithm and replay setting; every other
-  planned run is listed with what is wrong with it."""
+  requested steps with every override of its cell (`gap_stats.check_run`:
+  result.json, eval.json and config.json); every other planned run is
+  listed with what is wrong with it."""
   results, problems = [], []
-  for cell, seed, workdir in plan(outdir):
-    path = workdir / "result.json"
-    if not path.exists():
-      problems.append(f"{cell.name} seed {seed}: missing (not run or failed; "
-                      f"see {workdir / 'train.log'})")
-      continue
-    result = json.loads(path.read_text())
-    expected = (f"--config.algorithm={cell.algorithms[0]}",
-                f"--config.replay_modules={cell.overrides['replay_modules']}",
-                f"--config.train.eval_every={EVAL_EVERY}")
-    wrong = [e for e in expected if e not in result["command"].split()]
-    if result.get("steps") != steps or wrong:
-      problems.append(f"{cell.name} seed {seed}: ran {result.get('steps')} "
-                      f"steps {' '.join(wrong)} (expected {steps})")
-      continue
-    results.append(result)
+  for cell, seed, workdir in plan(outdir, regime=regime):
+    reason, result = gap_stats.check_run(cell, cell.algorithms[0], seed,
+                                         workdir, steps)
+    if reason:
+      problems.append(f"{cell.name} seed {seed}: {reason} ({workdir})")
+    else:
+      results.append(result)
   return results, problems
 
 
@@ -136,40 +203,64 @@ def steps_to_target(curve, target: float):
 
 
 def cell_rows(results: List[Dict], key=lambda result: result["cell"],
-              bp: str = CELLS[0].name) -> tuple:
+              bp: str = CELLS[0].name,
+              learned_floor: Optional[float] = None) -> tuple:
   """(target, {curve: {seed: (final accuracy, steps to target)}}): runs
   grouped into curves by `key` (default: their cell), the target from the
-  curve `bp` (default: this study's BP cell)."""
+  curve `bp` (default: this study's BP cell). If BP's mean final accuracy
+  is below `learned_floor`, BP did not learn the task at this budget: the
+  target and every steps to target are None."""
   by_cell: Dict[str, Dict[int, tuple]] = {}
   bp_final = [r["test_accuracy"] for r in results if key(r) == bp]
   if not bp_final:
     raise ValueError("no finished BP run: the target is BP's mean - 0.03")
   target = sum(bp_final) / len(bp_final) - TARGET_BELOW_BP
+  if learned_floor is not None and (
+      sum(bp_final) / len(bp_final) < learned_floor):
+    target = None
   for r in results:
     by_cell.setdefault(key(r), {})[r["seed"]] = (
-        r["test_accuracy"], steps_to_target(r["curve"], target))
+        r["test_accuracy"],
+        None if target is None else steps_to_target(r["curve"], target))
   return target, by_cell
 
 
-MARKERS = ("<!-- time-to-accuracy: begin -->", "<!-- time-to-accuracy: end -->")
+def _rows(outdir, steps: int, regime: Regime) -> tuple:
+  """(target, by_cell, problems) of a regime's runs that count."""
+  results, problems = load(outdir, steps, regime)
+  target, by_cell = cell_rows(results, bp=regime.cells[0].name,
+                              learned_floor=regime.learned_floor)
+  return target, by_cell, problems
 
 
-def table(outdir, steps: int) -> List[str]:
+def _not_learned(by_cell: Dict, regime: Regime) -> str:
+  """The sentence that replaces the target and the verdict."""
+  finals = [a for a, _ in by_cell.get(regime.cells[0].name, {}).values()]
+  return (f"not learned at this budget: BP's mean final test clip accuracy "
+          f"over its {len(finals)} seeds is {sum(finals) / len(finals):.3f}, "
+          f"below {regime.learned_floor}, so there is no target and no "
+          f"verdict (the rule fixed before the runs)")
+
+
+def table(outdir, steps: int, regime: Regime = CLIPS) -> List[str]:
   """The markdown rows: per cell, the seeds that count, final accuracy,
   runs that reached the target, steps to target, and the paired difference
   of the final accuracy to BP's (same seeds)."""
   from sideways_tf.paper_experiments.gap_stats import interval  # noqa: PLC0415
-  results, problems = load(outdir, steps)
-  target, by_cell = cell_rows(results)
-  bp = by_cell.get(CELLS[0].name, {})
-  lines = [f"Target: {target:.3f} test clip accuracy (BP's mean final "
-           f"accuracy over its {len(bp)} seeds − {TARGET_BELOW_BP}); "
-           f"{steps} steps, test set evaluated every {EVAL_EVERY} steps.", "",
+  target, by_cell, problems = _rows(outdir, steps, regime)
+  bp_cell = regime.cells[0]
+  bp = by_cell.get(bp_cell.name, {})
+  budget = f"{steps} steps, test set evaluated every {EVAL_EVERY} steps."
+  head = (f"Target: {target:.3f} test clip accuracy (BP's mean final "
+          f"accuracy over its {len(bp)} seeds − {TARGET_BELOW_BP}); {budget}"
+          if target is not None else
+          f"N{_not_learned(by_cell, regime)[1:]}; {budget}")
+  lines = [head, "",
            "| algorithm (accuracy curve) | seeds | final test clip acc. | "
            "reached target | steps to target (runs that reached it) | "
            "final − BP, paired by seed |",
            "|---|---|---|---|---|---|"]
-  for cell in CELLS:
+  for cell in regime.cells:
     runs = by_cell.get(cell.name, {})
     if not runs:
       lines.append(f"| {cell.name} | 0 | – | – | – | – |")
@@ -179,9 +270,10 @@ def table(outdir, steps: int) -> List[str]:
     paired = [runs[s][0] - bp[s][0] for s in runs if s in bp]
     lines.append(
         f"| {cell.name} | {len(runs)} ({', '.join(map(str, sorted(runs)))}) "
-        f"| {format_interval(interval(finals))} | {len(reached)} of {len(runs)} | "
+        f"| {format_interval(interval(finals))} | "
+        f"{'–' if target is None else f'{len(reached)} of {len(runs)}'} | "
         f"{format_interval(interval(reached), 0) if reached else '–'} | "
-        f"{format_interval(interval(paired)) if paired and cell is not CELLS[0] else '–'}"
+        f"{format_interval(interval(paired)) if paired and cell is not bp_cell else '–'}"
         f" |")
   if problems:
     lines += ["", "Runs that do not count yet:", ""]
@@ -250,16 +342,22 @@ def verdict(rows: List[Dict]) -> tuple:
 
 
 def wall_clock_table(by_cell: Dict, benchmark: Dict,
-                     rows_of_curve: Dict = None) -> List[str]:
-  """The wall-clock table and the verdict line, in markdown."""
+                     rows_of_curve: Dict = None,
+                     no_verdict: str = "") -> List[str]:
+  """The wall-clock table and the verdict line, in markdown (`no_verdict`:
+  the sentence said instead of a verdict)."""
   from sideways_tf.paper_experiments.gap_stats import interval  # noqa: PLC0415
   rows = wall_clock(by_cell, seconds_per_step(benchmark), rows_of_curve)
   config = benchmark["config"]
+  online = (f", an optimizer step every {config['update_every_ticks']} "
+            f"ticks" if config.get("update_every_ticks") else "")
+  optimizer = (f", optimizer {config['optimizer']}" if "optimizer" in config
+               else "")
   lines = [
       "", f"Wall-clock to target on {config['num_devices']} simulated devices "
       f"(seconds per step measured side by side by `{benchmark['command']}`, "
       f"{benchmark['date']}: B = {config['batch_size']}, T = "
-      f"{config['num_frames']}, {config['image_size']}x"
+      f"{config['num_frames']}{online}{optimizer}, {config['image_size']}x"
       f"{config['image_size']}, {config['model']} in "
       f"{config['num_modules'] or config['num_devices']} modules):", "",
       "| row (benchmark) | accuracy curve | exact | ms per step | working "
@@ -273,27 +371,45 @@ def wall_clock_table(by_cell: Dict, benchmark: Dict,
         f"| `{r['row']}` | {r['curve']} | {r['exact']} | {r['s'] * 1e3:.1f} "
         f"| {mib} | {len(reached)} of {len(r['seconds'])} | "
         f"{format_interval(interval(reached), 1) if reached else '–'} |")
-  sentence, _ = verdict(rows)
+  sentence = no_verdict or verdict(rows)[0]
   lines += ["", f"Verdict (docs/choosing.md's method): {sentence}."]
   return lines
 
 
-def plot(outdir, steps: int, path) -> None:
+def load_benchmark(path, regime: Regime) -> Dict:
+  """A `bin/benchmark --simulate_devices` JSON; ValueError unless it timed
+  the regime's setting (its model, batch, clip, updates and optimizer)."""
+  benchmark = json.loads(pathlib.Path(path).read_text())
+  config = dict({"update_every_ticks": 0, "optimizer": "sgd"},
+                **benchmark["config"])
+  wrong = [f"{key}={config.get(key)!r} (needs {value!r})"
+           for key, value in regime.benchmark.items()
+           if config.get(key) != value]
+  if wrong:
+    raise ValueError(f"{path} did not time the {regime.name} runs' setting: "
+                     f"{', '.join(wrong)}; run the bin/benchmark command of "
+                     f"docs/choosing.md")
+  return benchmark
+
+
+def plot(outdir, steps: int, path, regime: Regime = CLIPS) -> None:
   """Mean test clip accuracy against training step, one line per cell."""
   import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
-  results, _ = load(outdir, steps)
-  target, _ = cell_rows(results)
+  results, _ = load(outdir, steps, regime)
+  target, _ = cell_rows(results, bp=regime.cells[0].name,
+                        learned_floor=regime.learned_floor)
   figure, axes = plt.subplots(figsize=(6, 4))
-  for cell in CELLS:
+  for cell in regime.cells:
     curves = [dict(r["curve"]) for r in results if r["cell"] == cell.name]
     if not curves:
       continue
     x = sorted(set.intersection(*(set(c) for c in curves)))
     y = [sum(c[s] for c in curves) / len(curves) for s in x]
     axes.plot(x, y, label=f"{cell.name} ({len(curves)} seeds)")
-  axes.axhline(target, color="gray", linestyle="--", label="target")
+  if target is not None:
+    axes.axhline(target, color="gray", linestyle="--", label="target")
   axes.set_xlabel("training step")
   axes.set_ylabel("test clip accuracy (mean over seeds)")
   axes.legend(fontsize=7)
@@ -303,24 +419,28 @@ def plot(outdir, steps: int, path) -> None:
 
 
 def update(outdir, report_dir, steps: int, command: str,
-           benchmark_json: str = "") -> pathlib.Path:
-  """Writes the table and the plot into REPORT_DIR/choosing.md, with the
-  wall-clock table when `benchmark_json` (a `bin/benchmark
-  --simulate_devices` result on the accuracy runs' model, batch and clip)
-  is given."""
+           benchmark_json: str = "", regime: Regime = CLIPS) -> pathlib.Path:
+  """Writes the regime's table and plot into REPORT_DIR/choosing.md (its
+  own markers), with the wall-clock table when `benchmark_json` (a
+  `bin/benchmark --simulate_devices` result on the regime's model, batch,
+  clip and updates: `load_benchmark`) is given."""
   from sideways_tf.run.files import write_marked_section  # noqa: PLC0415
+  # Checked before anything is written.
+  benchmark = load_benchmark(benchmark_json, regime) if benchmark_json else None
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
-  plot(outdir, steps, report_dir / "choosing_time_to_accuracy.png")
-  lines = table(outdir, steps)
-  if benchmark_json:
-    benchmark = json.loads(pathlib.Path(benchmark_json).read_text())
-    _, by_cell = cell_rows(load(outdir, steps)[0])
-    lines += wall_clock_table(by_cell, benchmark)
+  lines = table(outdir, steps, regime)
+  plot(outdir, steps, report_dir / regime.plot, regime)
+  if benchmark is not None:
+    target, by_cell, _ = _rows(outdir, steps, regime)
+    lines += wall_clock_table(
+        by_cell, benchmark, regime.rows_of_curve,
+        no_verdict="" if target is not None else _not_learned(by_cell,
+                                                              regime))
   lines += [
-      "", "![time to accuracy](choosing_time_to_accuracy.png)", "",
+      "", f"![time to accuracy]({regime.plot})", "",
       f"*Command: `{command}`*"]
   path = report_dir / "choosing.md"
-  write_marked_section(path, *MARKERS, lines,
+  write_marked_section(path, *regime.markers, lines,
                        new_file="# Choosing an algorithm\n\n")
   return path
