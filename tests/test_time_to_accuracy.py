@@ -363,3 +363,19 @@ def test_bin_experiments_reports_the_one_stream_regime(tmp_path):
   assert "| `pipelined_bp` | " in text
   assert (f"*Command: `bin/experiments {' '.join(common)} "
           f"--one_stream_benchmark={good}`*") in text
+
+
+def test_missing_runs_are_named_relative_to_the_project_root(monkeypatch,
+                                                              tmp_path):
+  """The report goes into docs/: a run under the project (the default
+  outdir, workdir/experiments) is named by its path from the project root,
+  not by one machine's absolute path; a run elsewhere keeps its own path."""
+  monkeypatch.setattr(tta, "PROJECT_ROOT", tmp_path)
+  _, problems = tta.load(tmp_path / "workdir" / "experiments", 10,
+                         tta.ONE_STREAM)
+  assert problems and all(
+      "(workdir/experiments/time_to_accuracy/one_stream/" in p
+      and str(tmp_path) not in p for p in problems)
+  elsewhere = tmp_path.parent / "elsewhere"
+  _, problems = tta.load(elsewhere, 10, tta.ONE_STREAM)
+  assert all(f"({elsewhere.resolve()}/" in p for p in problems)

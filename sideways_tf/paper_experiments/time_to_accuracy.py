@@ -46,6 +46,7 @@ from typing import Dict, List, Optional, Tuple
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_stats
 from sideways_tf.paper_experiments.gap_stats import format_interval
+from sideways_tf.run.files import PROJECT_ROOT
 from sideways_tf.run.files import atomic_write_text
 
 SEEDS = 5
@@ -178,6 +179,17 @@ def run(outdir, steps: int, seeds: int = SEEDS, jobs: int = 1,
 # ------------------------------------------------------------------- report
 
 
+def project_path(path) -> str:
+  """`path` relative to the project root when under it (the default
+  outdir, workdir/experiments): the report goes into docs/, which must not
+  name one machine's directories."""
+  path = pathlib.Path(path).resolve()
+  try:
+    return path.relative_to(PROJECT_ROOT.resolve()).as_posix()
+  except ValueError:
+    return str(path)
+
+
 def load(outdir, steps: int, regime: Regime = CLIPS) -> tuple:
   """(results that count, problems): a run counts only if it finished the
   requested steps with every override of its cell (`gap_stats.check_run`:
@@ -188,7 +200,8 @@ def load(outdir, steps: int, regime: Regime = CLIPS) -> tuple:
     reason, result = gap_stats.check_run(cell, cell.algorithms[0], seed,
                                          workdir, steps)
     if reason:
-      problems.append(f"{cell.name} seed {seed}: {reason} ({workdir})")
+      problems.append(f"{cell.name} seed {seed}: {reason} "
+                      f"({project_path(workdir)})")
     else:
       results.append(result)
   return results, problems
