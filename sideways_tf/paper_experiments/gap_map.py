@@ -26,12 +26,15 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
+from sideways_tf.paper_experiments import train_processes
 from sideways_tf.run.files import PROJECT_ROOT
 from sideways_tf.run.files import atomic_write_text
 
 CONFIG = "configs/moving_digits.py"
 EARLY_STEP = 1000  # diagnostics up to here count as "early" (= RISK_WINDOW)
 DEFAULT_SEEDS = 5  # bin/experiments --gap_seeds: >= 5 for every cell
+# The bin/train children of run_plan's runs (so that a stop reaches them).
+_PROCESSES = train_processes.TrainProcesses()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,15 +326,12 @@ def run_one(cell: Cell, algorithm: str, seed: int, workdir: pathlib.Path,
     cached = json.loads(result_path.read_text())
     if cached.get("steps") == steps:
       return cached
-  workdir.mkdir(parents=True, exist_ok=True)
   env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1",
              TF_NUM_INTEROP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
   command = train_command(cell, algorithm, seed, workdir, steps, data_dir)
   started = time.time()
-  with open(workdir / "train.log", "w") as log:
-    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                           env=env)
-  if code:
+  code = _PROCESSES.wait(_PROCESSES.start(command, workdir, env))
+  if code:  # a failure, or a run stopped by a signal: no result.json
     raise RuntimeError(f"{' '.join(command)} failed with exit code {code}; "
                        f"see {workdir / 'train.log'}")
   result = dict(read_run(workdir), cell=cell.name, group=cell.group,
@@ -379,37 +379,60 @@ def run_plan(label: str, todo, steps: int, jobs: int = 1,
   done/total, minutes] cell algorithm seed: test clip acc. ..." plus
   `describe(result)` and the estimated minutes left); a failed run is
   reported and skipped. `after(results)` is called after each finished run
-  (e.g. to write the results so far)."""
-  # Cached runs return at once, so the ETA counts only the runs that train.
-  cached = {str(w) for *_, w in todo
-            if (pathlib.Path(w) / "result.json").exists()}
-  to_train, trained = len(todo) - len(cached), 0
-  results, started = [], time.time()
+  (e.g. to write the results so far).
+
+  A stop (SIGINT, SIGTERM, or an error here) starts no queued run,
+  forwards the signal to the running ones (bin/train saves a checkpoint;
+  without result.json they run again, resumed, next time), waits for them
+  (train_processes.TrainProcesses.stop) and goes on up, so bin/experiments
+  exits 130 or 143."""
+  _PROCESSES.allow_starts()
+  progress = _Progress(label, todo)
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    futures = {pool.submit(run_one, cell, algorithm, seed, workdir, steps,
-                           data_dir):
-               (cell, algorithm, seed, workdir)
-               for cell, algorithm, seed, workdir in todo}
-    for done, future in enumerate(concurrent.futures.as_completed(futures),
-                                  1):
-      cell, algorithm, seed, workdir = futures[future]
-      trained += str(workdir) not in cached
-      try:
-        result = future.result()
-      except RuntimeError as error:  # keep going; say what failed
-        print(f"[{label} {done}/{len(todo)}] {cell.name} {algorithm} seed "
-              f"{seed}: FAILED: {error}", flush=True)
-        continue
-      results.append(result)
-      elapsed = time.time() - started
-      eta = elapsed / max(trained, 1) * (to_train - trained)
-      print(f"[{label} {done}/{len(todo)}, {elapsed / 60:.0f} min] "
-            f"{cell.name} {algorithm} seed {seed}: test clip acc. "
-            f"{result['test_accuracy']:.3f}{describe(result)}; ETA "
-            f"{eta / 60:.0f} min", flush=True)
-      if after is not None:
-        after(results)
-  return results
+    futures = {}
+    try:
+      for cell, algorithm, seed, workdir in todo:
+        futures[pool.submit(run_one, cell, algorithm, seed, workdir, steps,
+                            data_dir)] = (cell, algorithm, seed, workdir)
+      for future in concurrent.futures.as_completed(futures):
+        if progress.report(future, futures[future], describe) and after:
+          after(progress.results)
+    except BaseException as stop:  # a signal or an error: re-raised
+      _PROCESSES.stop(train_processes.signal_of(stop), label, futures)
+      raise
+  return progress.results
+
+
+class _Progress:
+  """run_plan's progress lines and results. Cached runs return at once, so
+  the ETA counts only the runs that train."""
+
+  def __init__(self, label: str, todo):
+    self.label, self.total = label, len(todo)
+    self.cached = {str(w) for *_, w in todo
+                   if (pathlib.Path(w) / "result.json").exists()}
+    self.to_train, self.trained, self.done = len(todo) - len(self.cached), 0, 0
+    self.results, self.started = [], time.time()
+
+  def report(self, future, run, describe) -> bool:
+    """Prints the line of a finished run; whether it succeeded."""
+    cell, algorithm, seed, workdir = run
+    self.done += 1
+    self.trained += str(workdir) not in self.cached
+    try:
+      result = future.result()
+    except RuntimeError as error:  # keep going; say what failed
+      print(f"[{self.label} {self.done}/{self.total}] {cell.name} "
+            f"{algorithm} seed {seed}: FAILED: {error}", flush=True)
+      return False
+    self.results.append(result)
+    elapsed = time.time() - self.started
+    eta = elapsed / max(self.trained, 1) * (self.to_train - self.trained)
+    print(f"[{self.label} {self.done}/{self.total}, {elapsed / 60:.0f} min] "
+          f"{cell.name} {algorithm} seed {seed}: test clip acc. "
+          f"{result['test_accuracy']:.3f}{describe(result)}; ETA "
+          f"{eta / 60:.0f} min", flush=True)
+    return True
 
 
 def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
