@@ -64,3 +64,17 @@ def test_runs_and_report(tmp_path, monkeypatch):
   text = report.read_text()
   assert "| sideways |" in text and "| bp |" in text
   assert (tmp_path / "docs" / "results_convergence.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)])
+def test_a_run_stopped_by_a_signal_stops_the_experiments(tmp_path,
+                                                         monkeypatch, signum,
+                                                         code):
+  """The loop saved a checkpoint and returned: bin/experiments exits as
+  bin/train does (130 / 143), instead of reading a result the run lacks."""
+  monkeypatch.setattr(research.train_lib, "train", lambda *args, **kw: {
+      "step": 2, "interrupted": True, "signal": signum})
+  run = research.runs_for("convergence", steps=4)[0]
+  with pytest.raises(SystemExit) as stopped:
+    research.run_one(run, tmp_path)
+  assert stopped.value.code == code

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import sys
 import time
 from typing import Dict, List
 
@@ -25,6 +26,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from sideways_tf.configs import default
 from sideways_tf import data as data_lib
+from sideways_tf.run import user_errors
 from sideways_tf.run.files import atomic_write_text
 from sideways_tf.training import train_lib
 from sideways_tf.data import clips
@@ -147,6 +149,8 @@ def run_one(run: Dict, workdir: pathlib.Path, config_path: str = "") -> Dict:
   config = make_config(run, config_path)
   started = time.time()
   summary = train_lib.train(config, workdir, overwrite=True)
+  if summary.get("interrupted"):  # SIGINT/SIGTERM: saved; a rerun resumes
+    sys.exit(user_errors.signal_exit_code(summary.get("signal") or 15))
   result = dict(label=run["label"], algorithm=run["algorithm"],
                 test_accuracy=summary["eval_clip_accuracy"],
                 test_frame_accuracy=summary["eval_frame_accuracy"],
