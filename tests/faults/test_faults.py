@@ -386,15 +386,30 @@ def _start_workers(workdir, data_dir, *args):
       stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
-def _wait_for_checkpoint(manager_dir, workers, step, seconds=900):
+def _recorded_step(manager_dir):
+  """The step of the checkpoint the manager's state file names (written
+  after the checkpoint's files: a checkpoint whose files exist may not be
+  recorded yet), or None."""
+  newest = tf.train.latest_checkpoint(str(manager_dir))
+  return None if newest is None else workdir_lib.checkpoint_step(newest)
+
+
+def _wait_for_checkpoint(manager_dir, workers, step, seconds=900,
+                         recorded=False):
   """True once a checkpoint of `step` or later exists (the keep-N rotation
-  may already have deleted that one); False if a worker ends first or after
-  `seconds` (a busy machine takes minutes)."""
+  may already have deleted that one), or with `recorded` once the manager's
+  state file names one; False if a worker ends first or after `seconds` (a
+  busy machine takes minutes)."""
   deadline = time.time() + seconds
   while time.time() < deadline:
-    steps = checkpoints.checkpoint_steps(manager_dir)
-    if steps and steps[0] >= step:
-      return True
+    if recorded:
+      newest = _recorded_step(manager_dir)
+      if newest is not None and newest >= step:
+        return True
+    else:
+      steps = checkpoints.checkpoint_steps(manager_dir)
+      if steps and steps[0] >= step:
+        return True
     if any(worker.poll() is not None for worker in workers):
       return False
     time.sleep(0.2)
@@ -458,7 +473,9 @@ def test_sigterm_on_one_worker_stops_all_at_one_step_the_chief_saves(
   # checkpoints later: the non-chief names the newest one.
   workers = _start_workers(workdir, data_dir,
                            "--config.train.checkpoint_every=1")
-  ready = _wait_for_checkpoint(manager_dir, workers, step + 2)
+  # Waits for the state file, not the files: a kill between a checkpoint's
+  # files and its record would leave the previous one the newest.
+  ready = _wait_for_checkpoint(manager_dir, workers, step + 2, recorded=True)
   if ready:
     workers[0].send_signal(signal.SIGKILL)
   outputs = _finish_workers(workers, kill=not ready)
