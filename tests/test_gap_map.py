@@ -1,6 +1,5 @@
 """The gap map's plumbing: commands, caching, pairing by seed, intervals."""
 
-import ast
 import json
 import math
 
@@ -11,6 +10,7 @@ from sideways_tf.training import diagnostics
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_report
 from sideways_tf.paper_experiments import gap_stats
+from tests import util
 
 
 def test_train_command_is_bin_train_with_the_cell_overrides(tmp_path):
@@ -65,22 +65,10 @@ def _write_run(outdir, cell, algorithm, seed, accuracy, steps=50,
   """A finished run as run_one leaves it: result.json, eval.json and the
   config.json bin/train writes (the cell's overrides, `changes` applied)."""
   workdir = gap_map.run_dir(outdir, cell, algorithm, seed)
-  workdir.mkdir(parents=True)
-  (workdir / "result.json").write_text(json.dumps(
-      _result(cell.name, algorithm, seed, accuracy, steps=steps)))
-  (workdir / "eval.json").write_text(json.dumps({"step": steps}))
-  config = {}
   overrides = gap_map.run_overrides(cell, algorithm, seed, workdir, steps)
-  for key, text in dict(overrides, **changes).items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node.setdefault(part, {})
-    try:
-      node[leaf] = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      node[leaf] = text
-  (workdir / "config.json").write_text(json.dumps(config))
+  util.write_finished_run(
+      workdir, _result(cell.name, algorithm, seed, accuracy, steps=steps),
+      dict(overrides, **changes))
   return workdir
 
 

@@ -1,6 +1,5 @@
 """Time to accuracy: the pre-registered statistics, on made-up runs."""
 
-import ast
 import json
 import os
 import re
@@ -12,6 +11,7 @@ import pytest
 from sideways_tf.paper_experiments import gap_map
 from sideways_tf.paper_experiments import gap_stats
 from sideways_tf.paper_experiments import time_to_accuracy as tta
+from tests import util
 
 
 def _write(outdir, cell, seed, final, curve, steps=100,
@@ -20,24 +20,12 @@ def _write(outdir, cell, seed, final, curve, steps=100,
   and the config.json bin/train writes (the run's overrides, `changes`
   applied)."""
   workdir = tta.run_dir(outdir, cell, seed, regime)
-  workdir.mkdir(parents=True)
   algorithm = cell.algorithms[0]
-  (workdir / "result.json").write_text(json.dumps(dict(
-      cell=cell.name, algorithm=algorithm, seed=seed, steps=steps,
-      test_accuracy=final, curve=curve, command="bin/train ...")))
-  (workdir / "eval.json").write_text(json.dumps({"step": steps}))
-  config = {}
   overrides = gap_map.run_overrides(cell, algorithm, seed, workdir, steps)
-  for key, text in dict(overrides, **changes).items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node.setdefault(part, {})
-    try:
-      node[leaf] = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      node[leaf] = text
-  (workdir / "config.json").write_text(json.dumps(config))
+  util.write_finished_run(workdir, dict(
+      cell=cell.name, algorithm=algorithm, seed=seed, steps=steps,
+      test_accuracy=final, curve=curve, command="bin/train ..."),
+      dict(overrides, **changes))
 
 
 def test_steps_to_target_is_the_first_evaluated_step_at_or_above_it():

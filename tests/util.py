@@ -1,5 +1,8 @@
 """Small models and clips for the engine tests."""
 
+import ast
+import json
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -104,3 +107,24 @@ def function_node_devices(concrete):
     nodes.update({f"{function.signature.name}/{n.name}": (n.op, n.device)
                   for n in function.node_def})
   return nodes
+
+
+def write_finished_run(workdir, result, overrides):
+  """A run as gap_map.run_one leaves it, in `workdir` (created): its
+  result.json, eval.json at result["steps"], and the config.json bin/train
+  writes for `overrides` ({"a.b": text}: nested keys, values parsed as
+  Python literals where they are one, as the config flags do)."""
+  workdir.mkdir(parents=True)
+  (workdir / "result.json").write_text(json.dumps(result))
+  (workdir / "eval.json").write_text(json.dumps({"step": result["steps"]}))
+  config = {}
+  for key, text in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node.setdefault(part, {})
+    try:
+      node[leaf] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      node[leaf] = text
+  (workdir / "config.json").write_text(json.dumps(config))

@@ -202,7 +202,6 @@ def _trainer(config: DevicesConfig, variant: str, tf):
   DataParallel (replica r on the r-th group of devices), stages built."""
   import sideways_tf  # pylint: disable=g-import-not-at-top
   from sideways_tf.engine import balance  # pylint: disable=g-import-not-at-top
-  from sideways_tf.training.builder import make_optimizer  # pylint: disable=g-import-not-at-top
   row, replicas = variant_spec(variant)
   algorithm, placed, remat = VARIANTS[row]
   stages, layers = _model_layers(config)
@@ -222,8 +221,7 @@ def _trainer(config: DevicesConfig, variant: str, tf):
                                       rows if replicas > 1 else None)
   parallel.build((config.image_size, config.image_size, config.channels))
   with parallel.scope():
-    optimizer = make_optimizer(types.SimpleNamespace(
-        optimizer=config.optimizer, learning_rate=1e-4))
+    optimizer = _optimizer(config)
   return sideways_tf.Trainer(pipeline, optimizer, algorithm,
                              update_every_ticks=config.update_every_ticks,
                              data_parallel=parallel)
@@ -536,12 +534,18 @@ def validate(config: DevicesConfig) -> None:
   _validate_online(config)
 
 
+def _optimizer(config: DevicesConfig):
+  """The rows' optimizer: config.optimizer at learning rate 1e-4 (the
+  configs' make_optimizer, so the same names)."""
+  from sideways_tf.training.builder import make_optimizer  # noqa: PLC0415
+  return make_optimizer(types.SimpleNamespace(optimizer=config.optimizer,
+                                              learning_rate=1e-4))
+
+
 def _validate_optimizer(config: DevicesConfig) -> None:
   """A Keras optimizer name, checked here rather than in every child."""
-  from sideways_tf.training.builder import make_optimizer  # noqa: PLC0415
   try:
-    make_optimizer(types.SimpleNamespace(optimizer=config.optimizer,
-                                         learning_rate=1e-4))
+    _optimizer(config)
   except ValueError as error:
     raise ValueError(f"--optimizer={config.optimizer!r} is not a Keras "
                      f"optimizer name (e.g. sgd, adam)") from error
