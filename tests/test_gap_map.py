@@ -34,6 +34,31 @@ def test_plan_lists_both_algorithms_per_seed_in_priority_order(tmp_path):
   assert len({str(d) for *_, d in runs}) == len(runs)
 
 
+def test_a_selected_cell_plans_the_runs_it_is_reported_against(tmp_path):
+  auto = "1-2 px/frame + replay_modules=auto"
+  runs = gap_map.plan(tmp_path, seeds=5, only_cells=[auto])
+  planned = {(cell.name, algorithm, seed) for cell, algorithm, seed, _ in runs}
+  # Its own Sideways runs, the BP runs it shares and the Sideways runs of
+  # the cell COMPARISONS subtracts from it, for each of its 5 seeds.
+  assert planned == {(name, algorithm, seed) for seed in range(5)
+                     for name, algorithm in (
+                         (auto, "sideways"), ("1-2 px/frame (default)", "bp"),
+                         ("replay_modules=2", "sideways"))}
+  # A group and a cell select their union, each run once, in map order.
+  both = gap_map.plan(tmp_path, seeds=5, only_groups=["held-out"],
+                      only_cells=[auto])
+  assert len({str(d) for *_, d in both}) == len(both)
+  names = list(dict.fromkeys(cell.name for cell, *_ in both))
+  assert names.index("8 px digit, 1-2 px/frame") < names.index(auto)
+
+
+def test_an_unknown_group_or_cell_is_named_before_anything_runs(tmp_path):
+  with pytest.raises(ValueError, match="'held out'"):
+    gap_map.plan(tmp_path, seeds=5, only_groups=["held out"])
+  with pytest.raises(ValueError, match="'VGG-8 BN L=8'"):
+    gap_map.check_selection(only_cells=["VGG-8 BN L=8"])
+
+
 def test_a_cached_result_is_not_run_again(tmp_path):
   cell = gap_map.CELLS[0]
   workdir = gap_map.run_dir(tmp_path, cell, "bp", 0)
@@ -61,14 +86,16 @@ def _result(cell, algorithm, seed, accuracy, risk=0.0, steps=50):
 
 
 def _write_run(outdir, cell, algorithm, seed, accuracy, steps=50,
-               **changes):
-  """A finished run as run_one leaves it: result.json, eval.json and the
-  config.json bin/train writes (the cell's overrides, `changes` applied)."""
+               risk=None, **changes):
+  """A finished run as run_one leaves it: result.json (with the risk
+  statistic read_run keeps, if given), eval.json and the config.json
+  bin/train writes (the cell's overrides, `changes` applied)."""
   workdir = gap_map.run_dir(outdir, cell, algorithm, seed)
   overrides = gap_map.run_overrides(cell, algorithm, seed, workdir, steps)
-  util.write_finished_run(
-      workdir, _result(cell.name, algorithm, seed, accuracy, steps=steps),
-      dict(overrides, **changes))
+  result = _result(cell.name, algorithm, seed, accuracy, steps=steps)
+  if risk is not None:
+    result["early"]["risk_statistic"] = risk
+  util.write_finished_run(workdir, result, dict(overrides, **changes))
   return workdir
 
 
@@ -108,6 +135,44 @@ def test_update_keeps_the_rest_of_results_md(tmp_path):
   gap_report.update(outdir, tmp_path, "bin/experiments --only=gap",
                     seeds=3, steps=50)
   assert path.read_text().count(gap_report.BEGIN) == 1  # replaced, not added
+
+
+def test_a_report_of_the_held_out_cells_leaves_the_maps_section_as_it_is(
+    tmp_path):
+  outdir = tmp_path / "out"
+  default = gap_map.cell_by_name("1-2 px/frame (default)")
+  held = gap_map.cell_by_name("8 px digit, 1-2 px/frame")
+  for s in range(5):
+    for algorithm, accuracy in (("bp", 0.8), ("sideways", 0.5)):
+      _write_run(outdir, default, algorithm, s, accuracy + 0.01 * s)
+  gap_report.update(outdir, tmp_path, "bin/experiments --only=gap",
+                    seeds=5, steps=50)
+  text = (tmp_path / "results.md").read_text()
+  start, end = gap_report.MAP.begin, gap_report.MAP.end
+  map_part = text[text.index(start):text.index(end)]
+  assert gap_report.OUT_OF_SAMPLE.begin not in text  # no held-out run yet
+  # The held-out runs arrive; the map's runs are gone (a new machine): a
+  # report of the held-out group rewrites its own part only.
+  for s in range(5):  # gaps 0, -0.1 (not more than 10 points), -0.2 ..
+    _write_run(outdir, held, "bp", s, 0.9)
+    _write_run(outdir, held, "sideways", s, 0.9 - 0.1 * s,
+               risk=0.1 + 0.2 * s)
+  for run in (outdir / "gap" / "1-2_px_frame__default_").iterdir():
+    (run / "result.json").unlink()
+  path = gap_report.update(outdir, tmp_path, "bin/experiments --only=gap "
+                           "--gap_groups=held-out", seeds=5, steps=50,
+                           groups=["held-out"])
+  text = path.read_text()
+  assert text[text.index(start):text.index(end)] == map_part
+  part = text[text.index(gap_report.OUT_OF_SAMPLE.begin):]
+  assert "| held-out | 8 px digit, 1-2 px/frame | 5 |" in part
+  assert "| speed |" not in part
+  assert "every cell of the map" not in part
+  assert ("held-out cells only (out of sample, pre-registered)" in part
+          and "flagged 3 of 3 runs more than 10 points behind and 0 of 2 "
+          "runs within 10 points (false alarms); ROC AUC of the statistic "
+          "for a big gap 1.00." in part)
+  assert (tmp_path / "results_gap_out_of_sample.png").stat().st_size > 0
 
 
 def test_the_user_path_cell_trains_on_the_prepared_mp4s_with_shipped_replay(

@@ -47,6 +47,10 @@ _GAP_GROUPS = flags.DEFINE_list(
     "depth, train set, stride, optimizer, user path, held-out, auto, "
     "held-out defaults, online); [] = "
     "all, in priority order.")
+_GAP_CELLS = flags.DEFINE_multi_string(
+    "gap_cell", [], "gap: only this cell (its name as in the report's "
+    "table, e.g. --gap_cell='VGG-8 batch norm L=8'); repeat for more. With "
+    "--gap_groups, the cells of those groups and these.")
 _SKIP_SEEDS = flags.DEFINE_integer(
     "skip_seeds", 5, "skip_variants: seeds per cell (>= 3 for intervals).",
     lower_bound=1)
@@ -117,6 +121,8 @@ def main(argv):
     if name not in runs.EXPERIMENTS + SECTIONS:
       raise ValueError(f"unknown experiment {name!r}; expected some of "
                        f"{runs.EXPERIMENTS + SECTIONS}")
+  if "gap" in _ONLY.value:  # a typo in a cell's name: before hours of runs
+    gap_map.check_selection(_GAP_GROUPS.value, _GAP_CELLS.value)
   for name in _ONLY.value:  # a wrong benchmark JSON: before hours of runs
     if name in BENCHMARK_FLAGS and BENCHMARK_FLAGS[name].value:
       time_to_accuracy.load_benchmark(BENCHMARK_FLAGS[name].value,
@@ -124,7 +130,7 @@ def main(argv):
   for name in [] if _REPORT_ONLY.value else _ONLY.value:
     if name == "gap":
       gap_map.run_map(outdir, _STEPS.value, _GAP_SEEDS.value, _JOBS.value,
-                      _GAP_GROUPS.value)
+                      _GAP_GROUPS.value, only_cells=_GAP_CELLS.value)
     elif name == "skip_variants":
       skip_variants.run(outdir, _STEPS.value, _SKIP_SEEDS.value, _JOBS.value,
                         _SKIP_GROUPS.value)
@@ -150,7 +156,9 @@ def main(argv):
           continue
         if name == "gap":
           path = gap_report.update(outdir, pathlib.Path(report_dir), command,
-                                   seeds=_GAP_SEEDS.value, steps=_STEPS.value)
+                                   seeds=_GAP_SEEDS.value, steps=_STEPS.value,
+                                   groups=_GAP_GROUPS.value,
+                                   cells_named=_GAP_CELLS.value)
         elif name == "temporal":
           path = temporal_map.update(outdir, pathlib.Path(report_dir),
                                      command, _TEMPORAL_BENCHMARK.value)

@@ -197,6 +197,11 @@ CELLS += (
          min_seeds=5),
 )
 
+# The cells run after the risk threshold and the replay advice were set on
+# the map above: the pre-registered held-out test, the second video family,
+# auto replay, online updates. The report gives them their own section.
+OUT_OF_SAMPLE_GROUPS = (HELD_OUT, "held-out defaults", "auto", "online")
+
 # Paired differences the docs quote: (cell a, cell b), Sideways runs of a
 # minus Sideways runs of b, paired by seed (gap_stats.comparisons).
 COMPARISONS = (
@@ -226,17 +231,64 @@ def run_dir(outdir, cell: Cell, algorithm: str, seed: int) -> pathlib.Path:
   return pathlib.Path(outdir) / "gap" / slug / f"{algorithm}-seed{seed}"
 
 
-def plan(outdir, seeds: int, only_groups: Sequence[str] = ()) -> List[tuple]:
-  """(cell, algorithm, seed, run_dir) of every run, in priority order."""
-  runs = []
+def groups() -> List[str]:
+  """The map's groups of cells, in map order."""
+  return list(dict.fromkeys(cell.group for cell in CELLS))
+
+
+def check_selection(only_groups: Sequence[str] = (),
+                    only_cells: Sequence[str] = ()) -> None:
+  """A ValueError naming any group or cell the map does not have (checked
+  before anything runs, so a typo does not cost a map of runs)."""
+  unknown = [g for g in only_groups if g not in groups()]
+  if unknown:
+    raise ValueError(f"unknown gap group(s) {unknown}; the map has "
+                     f"{groups()}")
+  names = [cell.name for cell in CELLS]
+  unknown = [c for c in only_cells if c not in names]
+  if unknown:
+    raise ValueError(f"unknown gap cell(s) {unknown}; the map has {names}")
+
+
+def plan(outdir, seeds: int, only_groups: Sequence[str] = (),
+         only_cells: Sequence[str] = ()) -> List[tuple]:
+  """(cell, algorithm, seed, run_dir) of every run, in priority order;
+  with `only_groups` / `only_cells`, the runs of the cells in those groups
+  or with those names (either selects; in map order, not the given one)."""
+  check_selection(only_groups, only_cells)
+  runs, planned = [], set()
+
+  def add(cell, algorithm, seed):
+    workdir = run_dir(outdir, cell, algorithm, seed)
+    if workdir not in planned:
+      planned.add(workdir)
+      runs.append((cell, algorithm, seed, workdir))
+
   for cell in CELLS:
-    if only_groups and cell.group not in only_groups:
+    if (only_groups or only_cells) and not (
+        cell.group in only_groups or cell.name in only_cells):
       continue
     for seed in range(max(seeds, cell.min_seeds)):
+      # What the cell is reported against (a selection would otherwise
+      # leave it out): the BP runs it shares, the Sideways runs of the
+      # cells it is compared with.
+      for other, algorithm in references(cell):
+        add(other, algorithm, seed)
       for algorithm in cell.algorithms:
-        runs.append((cell, algorithm, seed,
-                     run_dir(outdir, cell, algorithm, seed)))
+        add(cell, algorithm, seed)
   return runs
+
+
+def references(cell: Cell) -> List[tuple]:
+  """(cell, algorithm) of the runs a cell's report rows pair it with: the
+  BP runs of `bp_from`, and the Sideways runs of the cells COMPARISONS
+  subtracts from it."""
+  found = []
+  if cell.bp_from:
+    found.append((cell_by_name(cell.bp_from), "bp"))
+  found += [(cell_by_name(b), "sideways") for a, b in COMPARISONS
+            if a == cell.name]
+  return found
 
 
 def train_command(cell: Cell, algorithm: str, seed: int, workdir, steps: int,
@@ -436,10 +488,12 @@ class _Progress:
 
 
 def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
-            only_groups: Sequence[str] = (), data_dir: str = "") -> List[Dict]:
-  """Runs (or loads) every run of the map; writes OUTDIR/gap.json."""
+            only_groups: Sequence[str] = (), data_dir: str = "",
+            only_cells: Sequence[str] = ()) -> List[Dict]:
+  """Runs (or loads) every run of the map (or of the groups and cells
+  named); writes OUTDIR/gap.json."""
   outdir = pathlib.Path(outdir)
-  todo = plan(outdir, seeds, only_groups)
+  todo = plan(outdir, seeds, only_groups, only_cells)
   for video_set in sorted({cell.videos for cell, *_, w in todo
                            if cell.videos
                            and not (w / "result.json").exists()}):

@@ -65,12 +65,14 @@ def bp_cell(cell) -> str:
 # ------------------------------------------------------------------ audit
 
 
-def audit(outdir, steps: int, seeds: int) -> Tuple[List[Dict], List[Dict]]:
-  """(runs that count, runs left out with the reason), over the map's plan.
+def audit(outdir, steps: int, seeds: int,
+          groups: Sequence[str] = ()) -> Tuple[List[Dict], List[Dict]]:
+  """(runs that count, runs left out with the reason), over the map's plan
+  (of `groups` and the runs they pair with, if given).
 
   A counted run gains `risk_statistic` (Sideways runs, from its logs)."""
   counted, left_out = [], []
-  for cell, algorithm, seed, workdir in gap_map.plan(outdir, seeds):
+  for cell, algorithm, seed, workdir in gap_map.plan(outdir, seeds, groups):
     reason, result = check_run(cell, algorithm, seed, workdir, steps)
     if reason:
       left_out.append(dict(cell=cell.name, algorithm=algorithm, seed=seed,

@@ -125,7 +125,8 @@ def write(outdir, report_dir, command) -> pathlib.Path:
       "## 4. Depth: the same VGG-8 cut into 2, 4, 8 modules",
       "VGG-8 (width 8, no normalisation); module k's gradient lags 2(L−k) "
       "frames behind BP's.", "modules")
-  lines += gap_report.section(outdir, report_dir, command)
+  for part in gap_report.PARTS:
+    lines += gap_report.section(outdir, report_dir, command, part=part)
   results = _load(outdir, "skip")
   if results:
     lines += ["## 5. Skip-Sideways vs Sideways vs BP", "",
