@@ -172,7 +172,9 @@ def test_a_report_of_the_held_out_cells_leaves_the_maps_section_as_it_is(
           and "flagged 3 of 3 runs more than 10 points behind and 0 of 2 "
           "runs within 10 points (false alarms); ROC AUC of the statistic "
           "for a big gap 1.00." in part)
-  assert (tmp_path / "results_gap_out_of_sample.png").stat().st_size > 0
+  for png in ("results_gap_out_of_sample.png",
+              "results_gap_out_of_sample_risk.png"):  # the runs, per run
+    assert (tmp_path / png).stat().st_size > 0
 
 
 def test_the_user_path_cell_trains_on_the_prepared_mp4s_with_shipped_replay(

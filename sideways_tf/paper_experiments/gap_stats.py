@@ -196,20 +196,18 @@ def roc_auc(positives: Sequence[float], negatives: Sequence[float]):
   return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
 
 
-def detection(results: List[Dict], threshold: float,
-              held_out_only: bool = False) -> Dict:
-  """The risk warning against each Sideways run's own gap.
+def detection_runs(results: List[Dict],
+                   held_out_only: bool = False) -> Tuple[List[Dict], int]:
+  """The Sideways runs the detection test counts, each as {cell, seed,
+  statistic, gap} (gap: its test accuracy minus its paired BP run's), and
+  how many were left out.
 
   A Sideways run counts if its cell is on the map (and held out, with
   `held_out_only`), it has a risk statistic (not every module below the top
-  replayed) and its paired BP run (same data, seed) reached BP_LEARNS.
-  Returns {"big_gap": [flagged, runs], "small_gap": [flagged, runs],
-  "skipped": runs left out, "auc": ROC AUC of the statistic for big gaps}.
-  """
+  replayed) and its paired BP run (same data, seed) reached BP_LEARNS."""
   runs = by_key(results)
   cells = {cell.name: cell for cell in gap_map.CELLS}
-  counts = {"big_gap": [0, 0], "small_gap": [0, 0], "skipped": 0}
-  scores = {"big_gap": [], "small_gap": []}
+  counted, skipped = [], 0
   for run in results:
     cell = cells.get(run["cell"])
     if run["algorithm"] != "sideways" or cell is None or (
@@ -218,12 +216,29 @@ def detection(results: List[Dict], threshold: float,
     bp = runs.get((bp_cell(cell), "bp", run["seed"]))
     statistic = run.get("risk_statistic")
     if bp is None or statistic is None or bp["test_accuracy"] < BP_LEARNS:
-      counts["skipped"] += 1
+      skipped += 1
       continue
-    key = ("big_gap" if run["test_accuracy"] - bp["test_accuracy"]
-           < -BIG_GAP else "small_gap")
-    counts[key][0] += statistic > threshold
+    counted.append(dict(cell=cell.name, seed=run["seed"], statistic=statistic,
+                        gap=run["test_accuracy"] - bp["test_accuracy"]))
+  return counted, skipped
+
+
+def detection(results: List[Dict], threshold: float,
+              held_out_only: bool = False) -> Dict:
+  """The risk warning against each Sideways run's own gap (the runs of
+  :func:`detection_runs`): a run is flagged if its statistic exceeds
+  `threshold` and trails if its gap is below -BIG_GAP.
+
+  Returns {"big_gap": [flagged, runs], "small_gap": [flagged, runs],
+  "skipped": runs left out, "auc": ROC AUC of the statistic for big gaps}.
+  """
+  counted, skipped = detection_runs(results, held_out_only)
+  counts = {"big_gap": [0, 0], "small_gap": [0, 0], "skipped": skipped}
+  scores = {"big_gap": [], "small_gap": []}
+  for run in counted:
+    key = "big_gap" if run["gap"] < -BIG_GAP else "small_gap"
+    counts[key][0] += run["statistic"] > threshold
     counts[key][1] += 1
-    scores[key].append(statistic)
+    scores[key].append(run["statistic"])
   counts["auc"] = roc_auc(scores["big_gap"], scores["small_gap"])
   return counts
