@@ -138,3 +138,25 @@ def test_keras_model_chooses_at_the_first_fit_and_checkpoints_it(tmp_path):
   for a, b in zip(again.pipeline.state_variables,
                   model.pipeline.state_variables):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+
+def test_with_batch_norm_auto_replays_every_module_below_the_top_or_none(
+    monkeypatch):
+  """Partial replay with batch norm collapsed on the map (docs/fidelity.md,
+  4b), so where any module moves, "auto" replays all of them below the
+  top. The lag changes are given (module 1 alone moves); the model's
+  normalisation decides."""
+  import sideways_tf  # noqa: PLC0415
+  from tests import util  # noqa: PLC0415
+  from tests.engine.test_replay_batch_norm import batch_norm_stages  # noqa: PLC0415
+  changes = {"module_1": 0.6, "module_2": 0.1, "module_3": 0.1}
+  monkeypatch.setattr(auto_replay, "measure", lambda probe, clips: changes)
+  plain = auto_replay.choose(sideways_tf.Pipeline(util.dense_stages(4)), [])
+  assert plain[0] == diagnostics.MIN_PARTIAL_REPLAY == 2
+  normalised = auto_replay.choose(
+      sideways_tf.Pipeline(batch_norm_stages(4)), [])
+  assert normalised[0] == 3
+  changes.update(module_1=0.3)  # nothing moves: nothing replayed
+  assert auto_replay.choose(sideways_tf.Pipeline(batch_norm_stages(4)),
+                            [])[0] == 0

@@ -150,24 +150,30 @@ def test_fidelity_hook_warns_only_within_the_risk_window(caplog):
   assert len(caplog.records) == 1
 
 
-@pytest.mark.parametrize("lag_changes,skips,expected", [
-    ((0.6, 0.5, 0.1), None, 2),    # modules 1 and 2 move: replay both
-    ((0.6, 0.5, 0.45), None, 3),   # module 3 too: every module below the top
-    ((0.6, 0.3, 0.1), None, 2),    # module 1 alone: at least two
-    ((0.3, 0.2, 0.1), None, 0),    # nothing above the threshold
-    ((0.6, 0.3, 0.1), {2: [0]}, 3),  # skips: all below the top or none
+@pytest.mark.parametrize("lag_changes,skips,batch_norm,expected", [
+    ((0.6, 0.5, 0.1), None, False, 2),    # modules 1 and 2 move: both
+    ((0.6, 0.5, 0.45), None, False, 3),   # module 3 too: all below the top
+    ((0.6, 0.3, 0.1), None, False, 2),    # module 1 alone: at least two
+    ((0.3, 0.2, 0.1), None, False, 0),    # nothing above the threshold
+    ((0.6, 0.3, 0.1), {2: [0]}, False, 3),  # skips: all below the top or none
+    ((0.6, 0.3, 0.1), None, True, 3),     # batch norm: all or none too
+    ((0.3, 0.2, 0.1), None, True, 0),
 ])
-def test_replay_advice_fits_the_model(lag_changes, skips, expected):
+def test_replay_advice_fits_the_model(lag_changes, skips, batch_norm,
+                                      expected):
   from sideways_tf.training import hooks
-  pipe = sideways_tf.Pipeline(util.dense_stages(4), skips=skips)
+  from tests.engine.test_replay_batch_norm import batch_norm_stages
+  stages = batch_norm_stages(4) if batch_norm else util.dense_stages(4)
+  pipe = sideways_tf.Pipeline(stages, skips=skips)
   fidelity = _fidelity(*lag_changes)
   assert diagnostics.replay_for(
       {m: v["lag_change"] for m, v in fidelity.items()}, 4, 0.4,
-      has_skips=bool(skips)) == expected
+      has_skips=bool(skips), has_batch_norm=batch_norm) == expected
   if expected:
     advice = hooks.replay_advice(pipe, fidelity, 0.4)
     assert f"replay_modules={expected} " in advice
     assert ("Skip-Sideways" in advice) == bool(skips)
+    assert ("with batch norm" in advice) == batch_norm
 
 
 def test_replay_for_a_deep_model_replays_up_to_the_highest_module_that_moves():

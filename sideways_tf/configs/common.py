@@ -13,8 +13,11 @@ def vgg8_on_gpus(config, *, num_modules, granularity):
       num_modules, field_type=object)
   config.model.width = 64
   # or "group", "none". Replay (config.replay_modules) works with batch norm
-  # (docs/engine.md, "Replay"); these configs ship plain Sideways until the
-  # map measures what VGG-8 with batch norm needs (docs/fidelity.md).
+  # (docs/engine.md, "Replay"), but replay every module below the top or
+  # none: on the moving-digits VGG-8 at L = 8 with batch norm, replaying 7
+  # matched BP and replaying 4 collapsed to chance (docs/fidelity.md). These
+  # configs ship the paper's plain Sideways; --config.replay_modules=L-1
+  # (one extra forward per replayed module per tick) is the measured fix.
   config.model.norm = "batch"
   config.model.balance = ""  # "time": re-cut by measured time at start-up
   config.model.temporal = ""  # or "conv:3", "shift" (docs/models.md)

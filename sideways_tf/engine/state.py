@@ -37,6 +37,20 @@ class FunctionCache(dict):
   checkpoints it (it would refuse the tuple keys)."""
 
 
+def batch_norm_variables(stage) -> set:
+  """ids of the moving statistics of the batch-norm layers in a stage."""
+  return {id(v) for layer in stage._flatten_layers()
+          if isinstance(layer, keras.layers.BatchNormalization)
+          for v in layer.non_trainable_variables}
+
+
+def has_batch_norm(stages) -> bool:
+  """Whether any stage normalises with batch statistics (batch norm): the
+  replay advice then replays every module below the top or none
+  (training/diagnostics.replay_for)."""
+  return any(batch_norm_variables(stage) for stage in stages)
+
+
 def check_replayable(modules, replay_modules) -> None:
   """Replay recomputes a stage's forward at a held input. Batch norm's
   moving averages are fine (the recomputation is stateless and uses the
@@ -45,9 +59,7 @@ def check_replayable(modules, replay_modules) -> None:
   original forward, so it is refused, naming the variables."""
   for module in modules[:replay_modules]:
     stage = module.stage
-    moving = {id(v) for layer in stage._flatten_layers()
-              if isinstance(layer, keras.layers.BatchNormalization)
-              for v in layer.non_trainable_variables}
+    moving = batch_norm_variables(stage)
     other = [v.path for v in stage.non_trainable_variables
              if id(v) not in moving]
     if other:

@@ -29,6 +29,7 @@ from absl import logging
 
 from sideways_tf.training import diagnostics
 from sideways_tf.engine import algorithms
+from sideways_tf.engine import state
 
 AUTO = "auto"
 MEASURE_BATCHES = 4
@@ -90,7 +91,9 @@ def choose(probe, clips) -> Tuple[int, Dict[str, object]]:
   changes = measure(probe, clips)
   count = diagnostics.replay_for(changes, probe.num_modules,
                                  diagnostics.RISK_THRESHOLD,
-                                 has_skips=any(probe.skip_sources))
+                                 has_skips=any(probe.skip_sources),
+                                 has_batch_norm=state.has_batch_norm(
+                                     probe.stages))
   moved = [m for m, v in changes.items() if v > diagnostics.RISK_THRESHOLD]
   message = (f"Replay (replay_modules=auto): lag_change per module "
              f"{ {m: round(v, 3) for m, v in changes.items()} } over "

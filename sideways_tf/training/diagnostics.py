@@ -178,21 +178,24 @@ MIN_PARTIAL_REPLAY = 2
 
 
 def replay_for(lag_changes: Dict[str, float], num_modules: int,
-               threshold: float, has_skips: bool = False) -> int:
+               threshold: float, has_skips: bool = False,
+               has_batch_norm: bool = False) -> int:
   """How many bottom modules to replay so that no module Sideways still
   approximates has a lag_change above `threshold` (risk <= threshold).
 
   `lag_changes`: {"module_k": value} as :func:`lag_change` returns. The
   answer is the highest module k whose value exceeds the threshold (replay
   is always of the bottom modules, so every module below it too), at least
-  MIN_PARTIAL_REPLAY; with Skip-Sideways skips every module below the top
-  (L-1) or none, since replaying only some trained worse than none
-  (docs/skip_sideways.md). 0 if no module exceeds the threshold.
+  MIN_PARTIAL_REPLAY. Every module below the top (L-1) or none where
+  replaying only some trained worse than none: with Skip-Sideways skips
+  (docs/skip_sideways.md), and with batch norm (VGG-8 at L = 8 with batch
+  norm and replay_modules=4 collapsed to chance in 5 of 5 seeds, where 7
+  matched BP; docs/fidelity.md, 4b). 0 if no module exceeds the threshold.
   """
   above = [int(name.split("_")[1]) for name, value in lag_changes.items()
            if value > threshold]
   if not above or num_modules < 2:
     return 0
-  if has_skips:
+  if has_skips or has_batch_norm:
     return num_modules - 1
   return min(max(max(above), MIN_PARTIAL_REPLAY), num_modules - 1)

@@ -24,6 +24,7 @@ from absl import logging
 
 from sideways_tf.data import shard_check
 from sideways_tf.engine import algorithms
+from sideways_tf.engine import state
 from sideways_tf.run import summaries
 from sideways_tf.run.files import atomic_write_text
 from sideways_tf.training import diagnostics
@@ -124,12 +125,17 @@ def replay_advice(pipeline, fidelity, threshold) -> str:
                  for module, measures in fidelity.items()
                  if "lag_change" in measures}
   has_skips = any(pipeline.skip_sources)
+  batch_norm = state.has_batch_norm(pipeline.stages)
   count = diagnostics.replay_for(lag_changes, pipeline.num_modules, threshold,
-                                 has_skips)
+                                 has_skips, batch_norm)
   if has_skips:
     return (f"use --config.replay_modules={count} (every module below the "
             f"top: with Skip-Sideways skips, replaying only some modules "
             f"trained worse than none; docs/skip_sideways.md).")
+  if batch_norm:
+    return (f"use --config.replay_modules={count} (every module below the "
+            f"top: with batch norm, replaying only some modules collapsed "
+            f"to chance on the map; docs/fidelity.md).")
   moved = sorted(int(m.split("_")[1]) for m, v in lag_changes.items()
                  if v > threshold)
   return (f"use --config.replay_modules={count} (replays modules 1..{count};"
