@@ -101,6 +101,31 @@ def test_replaying_every_module_below_the_top_gives_per_frame_bp_gradients(
       bottom_exact).max()
 
 
+@pytest.mark.parametrize("replay_modules", [1, 2, 3])
+def test_partial_replay_on_a_static_clip_gives_per_frame_bp_gradients(
+    replay_modules):
+  """With nothing moving there is nothing to approximate: any replay with
+  batch norm gives module k per-frame BP's gradient of the frames that
+  reach it. (Partial replay with batch norm collapsed on moving digits,
+  docs/fidelity.md: this rules out an arithmetic defect of that path.)"""
+  big_l, t = 4, 10
+  pipe = sideways_tf.Pipeline(batch_norm_stages(big_l),
+                              replay_modules=replay_modules)
+  frames = util.static_clip(batch=3, frames=t, shape=(6, 6, 2))
+  labels = util.labels_for(3)
+  got = by_module(pipe, pipe.compute_gradients(frames, labels))
+  for k in range(1, big_l + 1):
+    n = t - 2 * big_l + k + 1
+    exact = by_module(pipe, per_frame_bp_gradients(
+        pipe.stages, frames[:, :n], labels))
+    for value, want in zip(got[k - 1], exact[k - 1]):
+      # Tolerance as in the moving-clip test above (float32, <= 4 conv +
+      # batch-norm layers, <= 10 ticks).
+      scale = max(np.abs(want).max(), 1e-3)
+      np.testing.assert_allclose(value, np.asarray(want) * n / (t - big_l + 1),
+                                 rtol=1e-4, atol=1e-4 * scale)
+
+
 def test_replay_updates_the_moving_statistics_once_per_frame():
   """The replayed forwards leave the moving averages alone: after a clip
   they are what plain Sideways (one update per tick with a real frame)
