@@ -34,6 +34,7 @@ import math
 import multiprocessing
 import os
 import pathlib
+import signal
 import time
 from typing import Dict, List, Optional
 
@@ -252,6 +253,7 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
                   desc=f"Preparing {input_dir.name}")
   pool, results = _decode_all(tasks, num_workers)
   videos_written = videos_skipped = 0
+  finished = False
   try:
     for shard in pending:
       record = {"name": shard["name"], "split": shard["split"], "videos": 0,
@@ -269,10 +271,17 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
       atomic_write_text(output_dir / f"{shard['name']}.json",
                         json.dumps(record, indent=1))
       os.replace(temporary, final)
+    finished = True
   finally:
     bar.close()
     if pool is not None:
-      pool.terminate()
+      # Done: the idle workers exit when told there is no more work. On an
+      # error or a signal, stop them (SIGTERM; _reset_worker_signals makes
+      # it end them).
+      if finished:
+        pool.close()
+      else:
+        pool.terminate()
       pool.join()
   seconds = time.perf_counter() - started
   metadata = write_metadata(output_dir, plan)
@@ -315,12 +324,28 @@ def _with_default_options(plan_text: str) -> str:
 def _decode_all(tasks, num_workers):
   """(pool or None, iterator of decoded videos in task order)."""
   if num_workers > 1 and len(tasks) > 1:
-    # Fork: workers use only PyAV and PIL, and no TensorFlow op has run yet.
-    method = ("fork" if "fork" in multiprocessing.get_all_start_methods()
-              else "spawn")
-    pool = multiprocessing.get_context(method).Pool(num_workers)
+    pool = decode_pool(num_workers)
     return pool, pool.imap(decode_task, tasks, chunksize=1)
   return None, map(decode_task, tasks)
+
+
+def decode_pool(num_workers: int):
+  """The decode workers' pool. Fork where there is one: workers use only
+  PyAV and PIL, and no TensorFlow op has run yet."""
+  method = ("fork" if "fork" in multiprocessing.get_all_start_methods()
+            else "spawn")
+  return multiprocessing.get_context(method).Pool(
+      num_workers, initializer=_reset_worker_signals)
+
+
+def _reset_worker_signals() -> None:
+  """A decode worker's signals: SIGTERM ends it (the default), SIGINT is
+  the parent's to handle. A forked worker inherits the bin/ program's
+  handlers (run/user_errors.py), under which SIGTERM raised SystemExit
+  inside the pool's worker loop and pool.terminate() could wait forever
+  for a worker that never exited."""
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _write_shard(shard, path, results, record, bar, input_dir):

@@ -245,6 +245,28 @@ def test_prepare_videos_command(video_tree, tmp_path):
   assert f"--config.data.path={output_dir}" in result.stdout
 
 
+def test_decode_workers_end_on_sigterm_whatever_the_parent_handles():
+  """bin/prepare_videos turns SIGTERM into SystemExit (run/user_errors.py);
+  forked workers inherited that, and pool.terminate() at the end of a
+  prepare could then wait forever for a worker. The workers reset it."""
+  import signal  # noqa: PLC0415
+  from sideways_tf.run import user_errors  # noqa: PLC0415
+  saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+  user_errors.stop_cleanly_in_main()
+  try:
+    pool = video_folder.decode_pool(2)
+    try:
+      got = [pool.apply(signal.getsignal, (s,))
+             for s in (signal.SIGTERM, signal.SIGINT)]
+    finally:
+      pool.terminate()
+      pool.join()
+  finally:
+    signal.signal(signal.SIGTERM, saved[0])
+    signal.signal(signal.SIGINT, saved[1])
+  assert got == [signal.SIG_DFL, signal.SIG_IGN]
+
+
 # ------------------------------------------------------------ frame storage
 
 PATTERN_FRAMES, PATTERN_HEIGHT, PATTERN_WIDTH = 6, 24, 32
