@@ -71,30 +71,37 @@ def moving_statistics(stages):
   return [np.asarray(v) for s in stages for v in s.non_trainable_variables]
 
 
-@pytest.mark.parametrize("num_modules,num_frames", [(3, 8), (4, 9)])
-def test_replaying_every_module_below_the_top_gives_per_frame_bp_gradients(
-    num_modules, num_frames):
-  stages = batch_norm_stages(num_modules)
-  pipe = sideways_tf.Pipeline(stages, replay_modules=num_modules - 1)
-  frames = util.moving_clip(batch=3, frames=num_frames, shape=(6, 6, 2))
-  labels = util.labels_for(3)
-  replayed = by_module(pipe, pipe.compute_gradients(frames, labels))
-  big_l, t = num_modules, num_frames
-  folded = by_module(pipe, pipe.compute_gradients(frames, labels, "bp"))
+def assert_per_frame_bp_gradients(pipe, frames, labels):
+  """Module k's gradient from `pipe` is per-frame BP's gradient of the
+  frames whose gradient reaches it (1..T-2L+k+1), scaled by the clip
+  normalisation (T-L+1 valid loss terms)."""
+  got = by_module(pipe, pipe.compute_gradients(frames, labels))
+  big_l, t = pipe.num_modules, frames.shape[1]
   for k in range(1, big_l + 1):
     n = t - 2 * big_l + k + 1
     exact = by_module(pipe, per_frame_bp_gradients(
         pipe.stages, frames[:, :n], labels))
-    for got, want in zip(replayed[k - 1], exact[k - 1]):
-      # float32 through <= 4 conv + batch-norm layers and <= 9 ticks: a
+    for value, want in zip(got[k - 1], exact[k - 1]):
+      # float32 through <= 4 conv + batch-norm layers and <= 10 ticks: a
       # relative error of ~1e-5 of the tensor's scale; 1e-4 leaves a
       # margin and is far below what the normalisation changes (below).
       scale = max(np.abs(want).max(), 1e-3)
-      np.testing.assert_allclose(got, np.asarray(want) * n / (t - big_l + 1),
+      np.testing.assert_allclose(value, np.asarray(want) * n / (t - big_l + 1),
                                  rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("num_modules,num_frames", [(3, 8), (4, 9)])
+def test_replaying_every_module_below_the_top_gives_per_frame_bp_gradients(
+    num_modules, num_frames):
+  pipe = sideways_tf.Pipeline(batch_norm_stages(num_modules),
+                              replay_modules=num_modules - 1)
+  frames = util.moving_clip(batch=3, frames=num_frames, shape=(6, 6, 2))
+  labels = util.labels_for(3)
+  assert_per_frame_bp_gradients(pipe, frames, labels)
   # The engine's BP normalises over B*T frames: another model in training,
   # so its gradient is not the reference (here it differs by far more than
   # the tolerance above).
+  folded = by_module(pipe, pipe.compute_gradients(frames, labels, "bp"))
   bottom_exact = by_module(pipe, per_frame_bp_gradients(
       pipe.stages, frames, labels))[0][0]
   assert np.abs(folded[0][0] - bottom_exact).max() > 1e-2 * np.abs(
@@ -108,22 +115,10 @@ def test_partial_replay_on_a_static_clip_gives_per_frame_bp_gradients(
   batch norm gives module k per-frame BP's gradient of the frames that
   reach it. (Partial replay with batch norm collapsed on moving digits,
   docs/fidelity.md: this rules out an arithmetic defect of that path.)"""
-  big_l, t = 4, 10
-  pipe = sideways_tf.Pipeline(batch_norm_stages(big_l),
+  pipe = sideways_tf.Pipeline(batch_norm_stages(4),
                               replay_modules=replay_modules)
-  frames = util.static_clip(batch=3, frames=t, shape=(6, 6, 2))
-  labels = util.labels_for(3)
-  got = by_module(pipe, pipe.compute_gradients(frames, labels))
-  for k in range(1, big_l + 1):
-    n = t - 2 * big_l + k + 1
-    exact = by_module(pipe, per_frame_bp_gradients(
-        pipe.stages, frames[:, :n], labels))
-    for value, want in zip(got[k - 1], exact[k - 1]):
-      # Tolerance as in the moving-clip test above (float32, <= 4 conv +
-      # batch-norm layers, <= 10 ticks).
-      scale = max(np.abs(want).max(), 1e-3)
-      np.testing.assert_allclose(value, np.asarray(want) * n / (t - big_l + 1),
-                                 rtol=1e-4, atol=1e-4 * scale)
+  frames = util.static_clip(batch=3, frames=10, shape=(6, 6, 2))
+  assert_per_frame_bp_gradients(pipe, frames, util.labels_for(3))
 
 
 def test_replay_updates_the_moving_statistics_once_per_frame():
