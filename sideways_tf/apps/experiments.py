@@ -107,6 +107,20 @@ SECTIONS = ("gap", "skip_variants", "time_to_accuracy", "one_stream",
             "temporal")
 
 
+def _check_flags(experiments, gap_map, time_to_accuracy) -> None:
+  """Bad names and files in the flags, before hours of runs."""
+  for name in _ONLY.value:
+    if name not in experiments + SECTIONS:
+      raise ValueError(f"unknown experiment {name!r}; expected some of "
+                       f"{experiments + SECTIONS}")
+  if "gap" in _ONLY.value:  # a typo in a cell's name
+    gap_map.check_selection(_GAP_GROUPS.value, _GAP_CELLS.value)
+  for name in _ONLY.value:  # a wrong benchmark JSON
+    if name in BENCHMARK_FLAGS and BENCHMARK_FLAGS[name].value:
+      time_to_accuracy.load_benchmark(BENCHMARK_FLAGS[name].value,
+                                      time_to_accuracy.REGIMES[name])
+
+
 def main(argv):
   cli.start(argv)
   from sideways_tf.paper_experiments import report  # noqa: PLC0415
@@ -117,16 +131,7 @@ def main(argv):
   from sideways_tf.paper_experiments import time_to_accuracy  # noqa: PLC0415
   from sideways_tf.paper_experiments import temporal_map  # noqa: PLC0415
   outdir = pathlib.Path(_OUTDIR.value)
-  for name in _ONLY.value:
-    if name not in runs.EXPERIMENTS + SECTIONS:
-      raise ValueError(f"unknown experiment {name!r}; expected some of "
-                       f"{runs.EXPERIMENTS + SECTIONS}")
-  if "gap" in _ONLY.value:  # a typo in a cell's name: before hours of runs
-    gap_map.check_selection(_GAP_GROUPS.value, _GAP_CELLS.value)
-  for name in _ONLY.value:  # a wrong benchmark JSON: before hours of runs
-    if name in BENCHMARK_FLAGS and BENCHMARK_FLAGS[name].value:
-      time_to_accuracy.load_benchmark(BENCHMARK_FLAGS[name].value,
-                                      time_to_accuracy.REGIMES[name])
+  _check_flags(runs.EXPERIMENTS, gap_map, time_to_accuracy)
   for name in [] if _REPORT_ONLY.value else _ONLY.value:
     if name == "gap":
       gap_map.run_map(outdir, _STEPS.value, _GAP_SEEDS.value, _JOBS.value,

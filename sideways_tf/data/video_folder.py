@@ -274,15 +274,7 @@ def prepare(input_dir, output_dir, options: Optional[PrepareOptions] = None,
     finished = True
   finally:
     bar.close()
-    if pool is not None:
-      # Done: the idle workers exit when told there is no more work. On an
-      # error or a signal, stop them (SIGTERM; _reset_worker_signals makes
-      # it end them).
-      if finished:
-        pool.close()
-      else:
-        pool.terminate()
-      pool.join()
+    _stop_pool(pool, finished)
   seconds = time.perf_counter() - started
   metadata = write_metadata(output_dir, plan)
   return {"shards_written": len(pending),
@@ -327,6 +319,19 @@ def _decode_all(tasks, num_workers):
     pool = decode_pool(num_workers)
     return pool, pool.imap(decode_task, tasks, chunksize=1)
   return None, map(decode_task, tasks)
+
+
+def _stop_pool(pool, finished: bool) -> None:
+  """Done: the idle workers exit when told there is no more work. On an
+  error or a signal, stop them (SIGTERM; _reset_worker_signals makes it end
+  them)."""
+  if pool is None:
+    return
+  if finished:
+    pool.close()
+  else:
+    pool.terminate()
+  pool.join()
 
 
 def decode_pool(num_workers: int):
