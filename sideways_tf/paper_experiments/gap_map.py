@@ -240,10 +240,10 @@ def check_selection(only_groups: Sequence[str] = (),
                     only_cells: Sequence[str] = ()) -> None:
   """A ValueError naming any group or cell the map does not have (checked
   before anything runs, so a typo does not cost a map of runs)."""
-  unknown = [g for g in only_groups if g not in groups()]
+  known = groups()
+  unknown = [g for g in only_groups if g not in known]
   if unknown:
-    raise ValueError(f"unknown gap group(s) {unknown}; the map has "
-                     f"{groups()}")
+    raise ValueError(f"unknown gap group(s) {unknown}; the map has {known}")
   names = [cell.name for cell in CELLS]
   unknown = [c for c in only_cells if c not in names]
   if unknown:
