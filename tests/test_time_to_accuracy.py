@@ -367,3 +367,84 @@ def test_missing_runs_are_named_relative_to_the_project_root(monkeypatch,
   elsewhere = tmp_path.parent / "elsewhere"
   _, problems = tta.load(elsewhere, 10, tta.ONE_STREAM)
   assert all(f"({elsewhere.resolve()}/" in p for p in problems)
+
+
+# ------------------------------------------------- one stream, moving shapes
+
+SHAPES = tta.ONE_STREAM_SHAPES
+
+
+def test_shapes_stream_is_the_digit_stream_on_configs_default(tmp_path):
+  """The same four online curves and benchmark rows, on configs/default.py,
+  the test set every 100 steps, in runs of their own."""
+  assert [c.name for c in SHAPES.cells] == [c.name for c in ONE.cells]
+  assert SHAPES.rows_of_curve == ONE.rows_of_curve
+  assert SHAPES.benchmark == ONE.benchmark
+  assert SHAPES.learned_floor == gap_stats.BP_LEARNS
+  assert set(SHAPES.markers).isdisjoint(ONE.markers + tta.CLIPS.markers)
+  digit_dirs = {str(w) for *_, w in tta.plan(tmp_path, regime=ONE)}
+  for (cell, seed, workdir), digits in zip(
+      tta.plan(tmp_path, regime=SHAPES), ONE.cells * 5):
+    assert str(workdir) not in digit_dirs
+    assert workdir.parent.parent.name == "one_stream_shapes"
+    command = gap_map.train_command(cell, cell.algorithms[0], seed, workdir,
+                                    4000)
+    assert "--config=" + str(gap_map.PROJECT_ROOT / "configs/default.py") in (
+        command)
+    for flag in ("--config.train.batch_size=1",
+                 "--config.train.update_every_ticks=4",
+                 "--config.train.eval_every=100",
+                 f"--config.replay_modules="
+                 f"{digits.overrides['replay_modules']}"):
+      assert flag in command, (cell.name, flag)
+
+
+def test_shapes_stream_overrides_parse_against_configs_default():
+  from absl import flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
+  for cell in SHAPES.cells:
+    overrides = gap_map.run_overrides(cell, cell.algorithms[0], 0, "/tmp/w",
+                                      10)
+    argv = ["train"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", str(gap_map.PROJECT_ROOT / cell.config),
+        flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    assert (config.experiment, config.data.name, config.train.batch_size,
+            config.train.update_every_ticks, config.train.eval_every) == (
+                "default", "synthetic", 1, 4, 100)
+
+
+def test_a_digit_stream_run_does_not_count_for_the_shapes_stream(tmp_path):
+  """A digit-stream run copied into the shapes regime's directory is
+  refused by the audit: it evaluated every 250 steps, not 100."""
+  bp = ONE.cells[0]
+  _write(tmp_path, bp, 0, 0.9, [[250, 0.9]], 100, ONE)
+  source = tta.run_dir(tmp_path, bp, 0, ONE)
+  target = tta.run_dir(tmp_path, SHAPES.cells[0], 0, SHAPES)
+  target.parent.mkdir(parents=True)
+  source.rename(target)
+  results, problems = tta.load(tmp_path, 100, SHAPES)
+  assert not results
+  assert any("train.eval_every" in p and "seed 0" in p for p in problems)
+
+
+def test_bin_experiments_reports_the_shapes_stream_in_its_own_section(
+    tmp_path):
+  for seed, final in enumerate((1.0, 0.98)):
+    for cell in SHAPES.cells:
+      _write(tmp_path, cell, seed, final, [[100, 0.25], [200, final]], 200,
+             SHAPES)
+  benchmark = tmp_path / "stream.json"
+  benchmark.write_text(json.dumps(_stream_benchmark()))
+  done = _experiments("--only=one_stream_shapes", "--report_only",
+                      "--steps=200", f"--outdir={tmp_path}",
+                      f"--report_dir={tmp_path / 'docs'}",
+                      f"--one_stream_shapes_benchmark={benchmark}")
+  assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+  text = (tmp_path / "docs" / "choosing.md").read_text()
+  assert text.count(SHAPES.markers[0]) == 1 and ONE.markers[0] not in text
+  assert "Target: 0.960 test clip accuracy" in text
+  assert (tmp_path / "docs" / SHAPES.plot).exists()

@@ -7,6 +7,7 @@
   bin/experiments --only=skip_variants --skip_seeds=5 --jobs=2  # motion label
   bin/experiments --only=temporal --steps=4000 --temporal_seeds=5 --jobs=2
   bin/experiments --only=one_stream --steps=4000 --jobs=2  # B = 1, online
+  bin/experiments --only=one_stream_shapes --steps=4000 --jobs=2  # BP learns
 
 Outputs: OUTDIR/<experiment>.json, OUTDIR/runs/... (every run's workdir), and
 the tables and PNG plots of results.md in OUTDIR/report (--report_dir=docs
@@ -84,6 +85,10 @@ _ONE_STREAM_BENCHMARK = flags.DEFINE_string(
     "--image_size=32 --num_frames=16` (the one-stream runs' model, batch, "
     "clip and updates; checked): the report then gives every row's "
     "wall-clock to target and the verdict.")
+_ONE_STREAM_SHAPES_BENCHMARK = flags.DEFINE_string(
+    "one_stream_shapes_benchmark", "", "one_stream_shapes: the same "
+    "benchmark JSON as --one_stream_benchmark (the same model, batch, clip, "
+    "updates and optimizer; checked).")
 _TEMPORAL_BENCHMARK = flags.DEFINE_string(
     "temporal_benchmark", "", "temporal: the simulated_devices.json of "
     "`bin/benchmark --simulate_devices=2 --model_temporal=conv:3 "
@@ -101,10 +106,11 @@ _REPORT_DIR = flags.DEFINE_string(
 
 # The time-to-accuracy regimes' flag: the benchmark JSON of their rows.
 BENCHMARK_FLAGS = {"time_to_accuracy": _TTA_BENCHMARK,
-                   "one_stream": _ONE_STREAM_BENCHMARK}
+                   "one_stream": _ONE_STREAM_BENCHMARK,
+                   "one_stream_shapes": _ONE_STREAM_SHAPES_BENCHMARK}
 # Experiments that update only their own section of an existing results.md.
 SECTIONS = ("gap", "skip_variants", "time_to_accuracy", "one_stream",
-            "temporal")
+            "one_stream_shapes", "temporal")
 
 
 def _check_flags(experiments, gap_map, time_to_accuracy) -> None:

@@ -34,6 +34,11 @@ accuracy curve and its own section of docs/choosing.md:
 
   bin/experiments --only=time_to_accuracy --steps=4000 --jobs=2
   bin/experiments --only=one_stream --steps=4000 --jobs=2
+  bin/experiments --only=one_stream_shapes --steps=4000 --jobs=2
+
+* ``one_stream_shapes``: the same online stream on the moving shapes of
+  configs/default.py, which BP learns online where it does not learn the
+  digits.
 """
 
 from __future__ import annotations
@@ -55,11 +60,12 @@ TARGET_BELOW_BP = 0.03
 
 
 def _cell(name: str, algorithm: str, replay: int, group: str = "time",
-          more: Optional[Dict[str, str]] = None) -> gap_map.Cell:
+          more: Optional[Dict[str, str]] = None,
+          config: str = gap_map.CONFIG) -> gap_map.Cell:
   overrides = {"replay_modules": str(replay),
                "train.eval_every": str(EVAL_EVERY),
                "train.fidelity_every": "0", **(more or {})}
-  return gap_map.Cell(group, name, overrides, (algorithm,))
+  return gap_map.Cell(group, name, overrides, (algorithm,), config=config)
 
 
 # The accuracy curves: BP's gradient, and the Sideways family (plain, the
@@ -115,6 +121,19 @@ ONE_STREAM_ROWS = {
     ONE_STREAM_CELLS[3].name: ("pipelined_bp",),
 }
 
+# One stream on moving shapes (configs/default.py as shipped: 4 shape
+# classes moving 1 px/frame): chosen because BP learns it online, where it
+# does not learn the digits (one BP pilot on seed 100, not counted; fixed in
+# docs/choosing.md before the counted runs). The same four curves, online
+# as above; the test set every 100 steps, since BP's pilot went from chance
+# to 0.996 between steps 1000 and 1500.
+SHAPES = "configs/default.py"
+SHAPES_ONLINE = dict(ONLINE, **{"train.eval_every": "100"})
+ONE_STREAM_SHAPES_CELLS = tuple(
+    _cell(cell.name, cell.algorithms[0], int(cell.overrides["replay_modules"]),
+          "one stream, shapes", SHAPES_ONLINE, SHAPES)
+    for cell in ONE_STREAM_CELLS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Regime:
@@ -147,7 +166,16 @@ ONE_STREAM = Regime(
     learned_floor=gap_stats.BP_LEARNS,
     benchmark=dict(_MODEL, batch_size=1, update_every_ticks=4,
                    optimizer="adam"))
-REGIMES = {regime.name: regime for regime in (CLIPS, ONE_STREAM)}
+# Same model, batch, clip, updates and optimizer as the digits' stream: the
+# same benchmark rows time it (the head's 4 classes instead of 10 aside).
+ONE_STREAM_SHAPES = Regime(
+    "one_stream_shapes", ONE_STREAM_SHAPES_CELLS, ONE_STREAM_ROWS,
+    ("<!-- one-stream shapes time-to-accuracy: begin -->",
+     "<!-- one-stream shapes time-to-accuracy: end -->"),
+    "choosing_one_stream_shapes.png", subdir="one_stream_shapes",
+    learned_floor=gap_stats.BP_LEARNS, benchmark=ONE_STREAM.benchmark)
+REGIMES = {regime.name: regime
+           for regime in (CLIPS, ONE_STREAM, ONE_STREAM_SHAPES)}
 
 
 def run_dir(outdir, cell: gap_map.Cell, seed: int,
