@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -339,3 +342,68 @@ def test_run_plan_reports_each_run_and_skips_a_failed_one(monkeypatch,
   out = capsys.readouterr().out
   assert f"{cells[0].name} bp seed 0: test clip acc. 0.500, more; ETA" in out
   assert f"{cells[1].name} bp seed 0: FAILED: exit 1" in out
+
+
+# ------------------------------------------------------ the pilot gate
+
+FAMILY3 = ("family 3 mp4, 1-2 px/frame, shipped defaults",
+           "family 3 mp4, 0.25-0.5 px/frame, shipped defaults")
+
+
+def test_family3_cells_are_the_shipped_video_config_on_their_own_videos(
+    tmp_path):
+  fast, slow = (gap_map.cell_by_name(name) for name in FAMILY3)
+  assert (fast.videos, slow.videos) == ("family3", "family3_slow")
+  assert fast.config == slow.config == gap_map.VIDEO_FOLDER
+  assert "replay_modules" not in fast.overrides  # the config's own replay
+  assert gap_map.VIDEO_SETS["family3_slow"] == dict(
+      gap_map.VIDEO_SETS["family3"], **{"data.speed_range": "(0.25, 0.5)"})
+  # Not the second family, and not the digits' own clutter and noise.
+  assert gap_map.VIDEO_SETS["family3"] != gap_map.VIDEO_SETS["family2"]
+  assert gap_map.VIDEO_SETS["family3"]["data.backgrounds"] == "skimage"
+  assert gap_map.FAMILY3_GROUP in gap_map.OUT_OF_SAMPLE_GROUPS
+  assert fast.min_seeds == slow.min_seeds == 5
+  assert gap_map.PILOT_SEED not in {
+      seed for *_, seed, _ in gap_map.plan(tmp_path, seeds=5,
+                                           only_groups=[gap_map.FAMILY3_GROUP])}
+
+
+def test_pilots_run_bp_of_the_named_cells_on_the_pilot_seed(monkeypatch,
+                                                            tmp_path):
+  prepared, ran = [], []
+  monkeypatch.setattr(gap_map, "prepare_videos",
+                      lambda outdir, data_dir, video_set: prepared.append(
+                          video_set))
+  def fake_run_one(cell, algorithm, seed, workdir, steps, data_dir):
+    ran.append((cell.name, algorithm, seed, workdir))
+    return {"cell": cell.name, "steps": steps,
+            "test_accuracy": 0.6 if "1-2" in cell.name else 0.1}
+  monkeypatch.setattr(gap_map, "run_one", fake_run_one)
+  results = gap_map.run_pilots(tmp_path, 40, FAMILY3)
+  assert sorted(prepared) == ["family3", "family3_slow"]
+  assert sorted(ran) == sorted(
+      (name, "bp", gap_map.PILOT_SEED, gap_map.run_dir(
+          tmp_path, gap_map.cell_by_name(name), "bp", gap_map.PILOT_SEED))
+      for name in FAMILY3)
+  learned = {r["cell"]: r["learned"] for r in results}
+  assert learned == {FAMILY3[0]: True, FAMILY3[1]: False}
+
+
+def test_pilots_need_a_known_cell(tmp_path):
+  with pytest.raises(ValueError, match="--gap_cell"):
+    gap_map.run_pilots(tmp_path, 40, ())
+  with pytest.raises(ValueError, match="'family 4'"):
+    gap_map.run_pilots(tmp_path, 40, ["family 4"])
+
+
+def test_bin_experiments_refuses_a_pilot_without_a_cell(tmp_path):
+  outdir = tmp_path / "out"
+  done = subprocess.run(
+      [sys.executable, str(gap_map.PROJECT_ROOT / "bin" / "experiments"),
+       "--only=gap", "--gap_pilot", f"--outdir={outdir}", "--steps=10"],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  lines = [l for l in (done.stdout + done.stderr).splitlines() if l.strip()]
+  assert done.returncode == 2 and len(lines) <= 3, lines
+  assert "--gap_pilot" in lines[0] and "--gap_cell" in lines[0]
+  assert not outdir.exists()

@@ -46,8 +46,12 @@ _GAP_SEEDS = flags.DEFINE_integer(
 _GAP_GROUPS = flags.DEFINE_list(
     "gap_groups", [], "gap: only these groups of cells (speed, improvement, "
     "depth, train set, stride, optimizer, user path, held-out, auto, "
-    "held-out defaults, online); [] = "
+    "held-out defaults, held-out defaults 3, online); [] = "
     "all, in priority order.")
+_GAP_PILOT = flags.DEFINE_bool(
+    "gap_pilot", False, "gap: run only the gate of the --gap_cell cells: "
+    "BP on the pilot seed (gap_map.PILOT_SEED, never counted), which must "
+    "reach gap_stats.BP_LEARNS before the counted runs mean anything.")
 _GAP_CELLS = flags.DEFINE_multi_string(
     "gap_cell", [], "gap: only this cell (its name as in the report's "
     "table, e.g. --gap_cell='VGG-8 batch norm L=8'); repeat for more. With "
@@ -121,6 +125,10 @@ def _check_flags(experiments, gap_map, time_to_accuracy) -> None:
                        f"{experiments + SECTIONS}")
   if "gap" in _ONLY.value:  # a typo in a cell's name
     gap_map.check_selection(_GAP_GROUPS.value, _GAP_CELLS.value)
+  if _GAP_PILOT.value and (_ONLY.value != ["gap"] or not _GAP_CELLS.value
+                           or _GAP_GROUPS.value):
+    raise ValueError("--gap_pilot runs the pilots of the cells named by "
+                     "--gap_cell, with --only=gap and no --gap_groups")
   for name in _ONLY.value:  # a wrong benchmark JSON
     if name in BENCHMARK_FLAGS and BENCHMARK_FLAGS[name].value:
       time_to_accuracy.load_benchmark(BENCHMARK_FLAGS[name].value,
@@ -139,7 +147,9 @@ def main(argv):
   outdir = pathlib.Path(_OUTDIR.value)
   _check_flags(runs.EXPERIMENTS, gap_map, time_to_accuracy)
   for name in [] if _REPORT_ONLY.value else _ONLY.value:
-    if name == "gap":
+    if name == "gap" and _GAP_PILOT.value:
+      gap_map.run_pilots(outdir, _STEPS.value, _GAP_CELLS.value, _JOBS.value)
+    elif name == "gap":
       gap_map.run_map(outdir, _STEPS.value, _GAP_SEEDS.value, _JOBS.value,
                       _GAP_GROUPS.value, only_cells=_GAP_CELLS.value)
     elif name == "skip_variants":
@@ -154,6 +164,8 @@ def main(argv):
                        _TEMPORAL_FIRST_SEED.value)
     else:
       runs.run_experiment(name, outdir, _STEPS.value, _BASE_CONFIG.value)
+  if _GAP_PILOT.value:  # a gate, not a result: nothing to report
+    return
   report_dir = (str(outdir / "report") if _REPORT_DIR.value is None
                 else _REPORT_DIR.value)
   if report_dir:

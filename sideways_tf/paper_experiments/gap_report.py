@@ -146,7 +146,9 @@ OUT_OF_SAMPLE_INTRO = (
     "with group norm, batch-norm VGG-8 with replay); its detection line "
     "counts these cells only. *held-out defaults*: the shipped "
     "`configs/video_folder.py` on a second family of mp4 videos the defaults "
-    "were not chosen on. *auto*: `replay_modules=\"auto\"`. *online*: an "
+    "were not chosen on (BP did not learn it); *held-out defaults 3*: a "
+    "third family, gated by a BP pilot. *auto*: "
+    "`replay_modules=\"auto\"`. *online*: an "
     "optimizer step every 4 ticks, plain and with replay and its weight "
     "stashing. A cell compared with one of the map's lists those runs "
     "among its own (they are run with it).")
