@@ -20,41 +20,21 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import pathlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sideways_tf.paper_experiments import gap_map
+# The mean ± 95% t-interval helpers, shared with bin/benchmark's rounds;
+# imported here under their old names (gap_stats.interval, ...).
+from sideways_tf.run.intervals import format_interval  # noqa: F401
+from sideways_tf.run.intervals import interval
 
-# Two-sided 95% Student t quantiles by degrees of freedom (n - 1).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
-        7: 2.365, 8: 2.306, 9: 2.262}
 BIG_GAP = 0.10  # a run "trails" if it ends more than 10 points behind BP
 BP_LEARNS = 0.5  # runs whose BP run stays below this are left out
 # Overrides that depend on where the map runs, not on what it runs.
 _LOCATION_KEYS = ("data.path", "data.data_dir")
-
-
-def interval(values) -> tuple:
-  """(mean, half-width of the 95% t-interval); half-width nan for n < 2."""
-  values = np.asarray(values, float)
-  if len(values) < 2:
-    return float(values.mean()), float("nan")
-  half = _T95.get(len(values) - 1, 1.96) * values.std(ddof=1) / math.sqrt(
-      len(values))
-  return float(values.mean()), float(half)
-
-
-def format_interval(pair, digits: int = 3, sign: bool = False) -> str:
-  """An `interval` pair as "mean ± half" ("mean" alone when there is no
-  half-width, "–" for None); `sign` writes the mean with its sign (gaps)."""
-  if pair is None:
-    return "–"
-  mean, half = pair
-  value = f"{mean:{'+' if sign else ''}.{digits}f}"
-  return f"{value} ± {half:.{digits}f}" if np.isfinite(half) else value
 
 
 def bp_cell(cell) -> str:

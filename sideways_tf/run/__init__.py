@@ -7,6 +7,7 @@ codes), `run_keys.py` (default workdir names from --config overrides).
 During the run: `workdir_lock.py` (one run per workdir), `checkpoints.py`
 (the newest readable checkpoint, corrupt ones set aside), `summaries.py`
 (what TensorBoard shows), `files.py` (project root, atomic writes).
+Reports: `intervals.py` (mean ± 95% t-interval of repeated measurements).
 Across machines: `distributed.py` (the cluster: data parallel x depth
 parallel) and `distributed_start.py` (a bounded cluster start-up).
 """
