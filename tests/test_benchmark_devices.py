@@ -361,6 +361,8 @@ def test_online_benchmark_times_the_online_step(tmp_path):
      "--simulate_devices flag"),
     (["--simulate_devices=2", "--update_every_ticks=-1"],
      "-1 is not a non-negative integer"),
+    (["--simulate_devices=2", "--rounds=0"], "0 is not a positive integer"),
+    (["--rounds=3"], "--rounds is a --simulate_devices flag"),
 ])
 def test_bad_online_flags_exit_2_before_writing(tmp_path, args, message):
   bench_dir = tmp_path / "bench"
@@ -374,3 +376,40 @@ def test_bad_online_flags_exit_2_before_writing(tmp_path, args, message):
   assert "Traceback" not in result.stderr and len(lines) <= 3, lines
   assert message in "\n".join(lines)
   assert not bench_dir.exists()
+
+
+def test_rounds_repeat_the_throughput_children(tmp_path):
+  """--rounds=2 at tiny sizes (4 throughput children, no memory ones): every
+  row lists both rounds and keeps the lower one (the median of two), and
+  Sideways / BP is taken per round."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  args = ["bin/benchmark", "--simulate_devices=2", "--variants=sideways,bp",
+          "--image_size=8", "--batch_size=2", "--num_frames=4",
+          "--memory_frames=", "--repeats=1", "--warmup=0", "--noserialised",
+          "--balance=model", "--rounds=2", f"--bench_dir={tmp_path}",
+          "--doc="]
+  result = subprocess.run([sys.executable] + args, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+  report = json.loads((tmp_path / "simulated_devices.json").read_text())
+  assert report["config"]["rounds"] == 2
+  rounds = {}
+  for name, row in report["rows"].items():
+    rounds[name] = [r["parallel"] for r in row["rounds"]]
+    assert [list(r) for r in row["rounds"]] == [["parallel"], ["parallel"]]
+    assert row["parallel"]["frames_per_s"] == min(rounds[name])
+    assert row["median_round"] == {"parallel": rounds[name].index(
+        min(rounds[name]))}
+    # The chosen round is a whole child's figures: gradient and idle time.
+    assert {"cosine_to_bp", "bubble", "step_s"} <= set(row["parallel"])
+  assert report["rows"]["bp"]["parallel"]["cosine_to_bp"] == pytest.approx(
+      1.0, abs=1e-6)
+  goal = report["summary"]["goals"]["sideways_vs_bp"]
+  per_round = [s / b for s, b in zip(rounds["sideways"], rounds["bp"])]
+  assert goal["rounds"] == pytest.approx(per_round)
+  assert goal["measured"] == pytest.approx(sum(per_round) / 2)
+  assert goal["met"] == (goal["measured"] >= devices_report.GOALS[
+      "sideways_vs_bp"])
+  text = (tmp_path / "simulated_devices.md").read_text()
+  assert "--rounds=2" in text and "(median of 2 rounds)" in text
+  assert result.stdout.count("round 2 of 2: rows in reverse order") == 1

@@ -5,6 +5,7 @@
   bin/benchmark --figures=throughput,stages --profile_dir=/tmp/prof
   bin/benchmark --simulate_devices=2   # every algorithm on 2 simulated devices
   bin/benchmark --simulate_devices=2 --batch_size=1 --update_every_ticks=4  # one stream, online
+  bin/benchmark --simulate_devices=2 --variants=bp,dp2x1_bp --rounds=5  # ratios over 5 rounds
   bin/benchmark --figures=temporal_memory --image_size=32  # memory vs T, temporal model
 
 With --simulate_devices=N the run is sideways_tf/benchmark/devices.py instead:
@@ -107,6 +108,13 @@ _BALANCE = flags.DEFINE_enum(
 _SERIALISED = flags.DEFINE_bool(
     "serialised", True, "--simulate_devices: also run every row with "
     "inter-op threads 1 (its speed-up).")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1, "--simulate_devices: run every row's throughput processes "
+    "(parallel and serialised) in this many rounds, the rows in order in "
+    "one round and reversed in the next, against the machine's drifting "
+    "load; the report gives each row's median round and every throughput "
+    "ratio goal as its mean with a 95% interval over the rounds. Memory is "
+    "measured once.", lower_bound=1)
 _TICK_OVERHEAD = flags.DEFINE_bool(
     "tick_overhead", False, "Only measure the engine's fixed cost per tick "
     "(near-empty stages) against the default model's tick "
@@ -125,10 +133,10 @@ def main(argv):
   cli.start(argv)
   if _SIMULATE.value:
     return simulate_devices()
-  for flag in (_UPDATE_EVERY_TICKS, _OPTIMIZER):
+  for flag in (_UPDATE_EVERY_TICKS, _OPTIMIZER, _ROUNDS):
     if flag.present:
-      raise ValueError(f"--{flag.name} is a --simulate_devices flag (the "
-                       f"rows' train step); add --simulate_devices=N")
+      raise ValueError(f"--{flag.name} is a --simulate_devices flag; add "
+                       f"--simulate_devices=N")
   if _TICK_OVERHEAD.value:
     return tick_overhead()
   from sideways_tf.benchmark import common  # noqa: PLC0415
@@ -190,7 +198,8 @@ def simulate_devices():
                "balance": "" if _BALANCE.value == "model" else "time",
                "temporal": _MODEL_TEMPORAL.value,
                "update_every_ticks": _UPDATE_EVERY_TICKS.value,
-               "optimizer": _OPTIMIZER.value}
+               "optimizer": _OPTIMIZER.value,
+               "rounds": _ROUNDS.value}
   for name, flag in (("model", _MODEL), ("image_size", _IMAGE_SIZE),
                      ("channels", _CHANNELS), ("batch_size", _BATCH),
                      ("num_frames", _FRAMES), ("num_modules", _MODULES),

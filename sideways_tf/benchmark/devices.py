@@ -49,6 +49,14 @@ own clock timestamps (``gpipe.stage_timeline``: the start and end of every
 stage's work at every clock): each device's fill and drain time as a share
 of the phase, next to (K-1)/(M+K-1) (:func:`bubble_from_stage_times`).
 
+With ``rounds = K`` (``bin/benchmark --rounds=K``) the throughput children
+(parallel and serialised) of every row run K times, in rounds: rows in order
+in even rounds, reversed in odd ones, so that a drift in the machine's load
+over the run reaches every row alike. Each row keeps the round of median
+frames/s as its ``parallel`` / ``serialised`` and lists every round's
+frames/s in ``rounds``; the goals that are throughput ratios are taken per
+round (devices_report.summarise). The memory children run once.
+
 Writes ``simulated_devices.json``, ``.md`` and ``.png`` to the report
 directory (atomically), and the table into docs/benchmarks.md between markers
 (the report: devices_report.py).
@@ -149,6 +157,10 @@ class DevicesConfig:
   balance: str = "time"
   stage_sizes: Sequence[int] = ()  # set by the parent from the balancing
   serialised: bool = True       # also run each variant with inter-op 1
+  # Rounds of every row's throughput children (parallel and serialised),
+  # rows in order in even rounds and reversed in odd ones; the report
+  # gives each row's median round and every throughput ratio per round.
+  rounds: int = 1
   profile: bool = True          # bubble from a profiler trace
 
   @property
@@ -501,6 +513,9 @@ def run_child(kind: str, config: DevicesConfig, **kwargs) -> dict:
 def validate(config: DevicesConfig) -> None:
   if config.balance not in ("", "time"):
     raise ValueError(f"balance must be '' or 'time', got {config.balance!r}")
+  if config.rounds < 1:
+    raise ValueError(f"--rounds must be >= 1 (1 = each row's throughput "
+                     f"measured once), got {config.rounds}")
   if config.num_devices < 1:
     raise ValueError(f"--simulate_devices must be >= 1, got "
                      f"{config.num_devices}")
@@ -582,7 +597,9 @@ def run(config: DevicesConfig, report_dir, command: str = "",
         doc_path: Optional[str] = None) -> dict:
   """Runs every child, writes the report; returns the results dict.
 
-  One piece: the children in order with their progress lines.
+  The throughput children of every row in `config.rounds` rounds
+  (:func:`measure_rounds`), then each row's memory children once (memory
+  does not drift with the machine's load as time does).
   """
   validate(config)
   report_dir = pathlib.Path(report_dir)
@@ -595,48 +612,131 @@ def run(config: DevicesConfig, report_dir, command: str = "",
       "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                   "load_average_start": list(os.getloadavg())},
       "goals": devices_report.GOALS, "rows": {}}
-  n = config.num_devices
   if config.balance == "time" and not config.stage_sizes:
-    log(f"balancing {config.model} into {config.modules} stages by time")
-    split = run_child("split", config)
-    config = dataclasses.replace(config, stage_sizes=tuple(
-        split["stage_sizes"]))
-    results["split"] = split
-    results["config"] = dataclasses.asdict(config)
-    log(f"  layers per stage {split['stage_sizes']}, forward + backward ms "
-        f"{[round(t * 1e3, 2) for t in split['stage_s']]}")
+    config = _balance(config, results)
+  rounds = measure_rounds(config)
   for variant in config.rows:
-    replicas = variant_spec(variant)[1]
-    row = {"exact": EXACT[variant_spec(variant)[0]], "replicas": replicas}
-    log(f"{variant}: {config.modules} stages, {n} simulated devices "
-        f"(intra-op 1, inter-op {n}), B={config.batch_size} "
-        f"T={config.num_frames} {config.image_size}x{config.image_size}"
-        + (f", an optimizer step every {config.update_every_ticks} ticks"
-           if config.update_every_ticks else ""))
-    # The profiler's per-stage idle time would mix the replicas: not taken.
-    row["parallel"] = run_child("throughput", config, variant=variant,
-                                inter_op=n, fidelity=True,
-                                profile=config.profile and replicas == 1)
-    log(f"  {row['parallel']['frames_per_s']:.1f} frames/s, cosine to BP "
-        f"{row['parallel']['cosine_to_bp']:.6f}")
-    if config.serialised:
-      row["serialised"] = run_child("throughput", config, variant=variant,
-                                    inter_op=1, fidelity=False, profile=False)
-      row["speedup"] = (row["parallel"]["frames_per_s"] /
-                        row["serialised"]["frames_per_s"])
-      log(f"  serialised {row['serialised']['frames_per_s']:.1f} frames/s: "
-          f"speed-up {row['speedup']:.2f}x")
-    row["memory"] = {}
-    for t in config.memory_frames:
-      mem = run_child("memory", config, variant=variant, num_frames=int(t))
-      row["memory"][str(int(t))] = mem
-      log(f"  memory T={t}: {mem['step_mib']:.0f} MiB")
-    results["rows"][variant] = row
+    results["rows"][variant] = assemble_row(variant, rounds[variant],
+                                            _measure_memory(config, variant))
   results["summary"] = devices_report.summarise(results)
   results["machine"]["load_average_end"] = list(os.getloadavg())
   results["seconds"] = time.perf_counter() - started
+  _write_report(results, report_dir, doc_path)
+  return results
+
+
+def _balance(config: DevicesConfig, results: dict) -> DevicesConfig:
+  """The config with the stage split of balance_by_time (its own child),
+  recorded in `results`."""
+  log(f"balancing {config.model} into {config.modules} stages by time")
+  split = run_child("split", config)
+  config = dataclasses.replace(config, stage_sizes=tuple(
+      split["stage_sizes"]))
+  results["split"] = split
+  results["config"] = dataclasses.asdict(config)
+  log(f"  layers per stage {split['stage_sizes']}, forward + backward ms "
+      f"{[round(t * 1e3, 2) for t in split['stage_s']]}")
+  return config
+
+
+def round_order(rows: Sequence[str], round_index: int) -> List[str]:
+  """The rows in the order round `round_index` (from 0) runs them: as given
+  in even rounds, reversed in odd ones, so that a drift in the machine's
+  load over the run reaches the first and the last rows alike."""
+  return list(rows) if round_index % 2 == 0 else list(reversed(rows))
+
+
+def measure_rounds(config: DevicesConfig) -> Dict[str, List[dict]]:
+  """{row: one {"parallel": child, "serialised": child} per round}: each
+  round runs every row's throughput children, rows in :func:`round_order`."""
+  rounds = {variant: [] for variant in config.rows}
+  for r in range(config.rounds):
+    order = round_order(config.rows, r)
+    if config.rounds > 1:
+      log(f"round {r + 1} of {config.rounds}: rows in "
+          f"{'reverse ' if r % 2 else ''}order")
+    for variant in order:
+      rounds[variant].append(_measure_throughput(config, variant))
+  return rounds
+
+
+def _measure_throughput(config: DevicesConfig, variant: str) -> dict:
+  """One round of a row: its parallel child (with the gradient against BP
+  and, without replicas, the profiled idle time) and serialised child."""
+  n, replicas = config.num_devices, variant_spec(variant)[1]
+  log(f"{variant}: {config.modules} stages, {n} simulated devices "
+      f"(intra-op 1, inter-op {n}), B={config.batch_size} "
+      f"T={config.num_frames} {config.image_size}x{config.image_size}"
+      + (f", an optimizer step every {config.update_every_ticks} ticks"
+         if config.update_every_ticks else ""))
+  # The profiler's per-stage idle time would mix the replicas: not taken.
+  measured = {"parallel": run_child(
+      "throughput", config, variant=variant, inter_op=n, fidelity=True,
+      profile=config.profile and replicas == 1)}
+  parallel = measured["parallel"]["frames_per_s"]
+  log(f"  {parallel:.1f} frames/s, cosine to BP "
+      f"{measured['parallel']['cosine_to_bp']:.6f}")
+  if config.serialised:
+    measured["serialised"] = run_child("throughput", config, variant=variant,
+                                       inter_op=1, fidelity=False,
+                                       profile=False)
+    serialised = measured["serialised"]["frames_per_s"]
+    log(f"  serialised {serialised:.1f} frames/s: speed-up "
+        f"{parallel / serialised:.2f}x")
+  return measured
+
+
+def _measure_memory(config: DevicesConfig, variant: str) -> dict:
+  """{str(T): the memory child's figures} for every T of memory_frames."""
+  memory = {}
+  for t in config.memory_frames:
+    memory[str(int(t))] = run_child("memory", config, variant=variant,
+                                    num_frames=int(t))
+    log(f"  {variant} memory T={t}: "
+        f"{memory[str(int(t))]['step_mib']:.0f} MiB")
+  return memory
+
+
+def median_round(values: Sequence[float]) -> int:
+  """The index of the median of `values`; for an even count the lower of
+  the two middle ones, so the row shows a round that was measured, not an
+  average of two."""
+  order = sorted(range(len(values)), key=lambda i: (values[i], i))
+  return order[(len(values) - 1) // 2]
+
+
+def assemble_row(variant: str, rounds: List[dict], memory: dict) -> dict:
+  """A row of the JSON from its rounds (:func:`measure_rounds`) and memory.
+
+  `parallel` and `serialised` are each the round whose frames/s is the
+  median over rounds (the only round when there is one), `speedup` their
+  ratio; with several rounds `rounds` lists every round's frames/s and
+  `median_round` which round each of the two is.
+  """
+  row = {"exact": EXACT[variant_spec(variant)[0]],
+         "replicas": variant_spec(variant)[1]}
+  frames_per_s = {kind: [measured[kind]["frames_per_s"] for measured in rounds]
+                  for kind in rounds[0]}
+  chosen = {kind: median_round(values)
+            for kind, values in frames_per_s.items()}
+  for kind, index in chosen.items():
+    row[kind] = rounds[index][kind]
+  if "serialised" in row:
+    row["speedup"] = (row["parallel"]["frames_per_s"] /
+                      row["serialised"]["frames_per_s"])
+  row["memory"] = memory
+  if len(rounds) > 1:
+    row["rounds"] = [{kind: measured[kind]["frames_per_s"]
+                      for kind in measured} for measured in rounds]
+    row["median_round"] = chosen
+  return row
+
+
+def _write_report(results: dict, report_dir: pathlib.Path,
+                  doc_path: Optional[str]) -> None:
+  """simulated_devices.{json,md,png} (atomically) and the doc's block."""
   files.atomic_write_text(report_dir / "simulated_devices.json",
-                json.dumps(results, indent=2))
+                          json.dumps(results, indent=2))
   text = devices_report.markdown(results)
   files.atomic_write_text(report_dir / "simulated_devices.md", text)
   try:
@@ -647,7 +747,6 @@ def run(config: DevicesConfig, report_dir, command: str = "",
     devices_report.update_doc(pathlib.Path(doc_path), text)
   log(f"wrote {report_dir}/simulated_devices.{{json,md,png}} in "
       f"{results['seconds']:.0f} s")
-  return results
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pathlib
 import re
 
 from sideways_tf.run import files
+from sideways_tf.run import intervals
 
 TITLES = {"sideways": "Sideways", "gpipe": "GPipe",
           "gpipe_remat": "GPipe + re-materialisation",
@@ -52,62 +53,138 @@ def title(variant: str) -> str:
 
 
 def summarise(results: dict) -> dict:
-  """The goal ratios of the issue, from the rows that were run."""
-  rows, c = results["rows"], results["config"]
+  """The goals of the rows that were run: {name: {"measured", "met"}}.
+
+  Goals that are throughput ratios (:func:`_throughput_goals`) are taken in
+  every round, numerator and denominator from the same round; with one
+  round that is the one ratio, with several (``--rounds``) the rule is
+  :func:`_ratio_goal`'s: met if the mean over rounds reaches the target,
+  the 95% interval and each round's value beside it. The other goals are
+  of the rows' median round (exactness, bubble) or measured once (memory).
+  """
+  c = results["config"]
   k = c["num_modules"] or c["num_devices"]
   m = c["num_frames"] // c["micro_batch_frames"]
   expected_bubble = (k - 1) / (m + k - 1)
-  out = {"gpipe_expected_bubble": expected_bubble, "K": k, "M": m}
-
-  def fps(v):
-    return rows[v]["parallel"]["frames_per_s"]
-  goals = {}
-  if "sideways" in rows and "speedup" in rows["sideways"]:
-    s = rows["sideways"]["speedup"]
-    goals["sideways_speedup"] = (s, s >= GOALS["sideways_speedup"])
-  if "sideways" in rows and "bp" in rows:
-    r = fps("sideways") / fps("bp")
-    goals["sideways_vs_bp"] = (r, r >= GOALS["sideways_vs_bp"])
+  rows = results["rows"]
+  goals = _throughput_goals(rows, c)
   for v in ("gpipe", "gpipe_remat"):
-    if v not in rows:
-      continue
-    if "speedup" in rows[v]:
-      s = rows[v]["speedup"]
-      goals[f"{v}_speedup"] = (s, s >= GOALS["gpipe_speedup"])
-    p = rows[v]["parallel"]
-    # Exact against BP in float64 (float32 BP itself is off by rounding).
-    d = p.get("max_relative_difference_f64", p["max_relative_difference"])
-    goals[f"{v}_exact"] = (d, d <= GOALS["gpipe_max_relative_difference"])
-    if "bp32_max_relative_difference_f64" in p:
-      goals[f"{v}_within_float32_bp_rounding"] = (
-          d, d <= p["bp32_max_relative_difference_f64"])
-    measured = timeline_bubble(p)
-    if measured is None and p.get("bubble", {}).get("available"):
-      measured = max(p["bubble"]["idle_fraction"])  # profiler ops (older)
-    if measured is not None:
-      ratio = measured / expected_bubble if expected_bubble else float("nan")
-      goals[f"{v}_bubble"] = (measured, abs(ratio - 1) <=
-                              GOALS["gpipe_bubble_tolerance"])
+    if v in rows:
+      goals.update(_gpipe_goals(v, rows[v]["parallel"], expected_bubble))
+  goals.update(_memory_goals(rows, c))
+  return {"gpipe_expected_bubble": expected_bubble, "K": k, "M": m,
+          "goals": {name: goals[name] for name in _goal_order(goals)}}
+
+
+def _goal(measured, met) -> dict:
+  return {"measured": measured, "met": bool(met)}
+
+
+def _ratio_goal(per_round, target: float) -> dict:
+  """A throughput-ratio goal (higher is better) from its value in each
+  round. The one rule for rounds: met if the mean over rounds reaches
+  `target`; "interval_95" is the half-width of the mean's 95% t-interval
+  and "rounds" every round's value. One round: that round's value."""
+  if len(per_round) == 1:
+    return _goal(per_round[0], per_round[0] >= target)
+  mean, half = intervals.interval(per_round)
+  return dict(_goal(mean, mean >= target), interval_95=half,
+              rounds=list(per_round))
+
+
+def throughput_rounds(row: dict) -> list:
+  """Each round's frames/s of a row, [{"parallel": x, "serialised": y}]
+  (no "serialised" without those runs): its `rounds`, or the one round of
+  its own children when it was measured once."""
+  if "rounds" in row:
+    return row["rounds"]
+  one = {"parallel": row["parallel"]["frames_per_s"]}
+  if "serialised" in row:
+    one["serialised"] = row["serialised"]["frames_per_s"]
+  return [one]
+
+
+def per_round_ratio(rows: dict, numerator: tuple, denominator: tuple) -> list:
+  """(row, "parallel" or "serialised") over (row, ...) in every round."""
+  top = throughput_rounds(rows[numerator[0]])
+  bottom = throughput_rounds(rows[denominator[0]])
+  if len(top) != len(bottom):
+    raise ValueError(f"rows {numerator[0]} and {denominator[0]} have "
+                     f"{len(top)} and {len(bottom)} rounds")
+  return [a[numerator[1]] / b[denominator[1]] for a, b in zip(top, bottom)]
+
+
+def _throughput_goals(rows: dict, c: dict) -> dict:
+  """The goals that are ratios of frames/s, each per round."""
+  goals = {}
+  if "serialised" in rows.get("sideways", {}):
+    goals["sideways_speedup"] = _ratio_goal(per_round_ratio(
+        rows, ("sideways", "parallel"), ("sideways", "serialised")),
+        GOALS["sideways_speedup"])
+  if "sideways" in rows and "bp" in rows:
+    goals["sideways_vs_bp"] = _ratio_goal(per_round_ratio(
+        rows, ("sideways", "parallel"), ("bp", "parallel")),
+        GOALS["sideways_vs_bp"])
+  for v in ("gpipe", "gpipe_remat"):
+    if "serialised" in rows.get(v, {}):
+      goals[f"{v}_speedup"] = _ratio_goal(per_round_ratio(
+          rows, (v, "parallel"), (v, "serialised")), GOALS["gpipe_speedup"])
   pure_data_parallel = f"dp{c['num_devices']}x1_bp"
   if pure_data_parallel in rows and "serialised" in rows.get("bp", {}):
-    r = fps(pure_data_parallel) / rows["bp"]["serialised"]["frames_per_s"]
-    goals["data_parallel_bp_vs_one_core"] = (
-        r, r >= GOALS["data_parallel_bp_per_device"] * c["num_devices"])
+    goals["data_parallel_bp_vs_one_core"] = _ratio_goal(per_round_ratio(
+        rows, (pure_data_parallel, "parallel"), ("bp", "serialised")),
+        GOALS["data_parallel_bp_per_device"] * c["num_devices"])
+  return goals
+
+
+def _gpipe_goals(v: str, p: dict, expected_bubble: float) -> dict:
+  """Exactness and bubble of a GPipe row (`p`: its parallel child)."""
+  goals = {}
+  # Exact against BP in float64 (float32 BP itself is off by rounding).
+  d = p.get("max_relative_difference_f64", p["max_relative_difference"])
+  goals[f"{v}_exact"] = _goal(d, d <= GOALS["gpipe_max_relative_difference"])
+  if "bp32_max_relative_difference_f64" in p:
+    goals[f"{v}_within_float32_bp_rounding"] = _goal(
+        d, d <= p["bp32_max_relative_difference_f64"])
+  measured = timeline_bubble(p)
+  if measured is None and p.get("bubble", {}).get("available"):
+    measured = max(p["bubble"]["idle_fraction"])  # profiler ops (older)
+  if measured is not None:
+    ratio = measured / expected_bubble if expected_bubble else float("nan")
+    goals[f"{v}_bubble"] = _goal(measured, abs(ratio - 1) <=
+                                 GOALS["gpipe_bubble_tolerance"])
+  return goals
+
+
+def _memory_goals(rows: dict, c: dict) -> dict:
+  """Sideways against GPipe at the largest T; flat memory of FLAT_MEMORY."""
+  goals = {}
   t_max = str(max(c["memory_frames"])) if c["memory_frames"] else None
   if t_max and "sideways" in rows and "gpipe" in rows:
     r = (rows["sideways"]["memory"][t_max]["step_mib"] /
          rows["gpipe"]["memory"][t_max]["step_mib"])
-    goals["sideways_vs_gpipe_memory"] = (
+    goals["sideways_vs_gpipe_memory"] = _goal(
         r, r <= GOALS["sideways_vs_gpipe_memory"])
   t_min = str(min(c["memory_frames"])) if c["memory_frames"] else None
   for v in FLAT_MEMORY:
     if v in rows and t_max != t_min:
       r = (rows[v]["memory"][t_max]["step_mib"] /
            rows[v]["memory"][t_min]["step_mib"])
-      goals[f"{v}_memory_flat"] = (r, r <= GOALS["memory_flat"])
-  out["goals"] = {name: {"measured": v, "met": bool(met)}
-                  for name, (v, met) in goals.items()}
-  return out
+      goals[f"{v}_memory_flat"] = _goal(r, r <= GOALS["memory_flat"])
+  return goals
+
+
+def _goal_order(goals: dict) -> list:
+  """The goals in the report's order: Sideways's throughput, each GPipe
+  row's speed-up, exactness and bubble, data parallel, memory."""
+  order = ["sideways_speedup", "sideways_vs_bp"]
+  for v in ("gpipe", "gpipe_remat"):
+    order += [f"{v}_{goal}" for goal in ("speedup", "exact",
+                                         "within_float32_bp_rounding",
+                                         "bubble")]
+  order += ["data_parallel_bp_vs_one_core", "sideways_vs_gpipe_memory"]
+  order += [f"{v}_memory_flat" for v in FLAT_MEMORY]
+  return [name for name in order if name in goals]
 
 
 def timeline_bubble(parallel: dict):
@@ -144,7 +221,7 @@ def _setup(results: dict) -> list:
       "",
       "Command (writes `simulated_devices.{json,md,png}` to its "
       "`--bench_dir`):",
-      "", "```", results.get("command") or "bin/benchmark --simulate_devices",
+      "", "```", results.get("command") or _default_command(c),
       "```", "",
       f"Run {results['date']}, {machine['cpus']} CPUs, load "
       f"average at start / end {machine['load_average_start'][0]:.2f}"
@@ -165,8 +242,39 @@ def _setup(results: dict) -> list:
       + (f"Stages cut by measured time (balance_by_time): layers per stage "
          f"{list(c['stage_sizes'])}, forward + backward ms per stage "
          f"{[round(t * 1e3, 2) for t in results['split']['stage_s']]}."
-         if results.get("split") else "Stages: the model's own split."),
+         if results.get("split") else "Stages: the model's own split.")
+      + _rounds_sentence(c),
       ""]
+
+
+def _rounds(c: dict) -> int:
+  """Rounds of throughput children (1 in reports from before --rounds)."""
+  return c.get("rounds", 1)
+
+
+def _default_command(c: dict) -> str:
+  """The command line for results without one (run() called directly)."""
+  rounds = _rounds(c)
+  return "bin/benchmark --simulate_devices" + (
+      f"={c['num_devices']} --rounds={rounds}" if rounds > 1 else "")
+
+
+def _rounds_sentence(c: dict) -> str:
+  """How the rounds were run and read ('' with one round)."""
+  rounds = _rounds(c)
+  if rounds == 1:
+    return ""
+  return (
+      f" Throughput measured in {rounds} rounds (`--rounds={rounds}`): each "
+      "round runs every row's parallel and serialised processes, the rows "
+      "in order in rounds 1, 3, ... and reversed in rounds 2, 4, ..., so "
+      "a drift in the machine's load reaches every row alike. The frames/s "
+      "columns are each row's median round (for an even count the lower "
+      "middle one), the speed-up columns ratios of those medians; memory is "
+      "measured once. Goals that are throughput ratios are taken in each "
+      "round (numerator and denominator from the same round): measured is "
+      "their mean over the rounds with its 95% t-interval, every round's "
+      "value beside it, and a goal is met if the mean reaches the target.")
 
 
 OPTIMIZER_TITLES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW",
@@ -191,9 +299,12 @@ def _results_table(results: dict) -> list:
   rows = results["rows"]
   mem_ts = [str(int(t)) for t in results["config"]["memory_frames"]]
   bp_fps = rows["bp"]["parallel"]["frames_per_s"] if "bp" in rows else None
+  rounds = _rounds(results["config"])
+  median = f" (median of {rounds} rounds)" if rounds > 1 else ""
   lines = [
       "| " + " | ".join(
-          ["algorithm", "exact", "frames/s", "serialised frames/s",
+          ["algorithm", "exact", "frames/s" + median,
+           "serialised frames/s" + median,
            "speed-up", "/ single-device BP"] +
           [f"memory T={t} (MiB)" for t in mem_ts] +
           ["cosine to BP", "max rel. diff to float32 BP", "to float64 BP",
@@ -317,10 +428,32 @@ def _goals_table(results: dict) -> list:
         f"{variant}_speedup": gpipe_speedup, f"{variant}_exact": exact,
         f"{variant}_within_float32_bp_rounding": "<= float32 BP's difference",
         f"{variant}_bubble": within})
-  lines = ["", "| goal | measured | target | status |", "|---|---|---|---|"]
-  for name, goal in summary["goals"].items():
-    lines.append(f"| {name} | {goal['measured']:.3g} | {targets[name]} | "
-                 f"{'met' if goal['met'] else '**missed**'} |")
+  return _goal_lines(summary["goals"], targets, _rounds(c))
+
+
+def _goal_lines(goals: dict, targets: dict, rounds: int) -> list:
+  """The goals table; with several rounds the ratio goals' mean ± 95%
+  interval and each round's value (the other goals: one value)."""
+  if rounds == 1:
+    lines = ["", "| goal | measured | target | status |", "|---|---|---|---|"]
+  else:
+    lines = ["", f"| goal | measured (ratios: mean ± 95% interval over "
+             f"{rounds} rounds) | per round | target | status |",
+             "|---|---|---|---|---|"]
+  for name, goal in goals.items():
+    status = "met" if goal["met"] else "**missed**"
+    if rounds == 1:
+      lines.append(f"| {name} | {goal['measured']:.3g} | {targets[name]} | "
+                   f"{status} |")
+      continue
+    if "rounds" in goal:
+      measured = intervals.format_interval(
+          (goal["measured"], goal["interval_95"]), 2)
+      each = ", ".join(f"{v:.2f}" for v in goal["rounds"])
+    else:
+      measured, each = f"{goal['measured']:.3g}", "-"
+    lines.append(f"| {name} | {measured} | {each} | {targets[name]} | "
+                 f"{status} |")
   return lines
 
 
