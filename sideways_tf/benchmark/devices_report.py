@@ -2,7 +2,9 @@
 
 Split from devices.py (which measures); the marked block it writes into
 docs/benchmarks.md is kept when the main benchmark rewrites that file
-(:func:`preserved_section`, called by runner.py).
+(:func:`preserved_section`, called by runner.py). With ``--rounds=K`` the
+rows hold their median round and the throughput-ratio goals are taken per
+round; the rule for "met" is :func:`summarise`'s.
 """
 
 from __future__ import annotations
@@ -266,7 +268,9 @@ def _rounds_sentence(c: dict) -> str:
     return ""
   return (
       f" Throughput measured in {rounds} rounds (`--rounds={rounds}`): each "
-      "round runs every row's parallel and serialised processes, the rows "
+      "round runs every row's parallel "
+      + ("and serialised processes" if c.get("serialised", True)
+         else "process") + ", the rows "
       "in order in rounds 1, 3, ... and reversed in rounds 2, 4, ..., so "
       "a drift in the machine's load reaches every row alike. The frames/s "
       "columns are each row's median round (for an even count the lower "
