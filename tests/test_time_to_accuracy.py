@@ -447,4 +447,5 @@ def test_bin_experiments_reports_the_shapes_stream_in_its_own_section(
   text = (tmp_path / "docs" / "choosing.md").read_text()
   assert text.count(SHAPES.markers[0]) == 1 and ONE.markers[0] not in text
   assert "Target: 0.960 test clip accuracy" in text
+  assert "test set evaluated every 100 steps" in text  # its own interval
   assert (tmp_path / "docs" / SHAPES.plot).exists()

@@ -291,7 +291,8 @@ def table(outdir, steps: int, regime: Regime = CLIPS) -> List[str]:
   target, by_cell, problems = _rows(outdir, steps, regime)
   bp_cell = regime.cells[0]
   bp = by_cell.get(bp_cell.name, {})
-  budget = f"{steps} steps, test set evaluated every {EVAL_EVERY} steps."
+  every = bp_cell.overrides["train.eval_every"]  # the regime's own
+  budget = f"{steps} steps, test set evaluated every {every} steps."
   head = (f"Target: {target:.3f} test clip accuracy (BP's mean final "
           f"accuracy over its {len(bp)} seeds − {TARGET_BELOW_BP}); {budget}"
           if target is not None else
