@@ -155,19 +155,24 @@ def test_one_stream_plan_is_four_online_cells_by_five_seeds(tmp_path):
                  for c in ONE.cells for k in c.overrides)
 
 
-def test_one_stream_overrides_parse_against_the_config():
+def _parsed_config(cell, steps=10):
+  """The config bin/train would build from the cell's overrides."""
   from absl import flags  # noqa: PLC0415
   from ml_collections import config_flags  # noqa: PLC0415
+  overrides = gap_map.run_overrides(cell, cell.algorithms[0], 0, "/tmp/w",
+                                    steps)
+  argv = ["train"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+      "config", str(gap_map.PROJECT_ROOT / cell.config),
+      flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def test_one_stream_overrides_parse_against_the_config():
   for cell in ONE.cells:
-    overrides = gap_map.run_overrides(cell, cell.algorithms[0], 0, "/tmp/w",
-                                      10)
-    argv = ["train"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", str(gap_map.PROJECT_ROOT / cell.config),
-        flag_values=flag_values, lock_config=True, sys_argv=argv)
-    flag_values(argv)
-    train = flag_values.config.train
+    train = _parsed_config(cell).train
     assert (train.batch_size, train.update_every_ticks, train.eval_every,
             train.num_steps) == (1, 4, 250, 10)
 
@@ -400,18 +405,8 @@ def test_shapes_stream_is_the_digit_stream_on_configs_default(tmp_path):
 
 
 def test_shapes_stream_overrides_parse_against_configs_default():
-  from absl import flags  # noqa: PLC0415
-  from ml_collections import config_flags  # noqa: PLC0415
   for cell in SHAPES.cells:
-    overrides = gap_map.run_overrides(cell, cell.algorithms[0], 0, "/tmp/w",
-                                      10)
-    argv = ["train"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", str(gap_map.PROJECT_ROOT / cell.config),
-        flag_values=flag_values, lock_config=True, sys_argv=argv)
-    flag_values(argv)
-    config = flag_values.config
+    config = _parsed_config(cell)
     assert (config.experiment, config.data.name, config.train.batch_size,
             config.train.update_every_ticks, config.train.eval_every) == (
                 "default", "synthetic", 1, 4, 100)
