@@ -514,12 +514,9 @@ def run_map(outdir, steps: int, seeds: int = 3, jobs: int = 1,
   named); writes OUTDIR/gap.json."""
   outdir = pathlib.Path(outdir)
   todo = plan(outdir, seeds, only_groups, only_cells)
-  for video_set in sorted({cell.videos for cell, *_, w in todo
-                           if cell.videos
-                           and not (w / "result.json").exists()}):
-    print(f"[gap] writing and preparing the {video_set} mp4 videos of the "
-          f"user path in {outdir}", flush=True)
-    prepare_videos(outdir, data_dir, video_set)
+  _prepare_video_sets(outdir, data_dir, {
+      cell.videos for cell, *_, w in todo
+      if cell.videos and not (w / "result.json").exists()})
   return run_plan("gap", todo, steps, jobs, data_dir=data_dir,
                   after=lambda results: atomic_write_text(
                       outdir / "gap.json", json.dumps(results, indent=2)))
@@ -538,14 +535,24 @@ def run_pilots(outdir, steps: int, only_cells: Sequence[str], jobs: int = 1,
   check_selection((), only_cells)
   outdir = pathlib.Path(outdir)
   cells = [cell_by_name(name) for name in only_cells]
-  for video_set in sorted({cell.videos for cell in cells if cell.videos}):
-    prepare_videos(outdir, data_dir, video_set)
+  _prepare_video_sets(outdir, data_dir,
+                      {cell.videos for cell in cells if cell.videos})
   todo = [(cell, "bp", PILOT_SEED, run_dir(outdir, cell, "bp", PILOT_SEED))
           for cell in cells]
+
+  def learned(result) -> bool:
+    return result["test_accuracy"] >= gap_stats.BP_LEARNS
   results = run_plan("gap pilot", todo, steps, jobs, data_dir=data_dir,
                      describe=lambda result: (
-                         " (passes the gate)"
-                         if result["test_accuracy"] >= gap_stats.BP_LEARNS
+                         " (passes the gate)" if learned(result)
                          else " (below the gate: the cell cannot show a gap)"))
-  return [dict(result, learned=result["test_accuracy"] >= gap_stats.BP_LEARNS)
-          for result in results]
+  return [dict(result, learned=learned(result)) for result in results]
+
+
+def _prepare_video_sets(outdir: pathlib.Path, data_dir: str,
+                        video_sets) -> None:
+  """Writes and prepares each named mp4 set (cheap once done)."""
+  for video_set in sorted(video_sets):
+    print(f"[gap] writing and preparing the {video_set} mp4 videos of the "
+          f"user path in {outdir}", flush=True)
+    prepare_videos(outdir, data_dir, video_set)

@@ -60,12 +60,11 @@ TARGET_BELOW_BP = 0.03
 
 
 def _cell(name: str, algorithm: str, replay: int, group: str = "time",
-          more: Optional[Dict[str, str]] = None,
-          config: str = gap_map.CONFIG) -> gap_map.Cell:
+          more: Optional[Dict[str, str]] = None) -> gap_map.Cell:
   overrides = {"replay_modules": str(replay),
                "train.eval_every": str(EVAL_EVERY),
                "train.fidelity_every": "0", **(more or {})}
-  return gap_map.Cell(group, name, overrides, (algorithm,), config=config)
+  return gap_map.Cell(group, name, overrides, (algorithm,))
 
 
 # The accuracy curves: BP's gradient, and the Sideways family (plain, the
@@ -128,10 +127,10 @@ ONE_STREAM_ROWS = {
 # as above; the test set every 100 steps, since BP's pilot went from chance
 # to 0.996 between steps 1000 and 1500.
 SHAPES = "configs/default.py"
-SHAPES_ONLINE = dict(ONLINE, **{"train.eval_every": "100"})
 ONE_STREAM_SHAPES_CELLS = tuple(
-    _cell(cell.name, cell.algorithms[0], int(cell.overrides["replay_modules"]),
-          "one stream, shapes", SHAPES_ONLINE, SHAPES)
+    dataclasses.replace(cell, group="one stream, shapes", config=SHAPES,
+                        overrides=dict(cell.overrides,
+                                       **{"train.eval_every": "100"}))
     for cell in ONE_STREAM_CELLS)
 
 
