@@ -368,6 +368,33 @@ def test_family3_cells_are_the_shipped_video_config_on_their_own_videos(
                                            only_groups=[gap_map.FAMILY3_GROUP])}
 
 
+def test_family3_other_replays_change_only_the_replay(tmp_path):
+  """The pre-registered auto / replay 3 cells: the family's own videos,
+  config and overrides, one setting changed, paired with the family's BP
+  and shipped-defaults Sideways runs (no new BP runs)."""
+  cells = [c for c in gap_map.CELLS if c.group == gap_map.FAMILY3_REPLAY_GROUP]
+  assert len(cells) == 4 and gap_map.FAMILY3_REPLAY_GROUP in (
+      gap_map.OUT_OF_SAMPLE_GROUPS)
+  for cell in cells:
+    shipped = gap_map.cell_by_name(cell.bp_from)
+    assert shipped.group == gap_map.FAMILY3_GROUP
+    assert (cell.videos, cell.config) == (shipped.videos, shipped.config)
+    assert cell.overrides == dict(shipped.overrides,
+                                  replay_modules=cell.overrides[
+                                      "replay_modules"])
+    assert cell.algorithms == ("sideways",) and cell.min_seeds == 5
+    assert gap_map.references(cell) == [(shipped, "bp"),
+                                        (shipped, "sideways")]
+  assert sorted(c.overrides["replay_modules"] for c in cells) == [
+      "3", "3", "auto", "auto"]
+  runs = gap_map.plan(tmp_path, seeds=5,
+                      only_groups=[gap_map.FAMILY3_REPLAY_GROUP])
+  new = {(cell.name, algorithm) for cell, algorithm, *_ in runs
+         if cell.group == gap_map.FAMILY3_REPLAY_GROUP}
+  assert new == {(cell.name, "sideways") for cell in cells}
+  assert {seed for *_, seed, _ in runs} == set(range(5))
+
+
 def test_pilots_run_bp_of_the_named_cells_on_the_pilot_seed(monkeypatch,
                                                             tmp_path):
   prepared, ran = [], []

@@ -46,7 +46,8 @@ _GAP_SEEDS = flags.DEFINE_integer(
 _GAP_GROUPS = flags.DEFINE_list(
     "gap_groups", [], "gap: only these groups of cells (speed, improvement, "
     "depth, train set, stride, optimizer, user path, held-out, auto, "
-    "held-out defaults, held-out defaults 3, online); [] = "
+    "held-out defaults, held-out defaults 3, held-out defaults 3 replay, "
+    "online); [] = "
     "all, in priority order.")
 _GAP_PILOT = flags.DEFINE_bool(
     "gap_pilot", False, "gap: run only the gate of the --gap_cell cells: "

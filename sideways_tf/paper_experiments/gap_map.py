@@ -103,6 +103,7 @@ PILOT_SEED = 100  # the gate's seed: never one of the counted seeds
 
 
 FAMILY3_GROUP = "held-out defaults 3"
+FAMILY3_REPLAY_GROUP = "held-out defaults 3 replay"
 
 # In priority order: the map runs top to bottom, so a partial map has the
 # most useful cells.
@@ -206,6 +207,18 @@ CELLS += (
     Cell(FAMILY3_GROUP, "family 3 mp4, 0.25-0.5 px/frame, shipped defaults",
          VIDEO_OVERRIDES, config=VIDEO_FOLDER, videos="family3_slow",
          min_seeds=5),
+    # The third family with other replays, fixed before any of their runs
+    # (docs/fidelity.md, 4b): does "auto" close the fast gap and replay
+    # nothing on slow data, and does replaying every module below the top
+    # bring slow motion within 2 points? Paired with the family's BP runs.
+    *(Cell(FAMILY3_REPLAY_GROUP, f"family 3 mp4, {speed}, {replay}",
+           dict(VIDEO_OVERRIDES, replay_modules=value), ("sideways",),
+           bp_from=f"family 3 mp4, {speed}, shipped defaults",
+           config=VIDEO_FOLDER, videos=videos, min_seeds=5)
+      for replay, value in (("replay_modules=auto", "auto"),
+                            ("replay_modules=3", "3"))
+      for speed, videos in (("1-2 px/frame", "family3"),
+                            ("0.25-0.5 px/frame", "family3_slow"))),
     # Online updates (an optimizer step every 4 ticks): does replay, with
     # the weight stashing the Trainer then turns on, still close the gap?
     Cell("online", "1-2 px/frame, update every 4 ticks",
@@ -219,8 +232,8 @@ CELLS += (
 # The cells run after the risk threshold and the replay advice were set on
 # the map above: the pre-registered held-out test, the second video family,
 # auto replay, online updates. The report gives them their own section.
-OUT_OF_SAMPLE_GROUPS = (HELD_OUT, "held-out defaults", FAMILY3_GROUP, "auto",
-                        "online")
+OUT_OF_SAMPLE_GROUPS = (HELD_OUT, "held-out defaults", FAMILY3_GROUP,
+                        FAMILY3_REPLAY_GROUP, "auto", "online")
 
 # Paired differences the docs quote: (cell a, cell b), Sideways runs of a
 # minus Sideways runs of b, paired by seed (gap_stats.comparisons).
@@ -236,6 +249,10 @@ COMPARISONS = (
     ("0.25-0.5 px/frame + replay_modules=auto", "0.25-0.5 px/frame"),
     ("1-2 px/frame, update every 4 ticks + replay_modules=3",
      "1-2 px/frame, update every 4 ticks"),
+    *((f"family 3 mp4, {speed}, {replay}",
+       f"family 3 mp4, {speed}, shipped defaults")
+      for replay in ("replay_modules=auto", "replay_modules=3")
+      for speed in ("1-2 px/frame", "0.25-0.5 px/frame")),
 )
 
 
