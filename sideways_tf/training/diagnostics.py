@@ -189,7 +189,7 @@ def replay_for(lag_changes: Dict[str, float], num_modules: int,
   answer is the highest module k whose value exceeds the threshold (replay
   is always of the bottom modules, so every module below it too), at least
   MIN_PARTIAL_REPLAY. Every module below the top (L-1) or none where
-  replaying only some trained worse than none: with Skip-Sideways skips
+  replaying only some trained no better than none: with Skip-Sideways skips
   (docs/skip_sideways.md), and with batch norm (VGG-8 at L = 8 with batch
   norm and replay_modules=4 collapsed to chance in 5 of 5 seeds, where 7
   matched BP; docs/fidelity.md, 4b). 0 if no module exceeds the threshold.

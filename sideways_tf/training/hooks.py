@@ -131,7 +131,7 @@ def replay_advice(pipeline, fidelity, threshold) -> str:
   if has_skips:
     return (f"use --config.replay_modules={count} (every module below the "
             f"top: with Skip-Sideways skips, replaying only some modules "
-            f"trained worse than none; docs/skip_sideways.md).")
+            f"trained no better than none; docs/skip_sideways.md).")
   if batch_norm:
     return (f"use --config.replay_modules={count} (every module below the "
             f"top: with batch norm, replaying only some modules collapsed "
