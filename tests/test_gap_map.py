@@ -180,14 +180,18 @@ def test_a_report_of_the_held_out_cells_leaves_the_maps_section_as_it_is(
     assert (tmp_path / png).stat().st_size > 0
 
 
-def test_the_user_path_cell_trains_on_the_prepared_mp4s_with_shipped_replay(
+def test_the_user_path_cell_trains_on_the_prepared_mp4s_with_its_replay(
     tmp_path):
+  """The user path: configs/video_folder.py with the replay it shipped when
+  the cell was measured (2), pinned so that a rerun measures what the cached
+  runs hold whatever the config ships now."""
   cell = gap_map.cell_by_name("mp4 files, shipped video_folder defaults")
   workdir = gap_map.run_dir(tmp_path, cell, "sideways", 0)
   command = gap_map.train_command(cell, "sideways", 0, workdir, 300)
   assert command[2].endswith("configs/video_folder.py")
   assert f"--config.data.path={tmp_path / 'videos_prepared'}" in command
-  assert not any(c.startswith("--config.replay_modules") for c in command)
+  assert [c for c in command if c.startswith("--config.replay_modules")] == [
+      "--config.replay_modules=2"]
   assert not any(c.startswith("--config.data.data_dir") for c in command)
   plain = gap_map.train_command(gap_map.CELLS[0], "sideways", 0, workdir, 300)
   assert "--config.replay_modules=0" in plain  # the map's plain Sideways
@@ -355,7 +359,9 @@ def test_family3_cells_are_the_shipped_video_config_on_their_own_videos(
   fast, slow = (gap_map.cell_by_name(name) for name in FAMILY3)
   assert (fast.videos, slow.videos) == ("family3", "family3_slow")
   assert fast.config == slow.config == gap_map.VIDEO_FOLDER
-  assert "replay_modules" not in fast.overrides  # the config's own replay
+  # The replay the config shipped when they ran, pinned (it ships 3 now).
+  assert fast.overrides["replay_modules"] == slow.overrides[
+      "replay_modules"] == "2"
   assert gap_map.VIDEO_SETS["family3_slow"] == dict(
       gap_map.VIDEO_SETS["family3"], **{"data.speed_range": "(0.25, 0.5)"})
   # Not the second family, and not the digits' own clutter and noise.

@@ -134,9 +134,10 @@ INTRO = (
     "says otherwise; the *user path* cells instead write the videos as mp4 "
     "files (`bin/make_digit_videos`, at the default 1–2 px/frame or at "
     "0.25–0.5 px/frame), prepare them with `bin/prepare_videos` (short side "
-    "32 px) and train `configs/video_folder.py` with the defaults it ships "
-    "(replay included), overriding only the data path, 32 px, T = 16, no "
-    "crop and no flip.")
+    "32 px) and train `configs/video_folder.py` with the defaults it "
+    "shipped then (replay_modules=2; it ships 3 since the third family's "
+    "replay cells), overriding only the data path, 32 px, T = 16, no crop "
+    "and no flip.")
 OUT_OF_SAMPLE_INTRO = (
     "The cells run after the risk threshold and the replay advice were set "
     "on the map above, each fixed before its first run (docs/fidelity.md, "
@@ -144,8 +145,9 @@ OUT_OF_SAMPLE_INTRO = (
     "5 seeds are marked *). *held-out*: the pre-registered test of the risk "
     "warning (other object sizes, photo objects, VGG-8 at T = 64, ResNet-18 "
     "with group norm, batch-norm VGG-8 with replay); its detection line "
-    "counts these cells only. *held-out defaults*: the shipped "
-    "`configs/video_folder.py` on a second family of mp4 videos the defaults "
+    "counts these cells only. *held-out defaults*: "
+    "`configs/video_folder.py` as shipped then (replay_modules=2) on a "
+    "second family of mp4 videos the defaults "
     "were not chosen on (its 3 BP runs stayed at chance, so it judges "
     "nothing); *held-out defaults 3*: a third family, gated by a BP pilot; "
     "*held-out defaults 3 replay*: the same videos with "
