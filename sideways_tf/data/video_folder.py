@@ -335,20 +335,31 @@ def _stop_pool(pool, finished: bool) -> None:
 
 
 def decode_pool(num_workers: int):
-  """The decode workers' pool. Fork where there is one: workers use only
-  PyAV and PIL, and no TensorFlow op has run yet."""
-  method = ("fork" if "fork" in multiprocessing.get_all_start_methods()
-            else "spawn")
-  return multiprocessing.get_context(method).Pool(
-      num_workers, initializer=_reset_worker_signals)
+  """The decode workers' pool, never forked from this process.
+
+  This process has TensorFlow loaded and may have run ops (a notebook, a
+  test session, a program that prepares after training): forking it
+  copies locks its other threads held at that moment, and a worker could
+  wait on one forever before running any code (seen with 2 workers forked
+  from a test process, which left pool.join() waiting for good). A fork
+  server is a fresh single-threaded interpreter that imports nothing
+  (preload []), so the workers it forks start clean and import only what
+  decoding needs; spawn where there is no fork server."""
+  methods = multiprocessing.get_all_start_methods()
+  context = multiprocessing.get_context(
+      "forkserver" if "forkserver" in methods else "spawn")
+  if "forkserver" in methods:
+    context.set_forkserver_preload([])  # not this program's __main__
+  return context.Pool(num_workers, initializer=_reset_worker_signals)
 
 
 def _reset_worker_signals() -> None:
   """A decode worker's signals: SIGTERM ends it (the default), SIGINT is
-  the parent's to handle. A forked worker inherits the bin/ program's
-  handlers (run/user_errors.py), under which SIGTERM raised SystemExit
-  inside the pool's worker loop and pool.terminate() could wait forever
-  for a worker that never exited."""
+  the parent's to handle. Workers forked from the bin/ program itself once
+  inherited its handlers (run/user_errors.py), under which SIGTERM raised
+  SystemExit inside the pool's worker loop and pool.terminate() could wait
+  forever for a worker that never exited; whatever starts them, they set
+  their own."""
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
   signal.signal(signal.SIGINT, signal.SIG_IGN)
 

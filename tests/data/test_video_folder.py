@@ -255,8 +255,8 @@ def test_decode_workers_end_on_sigterm_whatever_the_parent_handles():
   user_errors.stop_cleanly_in_main()
   try:
     pool = video_folder.decode_pool(2)
-    try:
-      got = [pool.apply(signal.getsignal, (s,))
+    try:  # bounded: a worker that never starts fails the test, not CI
+      got = [pool.apply_async(signal.getsignal, (s,)).get(timeout=300)
              for s in (signal.SIGTERM, signal.SIGINT)]
     finally:
       pool.terminate()
@@ -265,6 +265,32 @@ def test_decode_workers_end_on_sigterm_whatever_the_parent_handles():
     signal.signal(signal.SIGTERM, saved[0])
     signal.signal(signal.SIGINT, saved[1])
   assert got == [signal.SIG_DFL, signal.SIG_IGN]
+
+
+def test_decode_workers_are_not_forked_from_this_process():
+  """This (test) process has TensorFlow loaded and has run ops, so its
+  other threads may hold locks; a worker forked from it once hung before
+  running any code, and pool.join() waited for good. The workers come from
+  a fresh fork server instead: their parent is not this process, and they
+  do not share its modules."""
+  import os  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  import sideways_tf.models  # noqa: F401,PLC0415  (in this process only)
+  pool = video_folder.decode_pool(2)
+  try:
+    parent = pool.apply_async(os.getppid).get(timeout=300)
+    worker_modules = pool.apply_async(_loaded_modules).get(timeout=300)
+  finally:
+    pool.close()
+    pool.join()
+  assert parent != os.getpid()
+  assert "sideways_tf.models" in sys.modules
+  assert "sideways_tf.models" not in worker_modules
+
+
+def _loaded_modules():
+  import sys  # noqa: PLC0415
+  return set(sys.modules)
 
 
 # ------------------------------------------------------------ frame storage
