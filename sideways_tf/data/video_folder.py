@@ -342,14 +342,16 @@ def decode_pool(num_workers: int):
   copies locks its other threads held at that moment, and a worker could
   wait on one forever before running any code (seen with 2 workers forked
   from a test process, which left pool.join() waiting for good). A fork
-  server is a fresh single-threaded interpreter that imports nothing
-  (preload []), so the workers it forks start clean and import only what
-  decoding needs; spawn where there is no fork server."""
-  methods = multiprocessing.get_all_start_methods()
-  context = multiprocessing.get_context(
-      "forkserver" if "forkserver" in methods else "spawn")
-  if "forkserver" in methods:
-    context.set_forkserver_preload([])  # not this program's __main__
+  server is a fresh single-threaded interpreter that preloads nothing, so
+  the workers it forks start clean; spawn where there is no fork server.
+  Either way each worker imports this module and the program's main one
+  (hence the `__name__ == "__main__"` guard of bin/*), which loads
+  TensorFlow without running an op: a few seconds once per prepare."""
+  if "forkserver" in multiprocessing.get_all_start_methods():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([])
+  else:
+    context = multiprocessing.get_context("spawn")
   return context.Pool(num_workers, initializer=_reset_worker_signals)
 
 
